@@ -1,0 +1,96 @@
+"""The PTv3 block, with named slots that PEFT methods fill instead of patching ``forward``.
+
+    x = x + cpe(x)        + Σ cpe_branches(x)          (Spatial Adapter)
+    h = norm1(x);  x = x + drop_path(attn(h) + Σ attn_branches(h))   (Context Adapter)
+    h = norm2(x);  x = x + drop_path(mlp(h)  + Σ mlp_branches(h))    (parallel adapter)
+    x = x + Σ post_mlp(x)                                   (sequential bottleneck adapter)
+
+Every branch is called as ``branch(point, x)``. Empty slots add no state-dict keys, so a block
+with no method attached is exactly Sonata's block (same keys, same numbers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftbench.backbone.attention import SerializedAttention
+from peftbench.backbone.sparse_conv import SubMConv3d
+from peftbench.backbone.structure import Point
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per point (timm semantics on (N, C) features)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], 1).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class MLP(nn.Module):
+    def __init__(self, channels: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class PositionEncoding(nn.Sequential):
+    """CPE: sparse conv -> Linear -> LayerNorm (keys ``cpe.0``, ``cpe.1``, ``cpe.2``)."""
+
+    def __init__(self, channels: int, indice_key: str) -> None:
+        super().__init__(SubMConv3d(channels, channels, 3, bias=True, indice_key=indice_key),
+                         nn.Linear(channels, channels), nn.LayerNorm(channels))
+
+    def forward(self, point: Point, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        conv, linear, norm = self
+        return norm(linear(conv(point, x)))
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int, num_heads: int, patch_size: int, mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, qk_scale: float | None = None, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, drop_path: float = 0.0, order_index: int = 0,
+                 indice_key: str = "stage0", enable_flash: bool = True) -> None:
+        super().__init__()
+        self.channels = channels
+        self.indice_key = indice_key
+        self.cpe = PositionEncoding(channels, indice_key)
+        self.norm1 = nn.Sequential(nn.LayerNorm(channels))
+        self.attn = SerializedAttention(channels, num_heads, patch_size, qkv_bias, qk_scale, attn_drop,
+                                        proj_drop, order_index, enable_flash)
+        self.norm2 = nn.Sequential(nn.LayerNorm(channels))
+        self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio), proj_drop))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.cpe_branches = nn.ModuleDict()
+        self.attn_branches = nn.ModuleDict()
+        self.mlp_branches = nn.ModuleDict()
+        self.post_mlp = nn.ModuleDict()
+
+    def forward(self, point: Point) -> Point:
+        x = point.feat
+        x = x + self.cpe(point, x) + _branches(self.cpe_branches, point, x)
+        h = self.norm1(x)
+        x = x + self.drop_path(self.attn(point, h) + _branches(self.attn_branches, point, h))
+        h = self.norm2(x)
+        x = x + self.drop_path(self.mlp(h) + _branches(self.mlp_branches, point, h))
+        x = x + _branches(self.post_mlp, point, x)
+        point.feat = x
+        return point
+
+
+def _branches(slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor | float:
+    total: torch.Tensor | float = 0.0
+    for branch in slot.values():
+        total = total + branch(point, x)
+    return total

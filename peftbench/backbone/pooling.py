@@ -1,0 +1,84 @@
+"""Grid pooling / unpooling between PTv3 levels, with torch-native segment reductions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftbench.backbone.serialization import serialize
+from peftbench.backbone.structure import Point
+
+
+def segment_csr(src: torch.Tensor, indptr: torch.Tensor, reduce: str) -> torch.Tensor:
+    """Reduce consecutive row segments ``src[indptr[i]:indptr[i+1]]`` (torch_scatter semantics).
+
+    ``torch.segment_reduce`` yields -inf/nan on empty segments where torch_scatter yields 0.
+    """
+    out = torch.segment_reduce(src, reduce, offsets=indptr, axis=0)
+    empty = (indptr[1:] == indptr[:-1])
+    if bool(empty.any()):
+        out = out.masked_fill(empty.view(-1, *([1] * (out.dim() - 1))), 0)
+    return out
+
+
+class GridPooling(nn.Module):
+    """Stride-2 voxel pooling: Linear, then max over each coarse voxel, then LayerNorm + GELU.
+
+    Always keeps ``pooling_parent``/``pooling_inverse`` (the hypercolumn and decoder need them).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, reduce: str = "max",
+                 shuffle_orders: bool = True) -> None:
+        super().__init__()
+        self.stride = stride
+        self.reduce = reduce
+        self.shuffle_orders = shuffle_orders
+        self.proj = nn.Linear(in_channels, out_channels)
+        self.norm = nn.Sequential(nn.LayerNorm(out_channels))
+        self.act = nn.GELU()
+
+    def forward(self, point: Point) -> Point:
+        grid = torch.div(point.grid_coord.long(), self.stride, rounding_mode="trunc")
+        # A packed key sorts like the reference's unique over rows of (coord | batch << 48):
+        # scene first, then x, y, z (each < 2**16 because serialization depth <= 16).
+        key = (point.batch.long() << 48) | (grid[:, 0] << 32) | (grid[:, 1] << 16) | grid[:, 2]
+        _, cluster, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+        indices = torch.argsort(cluster, stable=True)
+        idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
+        head = indices[idx_ptr[:-1]]
+        pooled = Point(
+            feat=segment_csr(self.proj(point.feat)[indices], idx_ptr, self.reduce),
+            coord=segment_csr(point.coord[indices], idx_ptr, "mean"),
+            grid_coord=grid[head],
+            batch=point.batch[head],
+            pooling_inverse=cluster,
+            pooling_parent=point,
+            scene_state=point.scene_state,  # per-scene state flows across levels unchanged
+        )
+        for name in ("origin_coord", "color"):
+            if name in point:
+                pooled[name] = segment_csr(point[name][indices], idx_ptr, "mean")
+        if "grid_size" in point:
+            pooled["grid_size"] = point.grid_size * self.stride
+        for name in ("order", "generator", "conv_backend"):
+            if name in point:
+                pooled[name] = point[name]
+        pooled.feat = self.act(self.norm(pooled.feat))
+        serialize(pooled, point.order, self.shuffle_orders, point.get("generator"))
+        return pooled
+
+
+class GridUnpooling(nn.Module):
+    """Decoder up-step: ``parent.feat = proj_skip(parent) + proj(point)[pooling_inverse]``."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels), nn.GELU())
+        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.LayerNorm(out_channels),
+                                       nn.GELU())
+
+    def forward(self, point: Point) -> Point:
+        parent = point.pop("pooling_parent")
+        inverse = point.pop("pooling_inverse")
+        parent.feat = self.proj_skip(parent.feat) + self.proj(point.feat)[inverse]
+        return parent

@@ -1,0 +1,83 @@
+"""Space-filling-curve serialization of a point batch (PTv3 ``Point.serialization``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from peftbench.backbone.hilbert import hilbert_key
+from peftbench.backbone.structure import Point
+from peftbench.backbone.z_order import z_order_key
+from peftbench.errors import PeftbenchError
+
+ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
+MAX_DEPTH = 16
+
+
+def encode(grid_coord: Tensor, batch: Tensor | None, depth: int, order: str) -> Tensor:
+    """int64 curve codes ``batch << (3*depth) | key`` for one ``order``.
+
+    The batch index in the high bits keeps scenes contiguous after sorting.
+    """
+    if order not in ORDERS:
+        raise PeftbenchError(f"unknown serialization order {order!r}; choose from {ORDERS}")
+    coord = grid_coord.long()
+    if order.endswith("-trans"):
+        coord = coord[:, [1, 0, 2]]  # "-trans": x and y swapped
+    key = z_order_key(coord, depth) if order.startswith("z") else hilbert_key(coord, depth)
+    if batch is not None:
+        key = (batch.long() << (3 * depth)) | key
+    return key
+
+
+def serialization_depth(grid_coord: Tensor, num_scenes: int) -> int:
+    """Bits per axis needed for ``grid_coord``; validated so codes fit in int64."""
+    depth = int(grid_coord.max().item() + 1).bit_length()
+    if depth > MAX_DEPTH:
+        raise PeftbenchError(
+            f"grid_coord max {int(grid_coord.max())} needs depth {depth} > {MAX_DEPTH}: "
+            "use a coarser grid_size or crop the scene"
+        )
+    if 3 * depth + int(num_scenes).bit_length() > 63:
+        raise PeftbenchError(
+            f"serialization codes overflow int64 (depth {depth}, {num_scenes} scenes): "
+            "use fewer scenes per batch or a coarser grid"
+        )
+    return depth
+
+
+def serialize(
+    point: Point,
+    orders: Sequence[str],
+    shuffle_orders: bool,
+    generator: torch.Generator | None = None,
+) -> None:
+    """Set ``serialized_{depth,code,order,inverse}`` on ``point`` (k orders x N points).
+
+    With ``shuffle_orders`` the k orders are permuted by ``randperm`` (the reference does
+    this at every level, also in eval; pass a seeded ``generator`` for reproducibility).
+    """
+    grid_coord = point["grid_coord"]
+    batch = point["batch"]
+    depth = serialization_depth(grid_coord, point.num_scenes)
+    with torch.no_grad():
+        code = torch.stack([encode(grid_coord, batch, depth, o) for o in orders])
+        order = torch.argsort(code, dim=1)
+        inverse = _inverse_permutation(order)
+        if shuffle_orders:
+            gen_device = generator.device if generator is not None else "cpu"
+            perm = torch.randperm(len(orders), generator=generator, device=gen_device)
+            perm = perm.to(code.device)
+            code, order, inverse = code[perm], order[perm], inverse[perm]
+    point["serialized_depth"] = depth
+    point["serialized_code"] = code
+    point["serialized_order"] = order
+    point["serialized_inverse"] = inverse
+
+
+def _inverse_permutation(order: Tensor) -> Tensor:
+    """Row-wise inverse of (k, N) permutations: ``order[i][inverse[i]] == arange(N)``."""
+    arange = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, arange)

@@ -1,0 +1,319 @@
+"""Submanifold sparse 3-D convolution (spconv ``SubMConv3d`` semantics) with two backends.
+
+``out[p] = sum_{a,b,c} W[:, a, b, c, :] @ in[p + (a-c0, b-c0, c-c0)]`` with ``c0 = k//2``,
+offsets along ``grid_coord`` (x, y, z) inside one scene; outputs only at input sites, inactive
+sites contribute nothing. Weight layout is spconv 2.x KRSC ``[out, k, k, k, in]``, so
+Sonata checkpoints load unchanged.
+
+* ``torch``: pure torch (CPU or CUDA); neighbour pairs cached on the point per ``indice_key``.
+* ``spconv``: spconv 2.x (fast on GPU); imported lazily, bias added outside the conv
+  because the CPU build refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from peftbench.backbone.structure import Point
+from peftbench.errors import PeftbenchError
+
+BACKENDS = ("auto", "torch", "spconv")
+_default_backend = "auto"
+SPATIAL_PAD = 96  # reference ``sparsify(pad=96)``
+
+
+def set_default_backend(name: str) -> None:
+    """Process-wide backend used by modules built with ``backend="auto"``."""
+    global _default_backend
+    _check_backend(name)
+    _default_backend = name
+
+
+def _check_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise PeftbenchError(f"unknown sparse-conv backend {name!r}; choose from {BACKENDS}")
+
+
+@functools.lru_cache(maxsize=1)
+def spconv_available() -> bool:
+    """True if ``spconv.pytorch`` imports (tried once; a broken install counts as absent)."""
+    try:
+        import spconv.pytorch  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "use the torch backend"
+        return False
+    return True
+
+
+def resolve_backend(name: str, device: torch.device | str) -> str:
+    """``auto`` -> spconv if importable and on CUDA, else torch; ``spconv`` must be importable."""
+    _check_backend(name)
+    device = torch.device(device)
+    if name == "auto":
+        return "spconv" if device.type == "cuda" and spconv_available() else "torch"
+    if name == "spconv" and not spconv_available():
+        raise PeftbenchError("sparse-conv backend 'spconv' requested but spconv is not importable: "
+                             "install spconv (CPU) or spconv-cuXXX, or use backend 'torch'")
+    return name
+
+
+# ----------------------------------------------------------------------------- torch backend
+
+
+@dataclass
+class NeighbourMap:
+    """Per kernel offset, the (output site, input site) pairs that exist.
+
+    ``pairs[o]`` is ``None`` for the centre offset (identity). Independent of channels, so
+    every conv of a level (and adapters with other widths) can share it.
+    """
+
+    num_sites: int
+    kernel_size: int
+    pairs: list[tuple[Tensor, Tensor] | None]
+
+
+def kernel_offsets(kernel_size: int) -> Tensor:
+    """(k^3, 3) offsets ``(a-c0, b-c0, c-c0)`` in the row-major order of ``W[:, a, b, c]``."""
+    r = torch.arange(kernel_size) - kernel_size // 2
+    return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+
+
+def build_neighbour_map(grid_coord: Tensor, batch: Tensor, kernel_size: int) -> NeighbourMap:
+    """Find every site's neighbours by packing (scene, x, y, z) into int64 keys.
+
+    Sorting the keys once and ``searchsorted``-ing each shifted copy keeps it vectorised
+    (one loop over the k^3 offsets, none over points). Sites are assumed unique per scene.
+    """
+    c0 = kernel_size // 2
+    coord = grid_coord.long() + c0  # shift so coord + offset >= 0: no wrap between axes
+    side = int(coord.max().item()) + c0 + 1 if len(coord) else 1
+    batch = batch.long()
+    if (int(batch.max().item()) + 1 if len(batch) else 1) * side**3 >= 2**62:
+        raise PeftbenchError("sparse conv: grid too large to pack into int64 keys; use a coarser grid")
+    keys = ((batch * side + coord[:, 0]) * side + coord[:, 1]) * side + coord[:, 2]
+    sorted_keys, perm = torch.sort(keys)
+    pairs: list[tuple[Tensor, Tensor] | None] = []
+    for dx, dy, dz in kernel_offsets(kernel_size).tolist():
+        if dx == dy == dz == 0:
+            pairs.append(None)
+            continue
+        query = keys + ((dx * side + dy) * side + dz)
+        pos = torch.searchsorted(sorted_keys, query).clamp_(max=max(len(keys) - 1, 0))
+        found = sorted_keys[pos] == query
+        out_idx = found.nonzero().squeeze(1)
+        pairs.append((out_idx, perm[pos[out_idx]]))
+    return NeighbourMap(len(keys), kernel_size, pairs)
+
+
+def cached_neighbour_map(point: Point, indice_key: str | None, kernel_size: int) -> NeighbourMap:
+    """``build_neighbour_map`` memoised in ``point["neighbours"][(indice_key, k)]``."""
+    cache = point.setdefault("neighbours", {})
+    key = (indice_key, kernel_size)
+    nmap = cache.get(key)
+    if nmap is None:
+        nmap = build_neighbour_map(point["grid_coord"], point["batch"], kernel_size)
+        cache[key] = nmap
+    elif nmap.num_sites != len(point["grid_coord"]):
+        raise PeftbenchError(f"sparse conv: cached neighbours for indice_key {indice_key!r} belong to "
+                             "another point set; use one indice_key per level")
+    return nmap
+
+
+class _SubMConvFunction(torch.autograd.Function):
+    """Gather -> matmul -> scatter-add per offset; backward reuses the same pairs.
+
+    A custom backward saves only ``feat`` and ``weight`` (not the gathered rows) and skips
+    the weight gradient when the weight is frozen (the common PEFT case).
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, weight: Tensor, nmap: NeighbourMap) -> Tensor:  # type: ignore[override]
+        w = weight.reshape(weight.shape[0], -1, weight.shape[-1])  # (out, k^3, in)
+        centre = nmap.pairs.index(None)
+        out = feat @ w[:, centre].T
+        for o, pair in enumerate(nmap.pairs):
+            if pair is None or len(pair[0]) == 0:
+                continue
+            out_idx, in_idx = pair
+            out.index_add_(0, out_idx, (feat.index_select(0, in_idx) @ w[:, o].T).to(out.dtype))
+        ctx.save_for_backward(feat, weight)
+        ctx.nmap = nmap
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        feat, weight = ctx.saved_tensors
+        nmap: NeighbourMap = ctx.nmap
+        need_feat, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.reshape(weight.shape[0], -1, weight.shape[-1]).to(grad.dtype)
+        x = feat.to(grad.dtype)
+        d_feat = torch.zeros_like(x) if need_feat else None
+        d_w = torch.zeros_like(w) if need_weight else None
+        for o, pair in enumerate(nmap.pairs):
+            if pair is None:  # centre: every site with itself
+                g, xs, in_idx = grad, x, None
+            elif len(pair[0]) == 0:
+                continue
+            else:
+                out_idx, in_idx = pair
+                g = grad.index_select(0, out_idx)
+                xs = x.index_select(0, in_idx) if need_weight else None
+            if d_feat is not None:
+                if in_idx is None:
+                    d_feat += g @ w[:, o]
+                else:
+                    d_feat.index_add_(0, in_idx, g @ w[:, o])
+            if d_w is not None:
+                d_w[:, o] = g.T @ xs
+        return (None if d_feat is None else d_feat.to(feat.dtype),
+                None if d_w is None else d_w.reshape(weight.shape).to(weight.dtype), None)
+
+
+def submconv_torch(feat: Tensor, weight: Tensor, nmap: NeighbourMap) -> Tensor:
+    """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` over ``nmap``."""
+    return _SubMConvFunction.apply(feat, weight, nmap)
+
+
+# ---------------------------------------------------------------------------- spconv backend
+
+
+@functools.lru_cache(maxsize=1)
+def _import_spconv() -> Any:
+    """Import spconv once; on CPU-only torch patch its stream getter so backward works.
+
+    spconv asks ``torch.cuda.current_stream()`` in backward, which asserts on CPU torch;
+    stream 0 is what its CPU kernels ignore anyway (environment.md §3.1).
+    """
+    import spconv.pytorch as spconv_pt
+    import spconv.pytorch.conv  # noqa: F401 - SparseConvolution (base class, takes device=)
+
+    if not torch.cuda.is_available():
+        from spconv.pytorch import cppcore, hash as sp_hash, ops
+
+        def _no_stream() -> int:
+            return 0
+
+        for module in (cppcore, ops, sp_hash):
+            if hasattr(module, "get_current_stream"):
+                module.get_current_stream = _no_stream
+    return spconv_pt
+
+
+def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
+    """The point's cached ``SparseConvTensor`` (reference ``sparsify``) carrying ``feat``.
+
+    Cached as ``point["sparse_conv_feat"]``; ``replace_feature`` shares its indice dict,
+    so spconv index pairs built by one conv are reused by the next with the same key.
+    """
+    spconv_pt = _import_spconv()
+    base = point.get("sparse_conv_feat")
+    if base is None:
+        grid_coord = point["grid_coord"]
+        indices = torch.cat([point["batch"].unsqueeze(-1), grid_coord], dim=1).int()
+        spatial_shape = (grid_coord.max(0).values + SPATIAL_PAD).tolist()
+        # detached: the cached carrier must not pin the first caller's autograd graph
+        base = spconv_pt.SparseConvTensor(feat.detach(), indices, spatial_shape, point.num_scenes)
+        point["sparse_conv_feat"] = base
+    return base.replace_feature(feat)
+
+
+class SubMConv3d(nn.Module):
+    """Submanifold sparse conv on a ``Point``; state-dict keys exactly ``weight``, ``bias``.
+
+    ``backend``: ``"torch"``, ``"spconv"`` or ``"auto"`` (the module-level default set by
+    ``set_default_backend``, itself ``"auto"`` = spconv on CUDA when importable).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+                 indice_key: str | None = None, backend: str = "auto") -> None:
+        super().__init__()
+        _check_backend(backend)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.indice_key, self.backend = indice_key, backend
+        k = kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        nn.init.trunc_normal_(self.weight, std=0.02)  # reference init; bias stays 0
+        # The spconv module only supplies index-pair logic; kept out of _modules so it adds
+        # no state-dict keys, its own weight lives on "meta" (no memory).
+        self._spconv: object | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias is not None}, indice_key={self.indice_key!r}, backend={self.backend!r}")
+
+    def forward(self, point: Point, feat: Tensor) -> Tensor:
+        if feat.shape[0] != len(point["grid_coord"]) or feat.shape[-1] != self.in_channels:
+            raise PeftbenchError(f"SubMConv3d: feat {tuple(feat.shape)} does not match "
+                                 f"{len(point['grid_coord'])} sites x {self.in_channels} channels")
+        name = _default_backend if self.backend == "auto" else self.backend
+        if resolve_backend(name, feat.device) == "spconv":
+            out = self._forward_spconv(point, feat)
+        else:
+            nmap = cached_neighbour_map(point, self.indice_key, self.kernel_size)
+            out = submconv_torch(feat, self.weight, nmap)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out
+
+    def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
+        spconv_pt = _import_spconv()
+        if self._spconv is None:
+            # Key includes k: spconv would otherwise reuse pairs of another kernel size.
+            key = None if self.indice_key is None else f"{self.indice_key}:k{self.kernel_size}"
+            # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
+            conv = spconv_pt.conv.SparseConvolution(3, self.in_channels, self.out_channels, self.kernel_size,
+                                                    bias=False, subm=True, indice_key=key, device="meta")
+            object.__setattr__(self, "_spconv", conv)  # bypass nn.Module registration
+        conv, training = self._spconv, self.training
+
+        def run(f: Tensor, w: Tensor) -> Tensor:
+            # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
+            return conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None).features
+
+        if feat.device.type == "cpu":
+            return _SingleThreaded.apply(feat, self.weight, run)
+        return run(feat, self.weight)
+
+
+class _SingleThreaded(torch.autograd.Function):
+    """Run a CPU spconv op (forward and, by recomputation, backward) on one torch thread.
+
+    Measured here: spconv 2.3.8's CPU kernels race with 2 threads (about 1 in 5 calls
+    drops a contribution to a site, in forward and in the input gradient); 1 thread is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, weight: Tensor, run) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(feat, weight)
+        ctx.run = run
+        with _one_thread(), torch.no_grad():
+            return run(feat, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        feat, weight = ctx.saved_tensors
+        f = feat.detach().requires_grad_(ctx.needs_input_grad[0])
+        w = weight.detach().requires_grad_(ctx.needs_input_grad[1])
+        inputs = [t for t in (f, w) if t.requires_grad]
+        with _one_thread(), torch.enable_grad():
+            grads = iter(torch.autograd.grad(ctx.run(f, w), inputs, grad))
+        return (next(grads) if f.requires_grad else None, next(grads) if w.requires_grad else None, None)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch (and spconv's CPU kernels) on one thread; the old count restored after."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)

@@ -1,0 +1,201 @@
+"""Suite YAML -> typed, validated config -> trial specs (method × dataset × split × seed).
+
+Every error names the file and the key, and all of them surface before any trial starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftbench.errors import PeftbenchError
+from peftbench.method import make_config
+from peftbench.registry import discover, get_method
+from peftbench.schema import build
+from peftbench.train.config import TrainConfig
+
+SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
+CACHE_DIR = Path(".cache/peftbench")
+
+
+@dataclasses.dataclass
+class DatasetSpec:
+    name: str                                 # "synthetic" or a Pointcept-layout dataset kind
+    root: str
+    domain: str | None = None                 # synthetic: "source" | "target"
+    scenes: dict[str, int] | None = None      # synthetic: scenes to generate per split
+    points_per_m2: float | None = None        # synthetic: sampling density
+    label: str | None = None                  # name shown in reports (default: name, or name-domain)
+    train_split: str = "train"
+    val_split: str = "val"
+    data_seed: int = 0                        # synthetic: generation seed
+
+    @property
+    def display(self) -> str:
+        return self.label or (f"{self.name}-{self.domain}" if self.domain else self.name)
+
+
+@dataclasses.dataclass
+class MethodEntry:
+    name: str
+    label: str | None = None
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-method training overrides
+
+
+@dataclasses.dataclass
+class BackboneSpec:
+    config: str = "tiny"
+    checkpoint: str | None = None             # a .pth path, or "pretrain" for the suite's pretraining stage
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    strict: bool = True
+    conv_backend: str = "auto"                # auto | torch | spconv
+
+
+@dataclasses.dataclass
+class PretrainSpec:
+    dataset: DatasetSpec
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Resources:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+
+
+@dataclasses.dataclass
+class Suite:
+    name: str
+    datasets: list[DatasetSpec]
+    methods: list[MethodEntry]
+    experiment: str | None = None
+    description: str = ""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    splits: list[str] = dataclasses.field(default_factory=lambda: ["full"])
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backbone: BackboneSpec = dataclasses.field(default_factory=BackboneSpec)
+    pretrain: PretrainSpec | None = None
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    methods_dir: list[str] = dataclasses.field(default_factory=list)
+    source: str = ""                          # the file it came from (set by load_suite)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+
+def load_suite(path: str | Path, extra_methods_dirs: list[str] = ()) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise PeftbenchError(f"suite file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise PeftbenchError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from err
+    return parse_suite(raw, str(path), extra_methods_dirs)
+
+
+def parse_suite(raw: Any, where: str, extra_methods_dirs: list[str] = ()) -> Suite:
+    if isinstance(raw, dict) and isinstance(raw.get("methods"), list):
+        raw = dict(raw, methods=[{"name": m} if isinstance(m, str) else m for m in raw["methods"]])
+    suite: Suite = build(Suite, raw, where)
+    suite.source = where
+    # methods_dir entries are relative to the working directory, else to the suite's folder.
+    base = Path(where).resolve().parent
+    suite.methods_dir = [str(Path(p) if Path(p).exists() else base / p)
+                         for p in [*suite.methods_dir, *extra_methods_dirs]]
+    try:
+        discover(suite.methods_dir)
+    except PeftbenchError as err:
+        raise PeftbenchError(f"{where}: methods_dir: {err}") from err
+    _validate(suite, where)
+    return suite
+
+
+def _validate(suite: Suite, where: str) -> None:
+    if not suite.methods or not suite.datasets or not suite.seeds:
+        raise PeftbenchError(f"{where}: methods, datasets and seeds must each list at least one entry")
+    build(TrainConfig, suite.train, f"{where}: train")
+    labels = set()
+    for i, entry in enumerate(suite.methods):
+        key = f"{where}: methods[{i}]"
+        try:
+            cls = get_method(entry.name)
+        except PeftbenchError as err:
+            raise PeftbenchError(f"{key}.name: {err}") from err
+        try:
+            make_config(cls.config_class, entry.settings, entry.name)
+        except (PeftbenchError, TypeError) as err:
+            raise PeftbenchError(f"{key}.settings: {err}") from err
+        build(TrainConfig, {**suite.train, **entry.train}, f"{key}.train")
+        label = entry.label or entry.name
+        if label in labels:
+            raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")
+        labels.add(label)
+    for i, split in enumerate(suite.splits):
+        if not SPLIT_PATTERN.match(split):
+            raise PeftbenchError(f"{where}: splits[{i}]: {split!r} is not a split; use full, scenes-<percent> "
+                                 "or points-<labelled points per scene>")
+    if suite.backbone.checkpoint == "pretrain" and suite.pretrain is None:
+        raise PeftbenchError(f"{where}: backbone.checkpoint: 'pretrain' needs a `pretrain` section")
+    if suite.pretrain is not None:
+        build(TrainConfig, suite.pretrain.train, f"{where}: pretrain.train")
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def pretrain_spec(suite: Suite) -> dict[str, Any] | None:
+    """The resolved pretraining stage; its checkpoint path is keyed by the hash of its config."""
+    if suite.pretrain is None:
+        return None
+    spec = {
+        "kind": "pretrain",
+        "backbone": {"config": suite.backbone.config, "overrides": suite.backbone.overrides,
+                     "conv_backend": suite.backbone.conv_backend},
+        "dataset": dataclasses.asdict(suite.pretrain.dataset),
+        "train": dataclasses.asdict(build(TrainConfig, suite.pretrain.train, "pretrain.train")),
+        "seed": suite.pretrain.seed,
+    }
+    spec["fingerprint"] = fingerprint(spec)
+    spec["checkpoint"] = str(CACHE_DIR / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
+    return spec
+
+
+def trial_specs(suite: Suite) -> list[dict[str, Any]]:
+    """One resolved config per trial; ``fingerprint`` is the hash of everything that shapes it."""
+    pre = pretrain_spec(suite)
+    checkpoint = pre["checkpoint"] if suite.backbone.checkpoint == "pretrain" else suite.backbone.checkpoint
+    specs = []
+    for dataset in suite.datasets:
+        for split in suite.splits:
+            for entry in suite.methods:
+                train = dataclasses.asdict(build(TrainConfig, {**suite.train, **entry.train}, "train"))
+                for seed in suite.seeds:
+                    spec = {
+                        "kind": "trial",
+                        "suite": suite.name,
+                        "method": {"name": entry.name, "label": entry.label or entry.name,
+                                   "settings": entry.settings},
+                        "dataset": dataclasses.asdict(dataset) | {"label": dataset.display},
+                        "split": split,
+                        "seed": seed,
+                        "train": train,
+                        "backbone": dataclasses.asdict(suite.backbone) | {"checkpoint": checkpoint},
+                        "pretrain_fingerprint": pre["fingerprint"] if pre else None,
+                    }
+                    spec["fingerprint"] = fingerprint(spec)
+                    spec["methods_dir"] = [str(Path(p).resolve()) for p in suite.methods_dir]
+                    spec["run_name"] = f"{spec['method']['label']}/{dataset.display}/{split}/s{seed}"
+                    specs.append(spec)
+    return specs

@@ -1,0 +1,31 @@
+"""Pointcept's segmentation metric: intersection / union / target per class, summed over scenes;
+mIoU averages over all classes (an absent class counts 0)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = -1) -> torch.Tensor:
+    """(K, K) counts, rows = ground truth, columns = prediction; ignored targets dropped."""
+    valid = target != ignore_index
+    index = target[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
+
+
+def scores_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, float | list[float]]:
+    """mIoU, mAcc, allAcc (fractions) and per-class IoU, as Pointcept's ``intersection_and_union``."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    intersection = np.diag(cm)
+    target = cm.sum(axis=1)
+    union = cm.sum(axis=0) + target - intersection
+    iou = intersection / (union + 1e-10)
+    acc = intersection / (target + 1e-10)
+    return {
+        "mIoU": float(iou.mean()),
+        "mAcc": float(acc.mean()),
+        "allAcc": float(intersection.sum() / (target.sum() + 1e-10)),
+        "iou": iou.tolist(),
+    }

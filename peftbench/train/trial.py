@@ -1,0 +1,125 @@
+"""One trial from a resolved spec: build, (load,) attach, fit, test, record. Also the pretraining
+stage, which is a full fine-tuning trial on the source domain that writes a Sonata checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from peftbench.backbone import backbone_config
+from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
+from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
+from peftbench.data.sources import batches, build_split, dataset_kind, prepare_dataset
+from peftbench.errors import PeftbenchError
+from peftbench.method import count_parameters, method_state_bytes
+from peftbench.model import Segmentor
+from peftbench.registry import build_method, discover
+from peftbench.schema import build
+from peftbench.train.config import TrainConfig
+from peftbench.train.efficiency import PeakMemory
+from peftbench.train.trainer import Trainer
+
+log = logging.getLogger("peftbench")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(prefer_cuda: bool = True) -> torch.device:
+    return torch.device("cuda" if prefer_cuda and torch.cuda.is_available() else "cpu")
+
+
+def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
+    """Backbone from its named config (or the checkpoint's own config), strict checkpoint load."""
+    bb = spec["backbone"]
+    checkpoint, overrides = bb.get("checkpoint"), bb.get("overrides", {})
+    state, fmt, config = None, "none", None
+    if checkpoint:
+        ckpt_config, state, fmt = read_checkpoint(checkpoint)
+        if bb["config"] == "checkpoint":  # build exactly what the file describes (Sonata format)
+            if ckpt_config is None:
+                raise PeftbenchError(f"{checkpoint} ({fmt}) carries no config; name one in backbone.config")
+            config = {**ckpt_config, **overrides}
+    if config is None:
+        config = backbone_config(bb["config"], **overrides)
+    model = Segmentor(config, num_classes)
+    if state is not None:
+        load_backbone_state(model.backbone, state, strict=bb.get("strict", True), source=str(checkpoint), fmt=fmt)
+    return model
+
+
+def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, float]], None] | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, float]:
+    """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder)."""
+    discover(spec.get("methods_dir", []))
+    seed = int(spec["seed"])
+    seed_everything(seed)
+    device = pick_device()
+    set_default_backend(spec["backbone"].get("conv_backend", "auto"))
+    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
+    dataset = spec["dataset"]
+    prepare_dataset(dataset)
+    classes = dataset_kind(dataset["name"]).classes
+    train_set = build_split(dataset, dataset["train_split"], True, cfg.grid_size, cfg.point_max, seed, cfg.augment)
+    val_set = build_split(dataset, dataset["val_split"], False, cfg.grid_size, cfg.point_max, seed)
+    val_loader = batches(val_set, 1, False, seed, 0, False, cfg.num_workers)
+
+    is_pretrain = spec["kind"] == "pretrain"
+    model = build_model(spec, len(classes))
+    method = build_method("full" if is_pretrain else spec["method"]["name"], spec.get("method", {}).get("settings"))
+    method.apply(model)
+    trainable, total = count_parameters(model)
+    recorder.log_metrics({"params/trainable": trainable, "params/total": total,
+                          "params/trainable_pct": 100.0 * trainable / total})
+    backend = resolve_backend(spec["backbone"].get("conv_backend", "auto"), device)
+    recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
+                                            "classes": list(classes)}}, "config.json")
+
+    steps = cfg.steps_per_epoch or max(len(train_set) // cfg.batch_size, 1)
+    peak = PeakMemory(device)
+    trainer = Trainer(model, method, cfg, device, len(classes), seed)
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        recorder.log_epoch(epoch, metrics)
+        if report:
+            report({**metrics, "epoch": epoch + 1})
+
+    start = time.perf_counter()
+    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers), steps,
+                val_loader, on_epoch, progress)
+    train_s = time.perf_counter() - start
+    scores, confusion = trainer.evaluate(val_loader)
+    final = {"test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
+             **{f"test/iou/{name}": iou for name, iou in zip(classes, scores["iou"])},
+             **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),
+             "eff/latency_ms": trainer.latency_ms(next(iter(val_loader))), "time/train_s": train_s}
+    recorder.log_metrics(final)
+    recorder.log_dict({"classes": list(classes), "matrix": confusion.tolist()}, "confusion_matrix.json")
+    if is_pretrain:
+        save_sonata_checkpoint(spec["checkpoint"], model.backbone_config, model.backbone.state_dict())
+    else:
+        recorder.log_bytes(method_state_bytes(model), "method_weights.pt")
+    return final
+
+
+def ensure_pretrained(spec: dict[str, Any], recorder_factory: Callable[[], Any],
+                      progress: Callable[[str], None] | None = None) -> Path:
+    """Run the pretraining stage unless its checkpoint (keyed by config hash) is cached."""
+    path = Path(spec["checkpoint"])
+    if path.is_file():
+        if progress:
+            progress(f"pretrained backbone cached: {path}")
+        return path
+    with recorder_factory() as recorder:
+        run_trial(spec, recorder, progress=progress)
+    return path

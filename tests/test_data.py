@@ -286,13 +286,18 @@ def test_grid_sample_test_fragments_cover_every_point_once():
     keys = voxel_keys(grid_in)
     voxels, voxel_of, count = np.unique(keys, return_inverse=True, return_counts=True)
     assert len(fragments) == count.max()
-    primary = []
+    primary, by_voxel = [], np.zeros((len(fragments), len(voxels)), dtype=np.int64)
     for i, frag in enumerate(fragments):
         index = frag["index"]
         assert len(index) == len(voxels)  # one point per voxel in every fragment
         assert np.array_equal(np.sort(voxel_of[index]), np.arange(len(voxels)))
         assert np.array_equal(frag["coord"], data["coord"][index]) and np.array_equal(frag["grid_coord"], grid_in[index])
         primary.append(index[count[voxel_of[index]] > i])  # voxel still has unseen points -> a new point
+        by_voxel[i, voxel_of[index]] = index
+    # fillers cycle: a voxel of c points shows in fragment i the point it showed in fragment i % c
+    cycle = np.arange(len(fragments))[:, None] % count[None, :]
+    assert np.array_equal(by_voxel, np.take_along_axis(by_voxel, cycle, axis=0))
+    assert (count > 2).any() and len(fragments) > 3
     primary = np.concatenate(primary)
     assert np.array_equal(np.sort(primary), np.arange(len(keys)))  # exactly once before the fillers
     assert np.array_equal(np.unique(np.concatenate([f["index"] for f in fragments])), np.arange(len(keys)))
@@ -393,7 +398,8 @@ def test_val_chain_and_collect():
 
 def sample(n_points, n_original, name):
     inverse = torch.arange(n_original) % n_points
-    return {"coord": torch.rand(n_points, 3), "segment": torch.arange(n_points), "inverse": inverse, "name": name}
+    segment = torch.arange(n_points) + 100 * n_points  # distinct per sample: a missing shift shows
+    return {"coord": torch.rand(n_points, 3), "segment": segment, "inverse": inverse, "name": name}
 
 
 def test_collate_offsets_and_inverse_shift():

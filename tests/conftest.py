@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny PTv3 and a small random point batch (two scenes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftbench.backbone import backbone_config
+
+MICRO = dict(enc_depths=(1, 1, 1, 1, 1), enc_channels=(8, 16, 16, 32, 32), enc_num_head=(1, 1, 1, 2, 2),
+             enc_patch_size=(32, 32, 32, 32, 32), drop_path=0.0)
+
+
+@pytest.fixture
+def micro_config() -> dict:
+    """Sonata's structure (5 stages, 4 orders, 9 input channels) at a test-sized width."""
+    return backbone_config("tiny", **MICRO)
+
+
+def random_scene_batch(sizes=(300, 220), grid=12, seed=0) -> dict:
+    """Unique voxels per scene (as after GridSample), features coord+color+normal."""
+    gen = torch.Generator().manual_seed(seed)
+    coords, grids = [], []
+    for n in sizes:
+        flat = torch.randperm(grid ** 3, generator=gen)[:n]
+        g = torch.stack([flat // grid ** 2, (flat // grid) % grid, flat % grid], dim=1)
+        grids.append(g.int())
+        coords.append(g.float() * 0.05 + torch.rand(n, 3, generator=gen) * 0.05)
+    n = sum(sizes)
+    offset = torch.cumsum(torch.tensor(sizes), 0)
+    return {"coord": torch.cat(coords), "grid_coord": torch.cat(grids), "offset": offset, "grid_size": 0.05,
+            "feat": torch.randn(n, 9, generator=gen), "segment": torch.randint(0, 5, (n,), generator=gen)}
+
+
+@pytest.fixture
+def scene_batch() -> dict:
+    return random_scene_batch()

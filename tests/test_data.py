@@ -301,6 +301,13 @@ def test_grid_sample_test_fragments_cover_every_point_once():
     primary = np.concatenate(primary)
     assert np.array_equal(np.sort(primary), np.arange(len(keys)))  # exactly once before the fillers
     assert np.array_equal(np.unique(np.concatenate([f["index"] for f in fragments])), np.arange(len(keys)))
+    reshuffled = GridSample(g, mode="test")(data, np.random.default_rng(1))
+    assert not np.array_equal(reshuffled[0]["index"], fragments[0]["index"])  # random order within a voxel
+    chain = Compose([GridSample(g, mode="test"), CenterShift(apply_z=False), ToTensor(),
+                     Collect(keys=("coord", "grid_coord", "index"))])
+    collected = chain(data, np.random.default_rng(0))  # steps after a fragmenting one map over fragments
+    assert len(collected) == len(fragments) and collected[0]["feat"].shape == (len(voxels), 9)
+    assert torch.equal(collected[2]["index"], torch.from_numpy(fragments[2]["index"]))
 
 
 def test_sampled_index_survives_dropout_and_grid_sample():

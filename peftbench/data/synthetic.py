@@ -120,19 +120,26 @@ def _scene_complete(folder: Path) -> bool:
 
 
 def _write_scene(folder: Path, scene: dict[str, np.ndarray]) -> None:
-    """Write into a temporary sibling folder, then rename: a folder that exists is complete."""
+    """Write into a temporary sibling folder, then rename, so a scene folder is always complete
+    (also when parallel trials prepare the same dataset: they write identical bytes)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         np.save(tmp / "coord.npy", scene["coord"].astype(np.float32))
         np.save(tmp / "color.npy", scene["color"].astype(np.uint8))
         np.save(tmp / "normal.npy", scene["normal"].astype(np.float32))
         np.save(tmp / "segment.npy", scene["segment"].astype(np.int16))
-        if folder.exists():  # an incomplete leftover of an interrupted run
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        if _scene_complete(folder):  # another process got there first
+            return
+        if folder.exists():  # an incomplete leftover (not written by this function)
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not _scene_complete(folder):
+                raise
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_meta(meta_path: Path, expected: dict) -> dict:
@@ -184,5 +191,7 @@ def write_synthetic_dataset(root: Path, domain: str, splits: dict[str, int], see
         counts[split] = int(count)
     meta = {**expected, "classes": list(SYNTHETIC_CLASSES), "ignore_index": IGNORE_LABEL, "counts": counts,
             "layout": "<split>/scene_<k:04d>/{coord,color,normal,segment}.npy"}
-    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    tmp = root / f".meta.{os.getpid()}.json"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, root / "meta.json")
     return root

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from peftbench.data.shapes import Cylinder, Panel, Part, place
-from peftbench.data.synthetic_furniture import BUILDERS, Furniture, Top, _box, _u, pick_color, picture_color
+from peftbench.data.synthetic_furniture import BUILDERS, Furniture, box_at, pick_color, picture_color, uniform
 from peftbench.data.synthetic_style import CLASS_ID, IGNORE_LABEL, DomainStyle
 
 TRIES = 30
@@ -95,7 +95,7 @@ def _against_wall(space: _Space, walls: list[Wall], item: Furniture, rng: np.ran
         wall = walls[k]
         if wall.length < w + 0.1:
             continue
-        u, gap = _u(rng, (w / 2 + 0.05, wall.length - w / 2 - 0.05)), _u(rng, (0.0, 0.01))
+        u, gap = uniform(rng, (w / 2 + 0.05, wall.length - w / 2 - 0.05)), uniform(rng, (0.0, 0.01))
         x, y = wall.point(u, gap + (d + front_clearance) / 2)
         rect = footprint(x, y, (w, d + front_clearance), wall.yaw)
         span = (u - w / 2, 0.0, u + w / 2, item.height)
@@ -135,7 +135,7 @@ def _place_table(room: RoomLayout, space: _Space, style: DomainStyle, rng: np.ra
     for _ in range(TRIES):
         yaw = rng.uniform(0, 2 * math.pi) if table.size[0] == table.size[1] else \
             int(rng.integers(4)) * math.pi / 2 + rng.normal(0.0, 0.05)
-        x, y = _u(rng, (0.0, space.lx)), _u(rng, (0.0, space.ly))
+        x, y = uniform(rng, (0.0, space.lx)), uniform(rng, (0.0, space.ly))
         zone = footprint(x, y, table.size, yaw, grow=0.5)  # room for the chairs
         if not space.floor_free(zone):
             continue
@@ -147,7 +147,7 @@ def _place_table(room: RoomLayout, space: _Space, style: DomainStyle, rng: np.ra
         for sx, sy, angle in used:
             chair = BUILDERS["chair"](style, rng)
             out = angle + yaw
-            dist = chair.size[1] / 2 - _u(rng, (0.0, 0.12))
+            dist = chair.size[1] / 2 - uniform(rng, (0.0, 0.12))
             cx = x + c * sx - s * sy + dist * math.cos(out)
             cy = y + s * sx + c * sy + dist * math.sin(out)
             _add_furniture(room, chair, cx, cy, out + math.pi / 2 + rng.normal(0.0, 0.15), tops)
@@ -157,7 +157,7 @@ def _place_table(room: RoomLayout, space: _Space, style: DomainStyle, rng: np.ra
 
 def _place_free(room: RoomLayout, space: _Space, item: Furniture, rng: np.random.Generator, tops: list) -> None:
     for _ in range(TRIES):
-        x, y, yaw = _u(rng, (0.0, space.lx)), _u(rng, (0.0, space.ly)), rng.uniform(0, 2 * math.pi)
+        x, y, yaw = uniform(rng, (0.0, space.lx)), uniform(rng, (0.0, space.ly)), rng.uniform(0, 2 * math.pi)
         rect = footprint(x, y, item.size, yaw)
         if space.floor_free(rect, clearance=0.05):
             space.floor.append(rect)
@@ -171,7 +171,7 @@ def _wall_item_slot(space: _Space, walls: list[Wall], rng: np.random.Generator, 
         k = int(rng.integers(4))
         if walls[k].length < width + 0.4:
             continue
-        u = _u(rng, (width / 2 + 0.2, walls[k].length - width / 2 - 0.2))
+        u = uniform(rng, (width / 2 + 0.2, walls[k].length - width / 2 - 0.2))
         span = (u - width / 2 - 0.05, z0 - 0.05, u + width / 2 + 0.05, z1 + 0.05)
         if space.wall_free(k, span):
             space.spans[k].append(span)
@@ -182,17 +182,17 @@ def _wall_item_slot(space: _Space, walls: list[Wall], rng: np.random.Generator, 
 def _door(style: DomainStyle, rng: np.random.Generator, width: float, height: float) -> list[Part]:
     """Door in the wall's local frame (x along the wall, y = into the room, opening centred at x=0)."""
     label, color = CLASS_ID["door"], pick_color(style, "door", rng)
-    offset, thick = _u(rng, style.door_offset), 0.04
-    trim_color, trim = pick_color(style, "accent", rng) if rng.random() < 0.3 else color, _u(rng, (0.05, 0.08))
+    offset, thick = uniform(rng, style.door_offset), 0.04
+    trim_color, trim = pick_color(style, "accent", rng) if rng.random() < 0.3 else color, uniform(rng, (0.05, 0.08))
     side = float(rng.choice([-1.0, 1.0]))
     parts: list[Part] = [
-        _box(0.0, offset - thick / 2, 0.0, width - 0.02, thick, height - 0.005, label, color),
-        _box(side * (width / 2 - 0.09), offset + 0.025, 0.95, 0.12, 0.05, 0.025, label, trim_color),
+        box_at(0.0, offset - thick / 2, 0.0, width - 0.02, thick, height - 0.005, label, color),
+        box_at(side * (width / 2 - 0.09), offset + 0.025, 0.95, 0.12, 0.05, 0.025, label, trim_color),
     ]
     reveal = 0.04  # the trim sits a little outside the opening
     for sx in (-1.0, 1.0):
-        parts.append(_box(sx * (width / 2 + reveal + trim / 2), 0.0075, 0.0, trim, 0.015, height + reveal + trim, label, trim_color))
-    parts.append(_box(0.0, 0.0075, height + reveal, width + 2 * (reveal + trim), 0.015, trim, label, trim_color))
+        parts.append(box_at(sx * (width / 2 + reveal + trim / 2), 0.0075, 0.0, trim, 0.015, height + reveal + trim, label, trim_color))
+    parts.append(box_at(0.0, 0.0075, height + reveal, width + 2 * (reveal + trim), 0.015, trim, label, trim_color))
     if offset < -0.005:  # a recessed door shows the wall's thickness around the opening
         wall, wall_color = CLASS_ID["wall"], pick_color(style, "wall", rng)
         parts.append(Panel((-width / 2, offset, 0.0), (0.0, -offset, 0.0), (0.0, 0.0, height), (1.0, 0.0, 0.0), wall, wall_color))
@@ -204,37 +204,37 @@ def _door(style: DomainStyle, rng: np.random.Generator, width: float, height: fl
 def _window(style: DomainStyle, rng: np.random.Generator, width: float, z0: float, z1: float) -> tuple[list[Part], float]:
     """Window frame, glass and sill in the wall's local frame; returns parts and frame width."""
     label, color = CLASS_ID["window"], pick_color(style, "window", rng)
-    fw, depth = _u(rng, style.window_frame_width), 0.05
+    fw, depth = uniform(rng, style.window_frame_width), 0.05
     parts: list[Part] = [
-        _box(-width / 2 + fw / 2, 0.005, z0, fw, depth, z1 - z0, label, color),
-        _box(width / 2 - fw / 2, 0.005, z0, fw, depth, z1 - z0, label, color),
-        _box(0.0, 0.005, z0, width - 2 * fw, depth, fw, label, color),
-        _box(0.0, 0.005, z1 - fw, width - 2 * fw, depth, fw, label, color),
+        box_at(-width / 2 + fw / 2, 0.005, z0, fw, depth, z1 - z0, label, color),
+        box_at(width / 2 - fw / 2, 0.005, z0, fw, depth, z1 - z0, label, color),
+        box_at(0.0, 0.005, z0, width - 2 * fw, depth, fw, label, color),
+        box_at(0.0, 0.005, z1 - fw, width - 2 * fw, depth, fw, label, color),
         Panel((-width / 2 + fw, -0.03, z0 + fw), (width - 2 * fw, 0.0, 0.0), (0.0, 0.0, z1 - z0 - 2 * fw),
               (0.0, 1.0, 0.0), label, pick_color(style, "glass", rng), density_scale=style.glass_density_scale),
     ]
     if width > 1.1 and rng.random() < 0.6:  # mullion
-        parts.append(_box(0.0, 0.005, z0 + fw, fw * 0.8, depth, z1 - z0 - 2 * fw, label, color))
+        parts.append(box_at(0.0, 0.005, z0 + fw, fw * 0.8, depth, z1 - z0 - 2 * fw, label, color))
     if rng.random() < 0.6:  # sill
-        parts.append(_box(0.0, 0.06, z0 - 0.03, width + 0.1, 0.12, 0.03, label, color))
+        parts.append(box_at(0.0, 0.06, z0 - 0.03, width + 0.1, 0.12, 0.03, label, color))
     return parts, fw
 
 
 def _picture(style: DomainStyle, rng: np.random.Generator, width: float, z0: float, height: float) -> list[Part]:
-    label, thick = CLASS_ID["picture"], _u(rng, (0.015, 0.04))
-    parts: list[Part] = [_box(0.0, thick / 2, z0, width, thick, height, label, picture_color(style, rng))]
+    label, thick = CLASS_ID["picture"], uniform(rng, (0.015, 0.04))
+    parts: list[Part] = [box_at(0.0, thick / 2, z0, width, thick, height, label, picture_color(style, rng))]
     if rng.random() < 0.6:  # frame, a little proud of the canvas
         fc, fw, ft = pick_color(style, "accent", rng), 0.03, thick + 0.01
-        parts += [_box(sx * (width / 2 + fw / 2), ft / 2, z0 - fw, fw, ft, height + 2 * fw, label, fc) for sx in (-1, 1)]
-        parts += [_box(0.0, ft / 2, z, width, ft, fw, label, fc) for z in (z0 - fw, z0 + height)]
+        parts += [box_at(sx * (width / 2 + fw / 2), ft / 2, z0 - fw, fw, ft, height + 2 * fw, label, fc) for sx in (-1, 1)]
+        parts += [box_at(0.0, ft / 2, z, width, ft, fw, label, fc) for z in (z0 - fw, z0 + height)]
     return parts
 
 
 def _clutter(style: DomainStyle, rng: np.random.Generator, x: float, y: float, z0: float) -> Part:
     color = pick_color(style, "clutter", rng)
     if rng.random() < 0.5:
-        return _box(x, y, z0, _u(rng, (0.08, 0.35)), _u(rng, (0.08, 0.3)), _u(rng, (0.05, 0.35)), IGNORE_LABEL, color)
-    return Cylinder((x, y), (z0, z0 + _u(rng, (0.08, 0.35))), _u(rng, (0.03, 0.12)), IGNORE_LABEL, color)
+        return box_at(x, y, z0, uniform(rng, (0.08, 0.35)), uniform(rng, (0.08, 0.3)), uniform(rng, (0.05, 0.35)), IGNORE_LABEL, color)
+    return Cylinder((x, y), (z0, z0 + uniform(rng, (0.08, 0.35))), uniform(rng, (0.03, 0.12)), IGNORE_LABEL, color)
 
 
 def _count(style: DomainStyle, name: str, rng: np.random.Generator, scale: float = 1.0) -> int:
@@ -245,12 +245,12 @@ def _count(style: DomainStyle, name: str, rng: np.random.Generator, scale: float
 
 def build_room(style: DomainStyle, rng: np.random.Generator) -> RoomLayout:
     """Lay out one room of ``style``: every part in world coordinates."""
-    lx, ly, height = _u(rng, style.room_size), _u(rng, style.room_size), _u(rng, style.wall_height)
+    lx, ly, height = uniform(rng, style.room_size), uniform(rng, style.room_size), uniform(rng, style.wall_height)
     room, space, walls, tops = RoomLayout((lx, ly, height)), _Space(lx, ly), make_walls(lx, ly), []
     holes: dict[int, list] = {k: [] for k in range(4)}
 
     for _ in range(_count(style, "door", rng)):
-        width, door_h = _u(rng, (0.8, 1.0)), _u(rng, (2.0, 2.15))
+        width, door_h = uniform(rng, (0.8, 1.0)), uniform(rng, (2.0, 2.15))
         slot = _wall_item_slot(space, walls, rng, width + 0.3, 0.0, door_h + 0.15)
         if slot is None:
             continue
@@ -278,16 +278,16 @@ def build_room(style: DomainStyle, rng: np.random.Generator) -> RoomLayout:
             _add_furniture(room, item, *wall.point(u, gap + item.size[1] / 2), wall.yaw, tops)
             if desk_chair:
                 chair = BUILDERS["chair"](style, rng)
-                n = gap + item.size[1] + chair.size[1] / 2 - _u(rng, (0.0, 0.15))
+                n = gap + item.size[1] + chair.size[1] / 2 - uniform(rng, (0.0, 0.15))
                 yaw = wall.yaw + math.pi + rng.normal(0.0, 0.2)
-                _add_furniture(room, chair, *wall.point(u + _u(rng, (-0.2, 0.2)), n), yaw, tops)
+                _add_furniture(room, chair, *wall.point(u + uniform(rng, (-0.2, 0.2)), n), yaw, tops)
                 chairs_left -= 1
     for _ in range(max(0, chairs_left)):
         _place_free(room, space, BUILDERS["chair"](style, rng), rng, tops)
 
     for _ in range(_count(style, "window", rng, wall_scale)):
-        width, sill = _u(rng, (0.8, 1.6)), _u(rng, (0.8, 1.0))
-        top = min(height - 0.2, sill + _u(rng, (1.0, 1.5)))
+        width, sill = uniform(rng, (0.8, 1.6)), uniform(rng, (0.8, 1.0))
+        top = min(height - 0.2, sill + uniform(rng, (1.0, 1.5)))
         slot = _wall_item_slot(space, walls, rng, width, sill - 0.05, top)
         if slot is None:
             continue
@@ -296,8 +296,8 @@ def build_room(style: DomainStyle, rng: np.random.Generator) -> RoomLayout:
         room.add([place(p, *walls[k].point(u, 0.0), walls[k].yaw) for p in parts])
         holes[k].append((u - width / 2 + fw, u + width / 2 - fw, sill + fw, top - fw))
     for _ in range(_count(style, "picture", rng, wall_scale)):
-        width, pic_h = _u(rng, (0.3, 1.0)), _u(rng, (0.3, 0.8))
-        z0 = min(_u(rng, (1.3, 1.7)) - pic_h / 2, height - 0.15 - pic_h)
+        width, pic_h = uniform(rng, (0.3, 1.0)), uniform(rng, (0.3, 0.8))
+        z0 = min(uniform(rng, (1.3, 1.7)) - pic_h / 2, height - 0.15 - pic_h)
         slot = _wall_item_slot(space, walls, rng, width, z0, z0 + pic_h)
         if slot is not None:
             k, u = slot
@@ -306,10 +306,10 @@ def build_room(style: DomainStyle, rng: np.random.Generator) -> RoomLayout:
     for _ in range(_count_range(style.clutter_count, rng)):
         if tops and rng.random() < 0.7:
             (tx, ty, tw, td, tz), x, y, yaw = tops[int(rng.integers(len(tops)))]
-            item = _clutter(style, rng, tx + _u(rng, (-tw / 2, tw / 2)), ty + _u(rng, (-td / 2, td / 2)), tz)
+            item = _clutter(style, rng, tx + uniform(rng, (-tw / 2, tw / 2)), ty + uniform(rng, (-td / 2, td / 2)), tz)
             room.add([place(item, x, y, yaw)])
         else:
-            x, y = _u(rng, (0.2, lx - 0.2)), _u(rng, (0.2, ly - 0.2))
+            x, y = uniform(rng, (0.2, lx - 0.2)), uniform(rng, (0.2, ly - 0.2))
             if space.floor_free(footprint(x, y, (0.4, 0.4), 0.0)):
                 space.floor.append(footprint(x, y, (0.4, 0.4), 0.0))
                 room.add([_clutter(style, rng, x, y, 0.0)])

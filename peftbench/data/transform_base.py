@@ -28,7 +28,7 @@ def select_points(data: Data, index: np.ndarray) -> Data:
 def keep_with_sampled(data: Data, index: np.ndarray) -> np.ndarray:
     """``index`` plus every point listed in ``data['sampled_index']``, sorted and unique."""
     if "sampled_index" in data:
-        pass
+        index = np.concatenate([index, np.asarray(data["sampled_index"], dtype=np.int64)])
     return np.unique(index)
 
 

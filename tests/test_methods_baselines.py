@@ -1,0 +1,159 @@
+"""Baseline method plugins (LoRA, adapter, prefix tuning, BitFit): what trains, identity at init,
+method-only checkpoints, LoRA merging, and the paper's parameter counts on Sonata."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peftbench.errors import PeftbenchError
+from peftbench.method import count_parameters, load_method_state_dict, method_state_dict
+from peftbench.model import Segmentor
+from peftbench.params import method_parameters
+from peftbench.registry import build_method
+from peftbench.train.losses import segmentation_loss
+
+# (method, settings): every variant whose structure differs
+VARIANTS = [("lora", {}), ("lora", {"targets": ["qkv", "proj", "fc1", "fc2"], "use_rslora": True}),
+            ("adapter", {}), ("adapter", {"placement": "parallel_mlp"}), ("adapter", {"placement": "parallel_attn"}),
+            ("prompt", {"num_tokens": 5}), ("bitfit", {}), ("bitfit", {"include_norms": True})]
+ZERO_INIT = [v for v in VARIANTS if v[0] in ("lora", "adapter")]
+IDS = [f"{m}-{'-'.join(map(str, s.values())) or 'default'}" for m, s in VARIANTS]
+
+
+def _sonata_like(config) -> Segmentor:
+    """The 'pretrained' backbone every test model starts from (fixed seed, no method)."""
+    torch.manual_seed(0)
+    return Segmentor(config, 5)
+
+
+def _with_method(config, method: str, settings: dict, seed: int = 1):
+    model = Segmentor(config, 5)
+    model.load_state_dict(_sonata_like(config).state_dict())  # load weights BEFORE attaching
+    torch.manual_seed(seed)
+    method_obj = build_method(method, settings)
+    method_obj.apply(model)
+    return model, method_obj
+
+
+def _forward(model, batch, seed=0):
+    inputs = {k: v for k, v in batch.items() if k != "segment"}
+    return model(inputs, torch.Generator().manual_seed(seed))
+
+
+def _perturb_trainable(model, std=0.05):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * std)
+
+
+@pytest.mark.parametrize("method,settings", VARIANTS, ids=IDS)
+def test_only_method_and_head_train(micro_config, scene_batch, method, settings):
+    model, method_obj = _with_method(micro_config, method, settings)
+    model.train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in model.named_parameters() if n.startswith("seg_head.") or method_obj.owns(n)}
+    assert any(not n.startswith("seg_head.") for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    segmentation_loss(_forward(model, scene_batch), scene_batch["segment"]).backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
+    assert any(n.startswith("seg_head.") for n in changed)
+    # The method's zero-init outputs (lora_B, adapter up) and the prompts get gradients and move.
+    moved = {"lora": "lora_B.weight", "adapter": "up.weight", "prompt": "prompt_k", "bitfit": ".bias"}[method]
+    assert any(n.endswith(moved) and not n.startswith("seg_head.") for n in changed)
+    if method == "prompt":
+        grads = [p.grad for n, p in model.named_parameters() if "prompt_" in n]
+        assert len(grads) == 2 * 5 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("method,settings", ZERO_INIT, ids=[f"{m}-{s}" for m, s in ZERO_INIT])
+def test_zero_init_equals_frozen_backbone(micro_config, scene_batch, method, settings):
+    base = _sonata_like(micro_config).eval()
+    model, _ = _with_method(micro_config, method, settings)
+    torch.testing.assert_close(_forward(model.eval(), scene_batch), _forward(base, scene_batch), rtol=0, atol=0)
+
+
+def test_prompt_prefix_is_attended(micro_config, scene_batch):
+    base = _sonata_like(micro_config).eval()
+    model, _ = _with_method(micro_config, "prompt", {"num_tokens": 3})
+    names = [n for n, _ in model.named_parameters() if "prompt_" in n]
+    assert "backbone.enc.enc0.block0.attn.kv_prefix.prompt_k" in names
+    block = next(model.backbone.encoder_blocks())[1]
+    assert block.attn.kv_prefix.prompt_v.shape == (3, block.attn.num_heads, block.channels // block.attn.num_heads)
+    assert not torch.allclose(_forward(model.eval(), scene_batch), _forward(base, scene_batch))
+
+
+@pytest.mark.parametrize("method,settings", VARIANTS, ids=IDS)
+def test_method_state_roundtrip(micro_config, scene_batch, method, settings):
+    model, _ = _with_method(micro_config, method, settings)
+    _perturb_trainable(model)
+    state = method_state_dict(model)
+    assert sum(t.numel() for t in state.values()) == count_parameters(model)[0]
+    fresh, _ = _with_method(micro_config, method, settings, seed=2)
+    expected = _forward(model.eval(), scene_batch)
+    assert not torch.allclose(_forward(fresh.eval(), scene_batch), expected)
+    load_method_state_dict(fresh, state)
+    torch.testing.assert_close(_forward(fresh, scene_batch), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("settings", [{}, {"targets": ["qkv", "proj", "fc1", "fc2"], "use_rslora": True, "r": 3}])
+def test_lora_merge_equals_unmerged_and_restores_sonata_keys(micro_config, scene_batch, settings):
+    model, method_obj = _with_method(micro_config, "lora", settings)
+    assert "enc.enc0.block0.attn.qkv.base_layer.weight" in model.backbone.state_dict()
+    _perturb_trainable(model)
+    unmerged = _forward(model.eval(), scene_batch)
+    method_obj.merge(model)
+    torch.testing.assert_close(_forward(model, scene_batch), unmerged, rtol=1e-5, atol=1e-5)
+    keys = set(model.backbone.state_dict())
+    assert keys == set(_sonata_like(micro_config).backbone.state_dict())
+    assert "enc.enc0.block0.attn.qkv.weight" in keys and not any("lora_" in k or "base_layer" in k for k in keys)
+    with pytest.raises(PeftbenchError, match="attach lora first"):
+        method_obj.merge(model)
+
+
+def test_lora_unmatched_target_names_valid_modules(micro_config):
+    with pytest.raises(PeftbenchError) as err:
+        _with_method(micro_config, "lora", {"targets": ["qkvv"]})
+    for name in ("qkvv", "attn.qkv", "attn.proj", "mlp.0.fc1", "mlp.0.fc2"):
+        assert name in str(err.value)
+
+
+def test_bad_settings_say_how_to_fix(micro_config):
+    with pytest.raises(PeftbenchError, match="post_mlp"):
+        _with_method(micro_config, "adapter", {"placement": "after_mlp"})
+    with pytest.raises(PeftbenchError, match="num_tokens"):
+        _with_method(micro_config, "prompt", {"num_tokens": 0})
+
+
+def test_bitfit_trains_biases_not_norms_by_default(micro_config):
+    for include_norms in (False, True):
+        model, _ = _with_method(micro_config, "bitfit", {"include_norms": include_norms})
+        grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        block = "backbone.enc.enc1.block0."
+        assert grad[block + "cpe.0.bias"] and grad[block + "attn.qkv.bias"] and grad["backbone.enc.enc1.down.proj.bias"]
+        assert not grad[block + "attn.qkv.weight"] and not grad[block + "cpe.0.weight"]
+        assert grad[block + "norm1.0.weight"] == grad[block + "norm1.0.bias"] == include_norms
+
+
+# Sonata + ScanNet-20 head (24,660): the paper's Table 1 sizes and Table 10's tight budgets
+# (gem-paper.md §3-4). Every one is exact arithmetic, so the counts must match exactly.
+SONATA_COUNTS = [
+    ("lora", {}, 1_855_572), ("adapter", {}, 2_782_788), ("prompt", {}, 5_517_396),
+    ("bitfit", {}, 104_564), ("bitfit", {"include_norms": True}, 149_940),
+    ("adapter", {"placement": "parallel_mlp"}, 2_782_788),
+    ("lora", {"r": 1}, 53_268), ("adapter", {"bottleneck": 1}, 46_140), ("prompt", {"num_tokens": 2}, 53_268),
+]
+
+
+@pytest.mark.parametrize("method,settings,expected", SONATA_COUNTS,
+                         ids=[f"{m}-{'-'.join(map(str, s.values())) or 'default'}" for m, s, _ in SONATA_COUNTS])
+def test_sonata_parameter_counts(method, settings, expected):
+    trainable, total = method_parameters("sonata", 20, method, settings)
+    assert trainable == expected
+    if not settings:  # Table 1's Pct column (trainable / total, as HF peft prints it)
+        pct = {"lora": 1.7, "adapter": 2.5, "prompt": 4.8, "bitfit": 0.1}[method]
+        assert round(100 * trainable / total, 1) == pct

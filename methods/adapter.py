@@ -63,7 +63,8 @@ class Adapter(Method):
     def attach(self, model: nn.Module) -> None:
         cfg: AdapterConfig = self.config
         if cfg.placement not in PLACEMENT_SLOTS:
-            raise PeftbenchError(f"adapter: placement must be one of {list(PLACEMENT_SLOTS)}, got {cfg.placement!r}")
+            raise PeftbenchError(f"adapter: placement must be one of {list(PLACEMENT_SLOTS)}, "
+                                 f"got {cfg.placement!r}")
         if cfg.bottleneck < 1:
             raise PeftbenchError(f"adapter: bottleneck must be >= 1, got {cfg.bottleneck}")
         for _, block in model.backbone.encoder_blocks():

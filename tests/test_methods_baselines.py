@@ -14,8 +14,8 @@ from peftbench.registry import build_method
 from peftbench.train.losses import segmentation_loss
 
 # (method, settings): every variant whose structure differs
-VARIANTS = [("lora", {}), ("lora", {"targets": ["qkv", "proj", "fc1", "fc2"], "use_rslora": True}),
-            ("adapter", {}), ("adapter", {"placement": "parallel_mlp"}), ("adapter", {"placement": "parallel_attn"}),
+ALL_LINEAR = ["qkv", "proj", "fc1", "fc2"]
+VARIANTS = [("lora", {}), ("lora", {"targets": ALL_LINEAR, "use_rslora": True}), ("adapter", {}), ("adapter", {"placement": "parallel_mlp"}), ("adapter", {"placement": "parallel_attn"}),
             ("prompt", {"num_tokens": 5}), ("bitfit", {}), ("bitfit", {"include_norms": True})]
 ZERO_INIT = [v for v in VARIANTS if v[0] in ("lora", "adapter")]
 IDS = [f"{m}-{'-'.join(map(str, s.values())) or 'default'}" for m, s in VARIANTS]
@@ -100,7 +100,7 @@ def test_method_state_roundtrip(micro_config, scene_batch, method, settings):
     torch.testing.assert_close(_forward(fresh, scene_batch), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("settings", [{}, {"targets": ["qkv", "proj", "fc1", "fc2"], "use_rslora": True, "r": 3}])
+@pytest.mark.parametrize("settings", [{}, {"targets": ALL_LINEAR, "use_rslora": True, "r": 4, "alpha": 2}])
 def test_lora_merge_equals_unmerged_and_restores_sonata_keys(micro_config, scene_batch, settings):
     model, method_obj = _with_method(micro_config, "lora", settings)
     assert "enc.enc0.block0.attn.qkv.base_layer.weight" in model.backbone.state_dict()
@@ -134,7 +134,8 @@ def test_bitfit_trains_biases_not_norms_by_default(micro_config):
         model, _ = _with_method(micro_config, "bitfit", {"include_norms": include_norms})
         grad = {n: p.requires_grad for n, p in model.named_parameters()}
         block = "backbone.enc.enc1.block0."
-        assert grad[block + "cpe.0.bias"] and grad[block + "attn.qkv.bias"] and grad["backbone.enc.enc1.down.proj.bias"]
+        assert grad[block + "cpe.0.bias"] and grad[block + "attn.qkv.bias"]
+        assert grad["backbone.enc.enc1.down.proj.bias"] and grad["backbone.embedding.stem.linear.bias"]
         assert not grad[block + "attn.qkv.weight"] and not grad[block + "cpe.0.weight"]
         assert grad[block + "norm1.0.weight"] == grad[block + "norm1.0.bias"] == include_norms
 

@@ -1,4 +1,4 @@
-"""The ``peftbench`` command: run, train, report, params, methods."""
+"""The ``peftbench`` command: run, train, report, params, methods, data."""
 
 from __future__ import annotations
 
@@ -88,7 +88,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from peftbench.params import parameter_table
+    from peftbench.registry import discover
 
+    discover(args.methods_dir)
     _say(parameter_table(args.backbone, args.num_classes, args.methods or None))
     return 0
 
@@ -105,6 +107,14 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if defaults:
             _say(f"{'':<10} settings: {defaults}")
     return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from peftbench.data.check import inspect_dataset
+
+    result = inspect_dataset(args.root, args.dataset)
+    _say(result.text)
+    return 0 if result.ok else 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,11 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default="sonata")
     p.add_argument("--num-classes", type=int, default=20)
     p.add_argument("--methods", nargs="*")
+    add_common(p)
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("methods", help="list the registered methods and their settings")
     add_common(p)
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("data", help="inspect a dataset folder before a long run")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    q = data_sub.add_parser("check", help="splits, scene and point counts, label histogram, problems (exit 2 if any)")
+    q.add_argument("root", help="the dataset folder (Pointcept's preprocessed layout)")
+    q.add_argument("--dataset", required=True,
+                   help="dataset kind: synthetic, scannet, scannet200, scannetpp, s3dis")
+    q.set_defaults(func=cmd_data)
     return parser
 
 

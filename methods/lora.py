@@ -25,12 +25,12 @@ class LoRAConfig(MethodConfig):
     r: int = 64                   # rank (Table 10's tight budget: r=1)
     alpha: float = 64             # scaling = alpha / r = 1.0
     dropout: float = 0.0          # on the LoRA path's input only
-    targets: list[str] = dataclasses.field(default_factory=lambda: ["qkv"])  # suffixes of block module names
+    targets: tuple[str, ...] = ("qkv",)  # suffixes of encoder-block module names, e.g. "proj", "fc1", "fc2"
     use_rslora: bool = False      # scaling = alpha / sqrt(r) (rank-stabilised LoRA)
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str):  # a single name from YAML or the command line
-            self.targets = [self.targets]
+        # A list or a single name from YAML; a tuple keeps the dataclass default immutable.
+        self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
 
 
 class LoRALinear(nn.Module):

@@ -17,6 +17,9 @@ from torch import nn
 from peftbench.errors import PeftbenchError
 
 
+HEAD_PREFIXES = ("seg_head.", "backbone.dec.")
+
+
 @dataclasses.dataclass
 class MethodConfig:
     """Base of method configs. Subclasses add fields whose defaults match the paper's sizes."""
@@ -42,8 +45,9 @@ class Method:
         """Insert the method's modules into ``model`` (a Segmentor) through the backbone's slots."""
 
     def is_trainable(self, name: str) -> bool:
-        """Whether parameter ``name`` trains. Default: the head and the method's own parameters."""
-        return self.trains_backbone or name.startswith("seg_head.") or self.owns(name)
+        """Whether parameter ``name`` trains. Default: the head (with a decoder, the decoder too: the
+        paper's Table 4 trains it with every method) and the method's own parameters."""
+        return self.trains_backbone or name.startswith(HEAD_PREFIXES) or self.owns(name)
 
     def merge(self, model: nn.Module) -> None:
         raise PeftbenchError(f"method {self.name!r} cannot be merged into the backbone (only linear methods can)")

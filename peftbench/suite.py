@@ -35,6 +35,7 @@ class DatasetSpec:
     train_split: str = "train"
     val_split: str = "val"
     data_seed: int = 0                        # synthetic: generation seed
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-dataset training overrides
 
     @property
     def display(self) -> str:
@@ -136,7 +137,9 @@ def _validate(suite: Suite, where: str) -> None:
             make_config(cls.config_class, entry.settings, entry.name)
         except (PeftbenchError, TypeError) as err:
             raise PeftbenchError(f"{key}.settings: {err}") from err
-        build(TrainConfig, {**suite.train, **entry.train}, f"{key}.train")
+        for d, dataset in enumerate(suite.datasets):
+            blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
+            build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
         label = entry.label or entry.name
         if label in labels:
             raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")
@@ -180,7 +183,9 @@ def trial_specs(suite: Suite) -> list[dict[str, Any]]:
     for dataset in suite.datasets:
         for split in suite.splits:
             for entry in suite.methods:
-                train = dataclasses.asdict(build(TrainConfig, {**suite.train, **entry.train}, "train"))
+                # Overrides from general to specific: suite, then dataset, then method entry.
+                merged = {**suite.train, **dataset.train, **entry.train}
+                train = dataclasses.asdict(build(TrainConfig, merged, "train"))
                 for seed in suite.seeds:
                     spec = {
                         "kind": "trial",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peftbench.method import Method
+from peftbench.method import HEAD_PREFIXES, Method
 
 
 def parameter_groups(model: nn.Module, method: Method, lr: float, method_lr: float,
@@ -23,7 +23,7 @@ def parameter_groups(model: nn.Module, method: Method, lr: float, method_lr: flo
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        role = "head" if name.startswith("seg_head.") else "method" if method.owns(name) else "backbone"
+        role = "head" if name.startswith(HEAD_PREFIXES) else "method" if method.owns(name) else "backbone"
         groups[role]["params"].append(param)
     return [g for g in groups.values() if g["params"]]
 

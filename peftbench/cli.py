@@ -95,6 +95,30 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from peftbench.bench import bench_method, format_rows, synthetic_batch
+    from peftbench.registry import discover
+
+    discover(args.methods_dir)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch = synthetic_batch(args.points, args.batch_size, args.grid_size)
+    _say(f"bench: backbone {args.backbone}, batch {args.batch_size} x {args.points} points, {device}, "
+         f"amp {args.amp and device.type == 'cuda'}, median of {args.steps} steps")
+    rows = []
+    for method in args.methods:
+        rows.append(bench_method(args.backbone, method, batch, device, args.steps, args.amp))
+        _say(format_rows(rows[-1:]).splitlines()[-1] if rows[1:] else format_rows(rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": str(device), "gpu": torch.cuda.get_device_name(device)
+                                              if device.type == "cuda" else None, "args": vars(args) | {"func": None},
+                                              "rows": rows}, indent=2, default=str))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from peftbench.registry import available_methods, discover, get_method
 
@@ -157,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*")
     add_common(p)
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("bench", help="time and memory of inference / train steps per method (synthetic scenes)")
+    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--methods", nargs="+", default=["linear", "gem", "full"])
+    p.add_argument("--points", type=int, default=20000, help="points per scene after grid sampling and crop")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--grid-size", type=float, default=0.02)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--device")
+    p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--out", help="write the rows as JSON")
+    add_common(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("methods", help="list the registered methods and their settings")
     add_common(p)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from peftbench.errors import PeftbenchError
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -26,3 +28,9 @@ class TrainConfig:
     grid_size: float = 0.02
     point_max: int = 102400              # training sphere crop
     augment: bool = True
+    test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
+
+    def __post_init__(self) -> None:
+        if self.test_protocol not in ("single", "voting"):
+            raise PeftbenchError(f"train.test_protocol must be 'single' (one grid-sampled pass) or 'voting' "
+                                 f"(Sonata's 13-augmentation fragment voting), got {self.test_protocol!r}")

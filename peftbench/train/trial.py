@@ -16,7 +16,8 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
-from peftbench.data.sources import batches, build_split, dataset_kind, prepare_dataset
+from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
+                                   prepare_dataset, resolve_file)
 from peftbench.errors import PeftbenchError
 from peftbench.method import count_parameters, method_state_bytes
 from peftbench.model import Segmentor
@@ -25,6 +26,7 @@ from peftbench.schema import build
 from peftbench.train.config import TrainConfig
 from peftbench.train.efficiency import PeakMemory
 from peftbench.train.trainer import Trainer
+from peftbench.train.voting import evaluate_voting
 
 log = logging.getLogger("peftbench")
 
@@ -45,6 +47,7 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
     checkpoint, overrides = bb.get("checkpoint"), bb.get("overrides", {})
     state, fmt, config = None, "none", None
     if checkpoint:
+        checkpoint = str(resolve_file(checkpoint, "backbone.checkpoint"))  # ${VAR} allowed
         ckpt_config, state, fmt = read_checkpoint(checkpoint)
         if bb["config"] == "checkpoint":  # build exactly what the file describes (Sonata format)
             if ckpt_config is None:
@@ -70,7 +73,8 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     dataset = spec["dataset"]
     prepare_dataset(dataset)
     classes = dataset_kind(dataset["name"]).classes
-    train_set = build_split(dataset, dataset["train_split"], True, cfg.grid_size, cfg.point_max, seed, cfg.augment)
+    train_set, split_record = build_train_set(dataset, spec.get("split", "full"), cfg.grid_size, cfg.point_max,
+                                              seed, cfg.augment)
     val_set = build_split(dataset, dataset["val_split"], False, cfg.grid_size, cfg.point_max, seed)
     val_loader = batches(val_set, 1, False, seed, 0, False, cfg.num_workers)
 
@@ -83,7 +87,13 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
                           "params/trainable_pct": 100.0 * trainable / total})
     backend = resolve_backend(spec["backbone"].get("conv_backend", "auto"), device)
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
-                                            "classes": list(classes)}}, "config.json")
+                                            "classes": list(classes),
+                                            "split": {k: split_record[k] for k in ("split", "source", "hash")}}},
+                       "config.json")
+    recorder.log_dict(split_record, "split.json")
+    recorder.log_metrics({"split/train_scenes": split_record["num_scenes"],
+                          **({"split/labelled_points": split_record["labelled_points"]}
+                             if "labelled_points" in split_record else {})})
 
     steps = cfg.steps_per_epoch or max(len(train_set) // cfg.batch_size, 1)
     peak = PeakMemory(device)
@@ -95,10 +105,15 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
             report({**metrics, "epoch": epoch + 1})
 
     start = time.perf_counter()
-    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers), steps,
-                val_loader, on_epoch, progress)
+    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers, cfg.mix_prob),
+                steps, val_loader, on_epoch, progress)
     train_s = time.perf_counter() - start
-    scores, confusion = trainer.evaluate(val_loader)
+    if cfg.test_protocol == "voting":  # Sonata's 13-augmentation fragment voting on every point
+        scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,
+                                            prevoxel=dataset_kind(dataset["name"]).recipe.test_prevoxel,
+                                            device=device, seed=seed, amp=cfg.amp, progress=progress)
+    else:  # the fast single pass, as the per-epoch validation
+        scores, confusion = trainer.evaluate(val_loader)
     final = {"test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
              **{f"test/iou/{name}": iou for name, iou in zip(classes, scores["iou"])},
              **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),

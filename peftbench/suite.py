@@ -36,6 +36,7 @@ class DatasetSpec:
     val_split: str = "val"
     data_seed: int = 0                        # synthetic: generation seed
     train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-dataset training overrides
+    group: str | None = None                  # folds of one score (S3DIS 6-fold): reports sum their confusions
 
     @property
     def display(self) -> str:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from peftbench.errors import PeftbenchError
 from peftbench.report import figures, tables
+from peftbench.report.folds import add_fold_rows
 from peftbench.report.frame import class_names, histories_of, load_histories, load_runs
 from peftbench.report.tables import per_class_table, summary_table
 from peftbench.tracking import resolve_tracking_uri
@@ -77,10 +78,11 @@ def write_report(uri: str, experiment: str, out_dir: Path,
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs = add_fold_rows(uri, runs)
     methods = tables.ordered(runs["method"].tolist(), method_order)
     summary = summary_table(runs, tables.REPORT_METRICS, methods)
     per_class = per_class_table(runs, class_names(uri, runs), methods)
-    histories = histories_of(uri, runs, "val/mIoU")
+    histories = histories_of(uri, runs[runs["kind"] != "combined"], "val/mIoU")
 
     written: list[Path] = []
 

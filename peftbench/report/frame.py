@@ -14,7 +14,7 @@ from peftbench.errors import PeftbenchError
 
 # Identity columns of a run, in the order tables and CSVs show them.
 RUN_COLUMNS = [
-    "run_id", "run_name", "status", "kind", "suite", "method", "dataset", "split", "seed",
+    "run_id", "run_name", "status", "kind", "suite", "method", "dataset", "group", "split", "seed",
     "fingerprint", "start_time", "end_time", "duration_s", "error",
 ]
 HISTORY_COLUMNS = ["run_id", "status", "method", "dataset", "split", "seed", "step", "value"]
@@ -70,6 +70,7 @@ def _row(run: Any) -> dict[str, Any]:
         # Tags are the contract; params are a fallback for runs logged by hand.
         "method": tags.get(_TAG + "method", params.get("method.name")),
         "dataset": tags.get(_TAG + "dataset", params.get("dataset.name")),
+        "group": tags.get(_TAG + "dataset_group"),
         "split": tags.get(_TAG + "split", "full"),
         "seed": tags.get(_TAG + "seed", params.get("seed")),
         "fingerprint": tags.get(_TAG + "fingerprint"),

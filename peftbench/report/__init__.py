@@ -34,7 +34,7 @@ def _markdown(experiment: str, uri: str, runs: pd.DataFrame, summary: pd.DataFra
     suites = ", ".join(f"`{s}`" for s in tables.ordered(runs["suite"].dropna().tolist())) or "—"
     out = [
         f"# peftbench report: {experiment}", "",
-        f"- Experiment: `{experiment}` (tracking URI `{uri}`)",
+        f"- Experiment: `{experiment}` (tracking URI `{_shown_uri(uri)}`)",
         f"- Generated: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Suites: {suites}",
         f"- Trial runs: {len(runs)} ({status})", "",
@@ -60,6 +60,12 @@ def _markdown(experiment: str, uri: str, runs: pd.DataFrame, summary: pd.DataFra
                 for r in failed.itertuples(index=False)]
         out.append("")
     return "\n".join(out)
+
+
+def _shown_uri(uri: str) -> str:
+    """A sqlite URI under the working directory is shown relative: reports get committed."""
+    prefix = f"sqlite:///{Path.cwd()}/"
+    return "sqlite:///" + uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
 def write_report(uri: str, experiment: str, out_dir: Path,

@@ -57,6 +57,7 @@ class BackboneSpec:
     checkpoint: str | None = None             # a .pth path, or "pretrain" for the suite's pretraining stage
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     strict: bool = True
+    drop_decoder: bool = False                # load an encoder-only model from a file with a decoder
     conv_backend: str = "auto"                # auto | torch | spconv
 
 

@@ -57,7 +57,8 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
         config = backbone_config(bb["config"], **overrides)
     model = Segmentor(config, num_classes)
     if state is not None:
-        load_backbone_state(model.backbone, state, strict=bb.get("strict", True), source=str(checkpoint), fmt=fmt)
+        load_backbone_state(model.backbone, state, strict=bb.get("strict", True), source=str(checkpoint), fmt=fmt,
+                            drop_decoder=bb.get("drop_decoder", False))
     return model
 
 

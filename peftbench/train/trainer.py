@@ -12,7 +12,6 @@ from torch import nn
 
 from peftbench.method import Method
 from peftbench.train.config import TrainConfig
-from peftbench.train.efficiency import PeakMemory
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.optim import build_optimizer, parameter_groups
@@ -136,5 +135,3 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-
-__all__ = ["PeakMemory", "Trainer", "model_inputs", "to_device"]

@@ -27,8 +27,8 @@ from peftbench.data.collate import collate_points
 from peftbench.data.transforms import CenterShift, Collect, GridSample, NormalizeColor, ToTensor
 from peftbench.errors import PeftbenchError
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
+from peftbench.train.trainer import model_inputs, to_device
 
-_MODEL_KEYS = ("coord", "grid_coord", "feat", "offset", "grid_size")
 TEST_PROTOCOLS = ("single", "voting")
 
 
@@ -99,8 +99,7 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
             for t in post:
                 fragment = t(fragment, rng)
             batch = collate_points([fragment])
-            inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                      for k, v in batch.items() if k in _MODEL_KEYS}
+            inputs = model_inputs(to_device(batch, device))
             with _autocast(device, amp):
                 logits = model(inputs, generator)
             probs.index_add_(0, batch["index"].to(device), logits.float().softmax(dim=-1))

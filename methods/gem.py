@@ -94,13 +94,14 @@ class ContextAdapter(nn.Module):
         k = self.k(h)
         v = self.v(h) if hasattr(self, "v") else k
         q = self.q(h) if hasattr(self, "q") else k
-        affinity = torch.einsum("nr,nmr->nm", k, latents[batch]) * self.scale   # (N, m)
+        affinity = torch.einsum("nr,nmr->nm", k, latents.index_select(0, batch)) * self.scale   # (N, m)
         weights = segment_softmax(affinity, batch, latents.shape[0])           # over each scene's points
         context = torch.zeros_like(latents).index_add_(0, batch, weights.unsqueeze(-1) * v.unsqueeze(1))
         latents = latents + context
         point.scene_state["gem_latents"] = latents
-        read = affinity if q is k else torch.einsum("nr,nmr->nm", q, latents[batch]) * self.scale
-        out = torch.einsum("nm,nmr->nr", read.softmax(dim=-1), latents[batch])
+        per_point = latents.index_select(0, batch)  # (N, m, r), the updated latents
+        read = affinity if q is k else torch.einsum("nr,nmr->nm", q, per_point) * self.scale
+        out = torch.einsum("nm,nmr->nr", read.softmax(dim=-1), per_point)
         return self.up(out)
 
 
@@ -109,9 +110,9 @@ def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: i
     index = segment.unsqueeze(-1).expand_as(scores)
     peak = scores.new_full((num_segments, scores.shape[1]), -math.inf)
     peak = peak.scatter_reduce(0, index, scores, "amax", include_self=True)
-    exp = (scores - peak[segment]).exp()
+    exp = (scores - peak.index_select(0, segment)).exp()
     total = exp.new_zeros(num_segments, scores.shape[1]).index_add_(0, segment, exp)
-    return exp / total[segment]
+    return exp / total.index_select(0, segment)
 
 
 @register

@@ -153,7 +153,9 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable,
             param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd()},
-            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent,
+            # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
+            # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
+            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
                                         trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=tuner_name, storage_path=storage, verbose=0,

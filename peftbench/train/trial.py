@@ -101,7 +101,7 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     trainer = Trainer(model, method, cfg, device, len(classes), seed)
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        recorder.log_epoch(epoch, metrics)
+        recorder.log_epoch(epoch + 1, metrics)  # step = epochs completed, as the progress lines count
         if report:
             report({**metrics, "epoch": epoch + 1})
 
@@ -113,8 +113,8 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
         scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,
                                             prevoxel=dataset_kind(dataset["name"]).recipe.test_prevoxel,
                                             device=device, seed=seed, amp=cfg.amp, progress=progress)
-    else:  # the fast single pass, as the per-epoch validation
-        scores, confusion = trainer.evaluate(val_loader)
+    else:  # the fast single pass: the last epoch's validation (deterministic), not run twice
+        scores, confusion = trainer.last_evaluation or trainer.evaluate(val_loader)
     final = {"test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
              **{f"test/iou/{name}": iou for name, iou in zip(classes, scores["iou"])},
              **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),

@@ -94,7 +94,7 @@ class ContextAdapter(nn.Module):
         k = self.k(h)
         v = self.v(h) if hasattr(self, "v") else k
         q = self.q(h) if hasattr(self, "q") else k
-        affinity = torch.einsum("nr,nmr->nm", k, latents.index_select(0, batch)) * self.scale   # (N, m)
+        affinity = torch.einsum("nr,nmr->nm", k, latents.index_select(0, batch)) * self.scale  # (N, m)
         weights = segment_softmax(affinity, batch, latents.shape[0])           # over each scene's points
         context = torch.zeros_like(latents).index_add_(0, batch, weights.unsqueeze(-1) * v.unsqueeze(1))
         latents = latents + context

@@ -24,9 +24,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
             _say(f"pretrain: {pre['backbone']['config']} on {pre['dataset']['root']} -> {pre['checkpoint']}")
+        from peftbench.train.schedule import planned_steps
+
         _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
         for spec in specs:
-            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
+            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}  {planned_steps(spec)}")
         return 0
     from peftbench.tune import run_suite
 

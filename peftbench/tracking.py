@@ -302,6 +302,11 @@ class TrialRun:
         """Final metrics (``test/*``, ``params/*``, ``eff/*``, ``time/*``), one batch, step 0."""
         self._log(metrics, 0)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags known only inside the trial (e.g. ``peftbench.split_source``)."""
+        for key, value in tags.items():
+            self._require().set_tag(self.run_id, str(key), _truncate(str(value), _MAX_TAG_VALUE))
+
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """A JSON/YAML-serialisable object as an artifact (format from the file suffix)."""
         self._require().log_dict(self.run_id, obj, artifact_file)

@@ -180,3 +180,12 @@ def test_sonata_parameter_counts(method, settings, expected):
     if not settings:  # Table 1's Pct column (trainable / total, as HF peft prints it)
         pct = {"lora": 1.7, "adapter": 2.5, "prompt": 4.8, "bitfit": 0.1}[method]
         assert round(100 * trainable / total, 1) == pct
+
+
+def test_params_table_shows_the_papers_percentages_and_says_what_it_does_not_reproduce():
+    from peftbench.params import parameter_table
+
+    table = parameter_table("sonata", 20, ["gem", "sa", "ca", "bitfit"])
+    no_head = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in table.splitlines()[2:6]}
+    assert {m: round(v, 1) for m, v in no_head.items()} == {"gem": 1.6, "sa": 1.0, "ca": 0.6, "bitfit": 0.1}
+    assert "0.2M" in table and "not reproduced" in table

@@ -1,0 +1,215 @@
+"""Which autocast dtype should ``train.amp_dtype`` default to, and what per-GPU batch fits?
+
+1. accuracy: one GEM train step (Sonata size by default) on a synthetic ~100k-point scene under
+   fp32, fp16 and bf16 autocast from the same weights and input: loss and gradient relative errors
+   against fp32, and the time of a full step (forward, backward, AdamW) per dtype;
+2. sweep: peak memory and step time of frozen-backbone method train steps (LoRA and GEM) at per-GPU
+   batches 3, 6, 12, 24 scenes, per autocast dtype.
+
+Needs only torch (+ spconv where present): no MLflow, no Ray. Results go to a JSON file, written
+after every measurement so a run cut short keeps what it measured. On the GPU machine:
+
+    PYTHONPATH=$PWD python scripts/amp_check.py $OUT/amp_check.json
+
+and, quick on CPU: ``python scripts/amp_check.py out.json --backbone tiny --points 2000
+--batch-sizes 1 2 --steps 1``. The suggested default (bf16 only if within tolerance and not slower
+than fp16) is printed; README "The paper's protocol" says how amp_dtype was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from peftbench.backbone import backbone_config  # noqa: E402
+from peftbench.bench import synthetic_batch  # noqa: E402
+from peftbench.model import Segmentor  # noqa: E402
+from peftbench.registry import build_method  # noqa: E402
+from peftbench.train.losses import segmentation_loss  # noqa: E402
+from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
+
+DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# "As accurate": relative errors against fp32 below these (bf16 keeps 8 mantissa bits, fp16 11).
+TOLERANCE = {"loss_rel_err": 5e-3, "grad_rel_err": 5e-2}
+FP16_LOSS_SCALE = 2.0 ** 16  # GradScaler's initial scale: keeps fp16 gradients from underflowing
+
+
+def build(backbone: str, method: str, device: torch.device) -> Segmentor:
+    torch.manual_seed(0)
+    model = Segmentor(backbone_config(backbone), 20)
+    build_method(method).apply(model)
+    with torch.no_grad():  # non-zero read-outs, so every method weight gets a gradient
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.abs().sum() == 0 and p.dim() > 1:
+                p.normal_(std=0.02)
+    return model.to(device).train()
+
+
+def first_scenes(batch: dict, n: int) -> dict:
+    """The first ``n`` scenes of a collated batch."""
+    end = int(batch["offset"][n - 1])
+    cut = {k: v[:end] for k, v in batch.items() if isinstance(v, torch.Tensor) and len(v) == len(batch["coord"])}
+    return {**batch, **cut, "offset": batch["offset"][:n]}
+
+
+def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None) -> torch.Tensor:
+    """Loss of one deterministic step (fixed drop-path and order draws); gradients left in .grad.
+    fp16 scales the loss as a GradScaler does: from 2^16, halved while gradients overflow."""
+    device = batch["coord"].device
+    scale = FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
+    while True:
+        torch.manual_seed(0)
+        generator = torch.Generator(device=device).manual_seed(0)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = segmentation_loss(model(model_inputs(batch), generator), batch["segment"].clamp(min=0))
+        (loss * scale).backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if scale <= 1.0 or all(torch.isfinite(g).all() for g in grads):
+            break
+        model.zero_grad(set_to_none=True)
+        scale /= 2
+    for g in grads:
+        g /= scale
+    return loss.detach().float()
+
+
+def timed_steps(model: Segmentor, batch: dict, dtype: torch.dtype | None, steps: int) -> float:
+    """Median milliseconds of a full train step (forward, backward, AdamW) after one warm-up
+    (``steps=0``: the warm-up step alone, for a quick check)."""
+    device = batch["coord"].device
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    times = []
+    for _ in range(steps + 1):
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        forward_backward(model, batch, dtype)
+        optimizer.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[1:] or times)
+
+
+def accuracy(args: argparse.Namespace, device: torch.device, batch: dict) -> dict[str, Any]:
+    model = build(args.backbone, "gem", device)
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    results: dict[str, Any] = {}
+    reference: dict[str, torch.Tensor] = {}
+    for name, dtype in DTYPES.items():
+        with torch.no_grad():  # the same weights for every dtype
+            for n, p in model.named_parameters():
+                if n in start:
+                    p.copy_(start[n])
+        model.zero_grad(set_to_none=True)
+        loss = forward_backward(model, batch, dtype)
+        grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+        row: dict[str, Any] = {"loss": float(loss)}
+        if dtype is None:
+            reference = {"loss": loss, **grads}
+        else:
+            row.update(compare(loss, grads, reference))
+        row["step_ms"] = timed_steps(model, batch, dtype, args.steps)
+        results[name] = row
+        print(f"accuracy {name:>8}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+    return results
+
+
+def compare(loss: torch.Tensor, grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict:
+    ref_loss = reference["loss"]
+    names = sorted(grads)
+    flat = torch.cat([grads[n].flatten() for n in names])
+    ref = torch.cat([reference[n].flatten() for n in names])
+    per_tensor = [float((grads[n] - reference[n]).norm() / reference[n].norm()) for n in names
+                  if reference[n].norm() > 0]
+    row = {"loss_rel_err": float((loss - ref_loss).abs() / ref_loss.abs()),
+           "grad_rel_err": float((flat - ref).norm() / ref.norm()),
+           "grad_max_tensor_rel_err": max(per_tensor),
+           "grad_cosine": float(torch.nn.functional.cosine_similarity(flat, ref, dim=0)),
+           "grad_finite": bool(torch.isfinite(flat).all())}
+    row["within_tolerance"] = row["grad_finite"] and all(row[k] <= tol for k, tol in TOLERANCE.items())
+    return row
+
+
+def sweep(args: argparse.Namespace, device: torch.device, batch: dict, report: dict, save) -> None:
+    for method in args.methods:
+        model = build(args.backbone, method, device)
+        for dtype_name in args.sweep_dtypes:
+            for size in args.batch_sizes:
+                row: dict[str, Any] = {"method": method, "dtype": dtype_name, "batch": size}
+                part = to_device(first_scenes(batch, size), device)
+                row["points"] = int(len(part["coord"]))
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    row["step_ms"] = timed_steps(model, part, DTYPES[dtype_name], args.steps)
+                    if device.type == "cuda":
+                        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+                except torch.cuda.OutOfMemoryError:
+                    row["oom"] = True
+                model.zero_grad(set_to_none=True)
+                del part
+                report["sweep"].append(row)
+                print("sweep " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                           for k, v in row.items()), flush=True)
+                save()
+
+
+def suggestion(results: dict[str, Any]) -> str:
+    bf16, fp16 = results["bfloat16"], results["float16"]
+    if bf16["within_tolerance"] and bf16["step_ms"] <= 1.02 * fp16["step_ms"]:
+        return "bfloat16 (within tolerance of fp32 and not slower than float16)"
+    why = "outside tolerance" if not bf16["within_tolerance"] else "slower than float16"
+    return f"float16 (bfloat16 is {why})"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="JSON file for the results")
+    parser.add_argument("--backbone", default="sonata")
+    parser.add_argument("--points", type=int, default=102400, help="points per scene (Sonata's crop)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[3, 6, 12, 24])
+    parser.add_argument("--methods", nargs="+", default=["lora", "gem"])
+    parser.add_argument("--sweep-dtypes", nargs="+", default=["float16", "bfloat16"], choices=list(DTYPES))
+    parser.add_argument("--parts", nargs="+", default=["accuracy", "sweep"], choices=["accuracy", "sweep"])
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement after one warm-up (0: time the warm-up)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    report: dict[str, Any] = {
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "torch": torch.__version__, "args": vars(args), "tolerance": TOLERANCE, "sweep": []}
+    out = Path(args.out)
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+
+    batch = synthetic_batch(args.points, max(args.batch_sizes))
+    if "accuracy" in args.parts:
+        report["accuracy"] = accuracy(args, device, to_device(first_scenes(batch, 1), device))
+        report["suggested_amp_dtype"] = suggestion(report["accuracy"])
+        print(f"suggested train.amp_dtype: {report['suggested_amp_dtype']}", flush=True)
+        save()
+    if "sweep" in args.parts:
+        sweep(args, device, batch, report, save)
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 
 from peftbench.errors import PeftbenchError
-from peftbench.method import make_config
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
 from peftbench.train.config import TrainConfig
@@ -135,10 +134,7 @@ def _validate(suite: Suite, where: str) -> None:
             cls = get_method(entry.name)
         except PeftbenchError as err:
             raise PeftbenchError(f"{key}.name: {err}") from err
-        try:
-            make_config(cls.config_class, entry.settings, entry.name)
-        except (PeftbenchError, TypeError) as err:
-            raise PeftbenchError(f"{key}.settings: {err}") from err
+        build(cls.config_class, entry.settings, f"{key}.settings")  # unknown keys and wrong types (`rank: eight`)
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
             build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from peftbench.errors import PeftbenchError
+from peftbench.train.config_ranges import check_ranges
 
 
 @dataclasses.dataclass
@@ -31,6 +32,7 @@ class TrainConfig:
     test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.test_protocol not in ("single", "voting"):
             raise PeftbenchError(f"train.test_protocol must be 'single' (one grid-sampled pass) or 'voting' "
                                  f"(Sonata's 13-augmentation fragment voting), got {self.test_protocol!r}")

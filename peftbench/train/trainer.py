@@ -12,6 +12,7 @@ from torch import nn
 
 from peftbench.method import Method
 from peftbench.train.config import TrainConfig
+from peftbench.train.guard import DivergenceGuard
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.optim import build_optimizer, parameter_groups
@@ -53,6 +54,7 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         params = [p for g in groups for p in g["params"]]
         history = []
+        guard = DivergenceGuard(cfg)
         for epoch in range(cfg.epochs):
             self.model.train()  # as Pointcept: a frozen backbone keeps train mode (drop-path active)
             losses = []
@@ -78,6 +80,7 @@ class Trainer:
                 self.step_times.append(time.perf_counter() - start)
                 self.points_seen += int(batch["coord"].shape[0])
                 losses.append(float(loss.detach()))
+                guard.check(losses[-1], epoch, step, skipped=self.use_amp and scaler.get_scale() < scale_before)
             metrics = {"train/loss": sum(losses) / max(len(losses), 1), "lr": optimizer.param_groups[0]["lr"]}
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 scores, confusion = self.evaluate(val_loader)

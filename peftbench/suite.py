@@ -14,13 +14,13 @@ from typing import Any
 
 import yaml
 
+from peftbench.cache import cache_dir
 from peftbench.errors import PeftbenchError
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
-CACHE_DIR = Path(".cache/peftbench")
 
 
 @dataclasses.dataclass
@@ -169,7 +169,7 @@ def pretrain_spec(suite: Suite) -> dict[str, Any] | None:
         "seed": suite.pretrain.seed,
     }
     spec["fingerprint"] = fingerprint(spec)
-    spec["checkpoint"] = str(CACHE_DIR / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
+    spec["checkpoint"] = str(cache_dir() / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
     return spec
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -74,14 +75,21 @@ def _check_checkpoint(suite: Suite, config: dict[str, Any] | None, dry_run: bool
             raise
         say(f"note: not checked before a run: {err}")
         return
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch.save: a zip file, or a pickle
+        raise PeftbenchError(f"{path} is not a PyTorch checkpoint (neither the zip nor the pickle format of "
+                             "torch.save); set backbone.checkpoint to a .pth file")
     ckpt = read_backbone_checkpoint(path)  # the one read, weights_only=True
     if config is None:
         if ckpt.config is None:
             raise PeftbenchError(f"{path} ({ckpt.format}) carries no config; name one in backbone.config")
         config = {**ckpt.config, **bb.overrides}
     backbone = _meta_backbone(config, f"{suite.source}: backbone")
-    load_backbone_state(backbone, ckpt.state, strict=bb.strict, source=str(path), fmt=ckpt.format,
-                        drop_decoder=bb.drop_decoder)
+    with warnings.catch_warnings():  # copying into meta tensors is a no-op, as intended: keys and shapes only
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+        load_backbone_state(backbone, ckpt.state, strict=bb.strict, source=str(path), fmt=ckpt.format,
+                            drop_decoder=bb.drop_decoder)
 
 
 def _check_dataset(dataset: dict[str, Any], dry_run: bool, say) -> None:

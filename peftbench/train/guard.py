@@ -37,5 +37,5 @@ class DivergenceGuard:
                                    f"skipped them) up to {where}; {self._advice()} or set train.amp: false")
 
     def _advice(self) -> str:
-        return f"lower train.lr (now {self.lr:g}) or set train.grad_clip" if self.lr is not None \
-            else "lower the learning rate or set train.grad_clip"
+        lr = f" (now {self.lr:g})" if self.lr is not None else ""
+        return f"lower train.lr{lr}; the run is FAILED and runs again at the next `peftbench run`"

@@ -16,10 +16,12 @@ def _say(message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench import tracking
+    from peftbench.preflight import check_before_trials
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
     suite = load_suite(args.suite, args.methods_dir)
     specs = trial_specs(suite)
+    check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential, say=_say)
     if args.dry_run:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
@@ -36,12 +38,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
     summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
-    _say(f"ran {summary['ran']} trials in {time.perf_counter() - start:.0f} s; "
-         f"{len(summary['failed'])} failed")
+    return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
+
+
+def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds: float) -> int:
+    """The last lines of `peftbench run`, and its exit status: 130 interrupted, 1 failed trials, else 0."""
+    if summary.get("interrupted"):
+        counts = summary.get("counts", {})
+        print("peftbench: interrupted: " + ", ".join(f"{n} {what}" for what, n in counts.items()
+                                                     if n or what != "failed")
+              + "; rerun the same command to run what is left", file=sys.stderr)
+        return 130
+    _say(f"ran {summary['ran']} trials in {seconds:.0f} s; {len(summary['failed'])} failed")
     for name, error in summary["failed"]:
         _say(f"  FAILED {name}: {error}")
-    _say(f"next: peftbench report {suite.experiment_name}"
-         + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    if summary["failed"]:
+        _say("failed trials are not FINISHED in MLflow: fix the cause and rerun the same command to run them again")
+    _say(f"next: peftbench report {experiment}" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
     return 1 if summary["failed"] else 0
 
 
@@ -72,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         summary = run_suite(suite, [spec], uri, _say, sequential=True, rerun=True)
-        return 1 if summary["failed"] else 0
+        return 130 if summary.get("interrupted") else 1 if summary["failed"] else 0
     _say("  ".join(f"{k} {v:.4g}" for k, v in final.items() if not k.startswith("test/iou/")))
     return 0
 

@@ -14,14 +14,13 @@ from typing import Any
 
 import yaml
 
+from peftbench.cache import cache_dir
 from peftbench.errors import PeftbenchError
-from peftbench.method import make_config
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
-CACHE_DIR = Path(".cache/peftbench")
 
 
 @dataclasses.dataclass
@@ -135,10 +134,7 @@ def _validate(suite: Suite, where: str) -> None:
             cls = get_method(entry.name)
         except PeftbenchError as err:
             raise PeftbenchError(f"{key}.name: {err}") from err
-        try:
-            make_config(cls.config_class, entry.settings, entry.name)
-        except (PeftbenchError, TypeError) as err:
-            raise PeftbenchError(f"{key}.settings: {err}") from err
+        build(cls.config_class, entry.settings, f"{key}.settings")  # unknown keys and wrong types (`rank: eight`)
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
             build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
@@ -173,7 +169,7 @@ def pretrain_spec(suite: Suite) -> dict[str, Any] | None:
         "seed": suite.pretrain.seed,
     }
     spec["fingerprint"] = fingerprint(spec)
-    spec["checkpoint"] = str(CACHE_DIR / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
+    spec["checkpoint"] = str(cache_dir() / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
     return spec
 
 

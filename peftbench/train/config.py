@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from peftbench.errors import PeftbenchError
+from peftbench.train.config_ranges import check_ranges
 
 # setting -> (allowed values, what each means): one place for the choices and their messages.
 CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -50,6 +51,7 @@ class TrainConfig:
     test_checkpoint: str = "best"        # which weights the final test uses
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for name, (allowed, meaning) in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise PeftbenchError(f"train.{name} must be {meaning}, got {getattr(self, name)!r}")

@@ -95,9 +95,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from peftbench.report import write_report
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    out = Path(args.out or Path("reports") / args.experiment)
-    for path in write_report(uri, args.experiment, out):
-        _say(f"wrote {path}")
+    out = Path(args.out or Path("reports") / "+".join(args.experiment))
+    layout = None
+    if args.suite:  # lay out the tables from a suite file instead of the block logged with the runs
+        from peftbench.suite import load_suite
+
+        spec = load_suite(args.suite).report
+        layout = dataclasses.asdict(spec) if spec else {}
+    paths = write_report(uri, args.experiment, out, baseline=args.baseline, layout=layout,
+                         log_to_mlflow=not args.no_mlflow, say=_say)
+    _say(f"wrote {len(paths)} files to {out} (open {out / 'index.html'} or {out / 'summary.md'})")
     return 0
 
 
@@ -184,10 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("report", help="tables and figures from an experiment's MLflow runs")
-    p.add_argument("experiment")
+    p = sub.add_parser("report", help="tables and figures from an experiment's MLflow runs (several: side by side)")
+    p.add_argument("experiment", nargs="+", help="one experiment, or several to compare")
     p.add_argument("--tracking-uri")
-    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>, or reports/<A>+<B> for several)")
+    p.add_argument("--baseline", help="method label for differences and ratios (default: the suite's, else linear)")
+    p.add_argument("--suite", help="take the ablation tables (`report:` block) from this suite file")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report folder as an MLflow `report` run")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("params", help="trainable / total parameters of each method, without data or weights")

@@ -75,6 +75,20 @@ class Resources:
 
 
 @dataclasses.dataclass
+class ReportTable:
+    title: str                                # e.g. "Table 6b: number of latents"
+    rows: list[str]                           # method labels, in row order
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # label -> row name ("m = 1")
+
+
+@dataclasses.dataclass
+class ReportSpec:
+    """How `peftbench report` lays out this suite's runs (logged with each run: never re-runs)."""
+    baseline: str | None = None               # label differences and ratios are taken against (default linear)
+    tables: list[ReportTable] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class Suite:
     name: str
     datasets: list[DatasetSpec]
@@ -88,6 +102,7 @@ class Suite:
     pretrain: PretrainSpec | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
     methods_dir: list[str] = dataclasses.field(default_factory=list)
+    report: ReportSpec | None = None
     source: str = ""                          # the file it came from (set by load_suite)
 
     @property
@@ -146,10 +161,25 @@ def _validate(suite: Suite, where: str) -> None:
         if not SPLIT_PATTERN.match(split):
             raise PeftbenchError(f"{where}: splits[{i}]: {split!r} is not a split; use full, scenes-<percent> "
                                  "or points-<labelled points per scene>")
+    _validate_report(suite, labels, where)
     if suite.backbone.checkpoint == "pretrain" and suite.pretrain is None:
         raise PeftbenchError(f"{where}: backbone.checkpoint: 'pretrain' needs a `pretrain` section")
     if suite.pretrain is not None:
         build(TrainConfig, suite.pretrain.train, f"{where}: pretrain.train")
+
+
+def _validate_report(suite: Suite, labels: set[str], where: str) -> None:
+    """Every label the report block names must be a method label of this suite."""
+    if suite.report is None:
+        return
+    known = ", ".join(sorted(labels))
+    named = [("report.baseline", suite.report.baseline)] if suite.report.baseline else []
+    for i, table in enumerate(suite.report.tables):
+        named += [(f"report.tables[{i}].rows[{j}]", label) for j, label in enumerate(table.rows)]
+        named += [(f"report.tables[{i}].names.{label}", label) for label in table.names]
+    for key, label in named:
+        if label not in labels:
+            raise PeftbenchError(f"{where}: {key}: {label!r} is not a method label of this suite (labels: {known})")
 
 
 def fingerprint(obj: Any) -> str:
@@ -198,6 +228,8 @@ def trial_specs(suite: Suite) -> list[dict[str, Any]]:
                         "pretrain_fingerprint": pre["fingerprint"] if pre else None,
                     }
                     spec["fingerprint"] = fingerprint(spec)
+                    # After the fingerprint: a new report layout must not re-run a finished trial.
+                    spec["report"] = dataclasses.asdict(suite.report) if suite.report else None
                     spec["methods_dir"] = [str(Path(p).resolve()) for p in suite.methods_dir]
                     spec["run_name"] = f"{spec['method']['label']}/{dataset.display}/{split}/s{seed}"
                     specs.append(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from peftbench.errors import PeftbenchError
 from peftbench.owner import this_process
 from peftbench.preflight import check_resources
 from peftbench.store_lock import experiment_lock, store_lock
+from peftbench.hardware import hardware_name
 from peftbench.suite import Suite, pretrain_spec
 from peftbench.train.trial import ensure_pretrained, run_trial
 
@@ -29,6 +31,8 @@ def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
                      "peftbench.seed": str(spec["seed"])})
         if spec["dataset"].get("group"):
             tags["peftbench.dataset_group"] = spec["dataset"]["group"]
+        if spec.get("report"):  # the suite's `report:` layout, read back by `peftbench report`
+            tags["peftbench.report"] = json.dumps(spec["report"], sort_keys=True)
     return tags
 
 
@@ -36,7 +40,7 @@ def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, 
                   extra_tags: dict[str, str] | None = None) -> dict:
     """Run one trial inside its MLflow run (FINISHED, or FAILED with the error)."""
     params = tracking.flatten_config({k: v for k, v in spec.items() if k not in ("fingerprint", "run_name")})
-    tags = {**trial_tags(spec), **(extra_tags or {})}
+    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), **(extra_tags or {})}
     with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
         return run_trial(spec, run, report, progress)
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
+from peftbench.backbone.latent_attention import scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -90,18 +91,12 @@ class ContextAdapter(nn.Module):
         if self.bank is not None:
             self.bank(point)
         latents = point.scene_state["gem_latents"]                     # (B, m, r)
-        batch = point.batch
         k = self.k(h)
         v = self.v(h) if hasattr(self, "v") else k
-        q = self.q(h) if hasattr(self, "q") else k
-        affinity = torch.einsum("nr,nmr->nm", k, latents.index_select(0, batch)) * self.scale  # (N, m)
-        weights = segment_softmax(affinity, batch, latents.shape[0])           # over each scene's points
-        context = torch.zeros_like(latents).index_add_(0, batch, weights.unsqueeze(-1) * v.unsqueeze(1))
-        latents = latents + context
+        q = self.q(h) if hasattr(self, "q") else None  # None: the read reuses the first affinity
+        # float32 affinity / softmaxes / sums, as a few dense matmuls (no per-point latent copies)
+        out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale)
         point.scene_state["gem_latents"] = latents
-        per_point = latents.index_select(0, batch)  # (N, m, r), the updated latents
-        read = affinity if q is k else torch.einsum("nr,nmr->nm", q, per_point) * self.scale
-        out = torch.einsum("nm,nmr->nr", read.softmax(dim=-1), per_point)
         return self.up(out)
 
 

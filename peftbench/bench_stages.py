@@ -73,7 +73,7 @@ def stage_ranges(model: nn.Module) -> Iterator[None]:
 
     patches: list[tuple[Any, str, Any]] = [
         (ptv3, "serialize", "serialization"), (pooling, "serialize", "serialization"),
-        (attention, "cached_patch_layout", "patch layout"),
+        (attention, "cached_patch_layout", "patch layout"), (attention, "cached_patch_padding", "patch layout"),
         (sparse_conv, "cached_neighbour_map", "neighbour maps"), (sparse_conv, "sparse_conv_tensor", "neighbour maps"),
         (segmentor, "hypercolumn", "head + hypercolumn"),
     ]
@@ -82,6 +82,7 @@ def stage_ranges(model: nn.Module) -> Iterator[None]:
 
         patches += [(spconv_ops, name, "neighbour maps") for name in ("get_indice_pairs", "get_indice_pairs_implicit_gemm")
                     if hasattr(spconv_ops, name)]
+    patches = [(obj, name, stage) for obj, name, stage in patches if hasattr(obj, name)]  # older layouts too
     originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, stage in patches:
         setattr(obj, name, _wrap(getattr(obj, name), stage))

@@ -16,6 +16,7 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
+from peftbench.data.prefetch import EpochBatches
 from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
                                    prepare_dataset, resolve_file)
 from peftbench.errors import PeftbenchError
@@ -106,8 +107,9 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
             report({**metrics, "epoch": epoch + 1})
 
     start = time.perf_counter()
-    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers, cfg.mix_prob),
-                steps, val_loader, on_epoch, progress)
+    train_batches = EpochBatches(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers,
+                                                   cfg.mix_prob), steps, cfg.epochs, device, cfg.num_workers > 0)
+    trainer.fit(train_batches, steps, val_loader, on_epoch, progress)
     train_s = time.perf_counter() - start
     if cfg.test_protocol == "voting":  # Sonata's 13-augmentation fragment voting on every point
         scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,

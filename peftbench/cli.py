@@ -122,22 +122,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from peftbench.bench import bench_method, format_rows, synthetic_batch
+    from peftbench.bench import bench_method, format_rows, synthetic_scenes
+    from peftbench.data.collate import collate_points
     from peftbench.registry import discover
 
     discover(args.methods_dir)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch = synthetic_batch(args.points, args.batch_size, args.grid_size)
-    _say(f"bench: backbone {args.backbone}, batch {args.batch_size} x {args.points} points, {device}, "
-         f"amp {args.amp and device.type == 'cuda'}, median of {args.steps} steps")
+    sizes = args.batch_sizes or [args.batch_size]
+    scenes = synthetic_scenes(args.points, max(sizes), args.grid_size)
+    batches = {b: collate_points(scenes[:b]) for b in sizes}
+    dtypes = args.dtypes if args.amp and device.type == "cuda" else ["fp32"]  # autocast only on CUDA
+    _say(f"bench: backbone {args.backbone}, batch {sizes} x {args.points} points, {device}, "
+         f"dtypes {dtypes}, median of {args.steps} steps")
     rows = []
     for method in args.methods:
-        rows.append(bench_method(args.backbone, method, batch, device, args.steps, args.amp))
-        _say(format_rows(rows[-1:]).splitlines()[-1] if rows[1:] else format_rows(rows))
+        new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile)
+        rows += new
+        _say("\n".join(format_rows(new).splitlines()[0 if len(rows) == len(new) else 1:]))
+    result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "torch": torch.__version__, "args": vars(args) | {"func": None}, "rows": rows}
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), "gpu": torch.cuda.get_device_name(device)
-                                              if device.type == "cuda" else None, "args": vars(args) | {"func": None},
-                                              "rows": rows}, indent=2, default=str))
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.report:
+        from peftbench.bench_report import write_bench_report
+
+        reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+        for path in write_bench_report(result, reference, Path(args.report)):
+            _say(f"wrote {path}")
     return 0
 
 
@@ -209,13 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time and memory of inference / train steps per method (synthetic scenes)")
     p.add_argument("--backbone", default="tiny")
-    p.add_argument("--methods", nargs="+", default=["linear", "gem", "full"])
+    p.add_argument("--methods", nargs="+", default=["frozen", "linear", "gem", "full"],
+                   help="registered methods, or 'frozen' (frozen backbone, gradient through every block)")
     p.add_argument("--points", type=int, default=20000, help="points per scene after grid sampling and crop")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="several batch sizes (overrides --batch-size)")
+    p.add_argument("--dtypes", nargs="+", default=["fp16"], help="autocast dtypes on CUDA: fp16 bf16 fp32")
     p.add_argument("--grid-size", type=float, default=0.02)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device")
     p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--profile", action="store_true", help="add a per-stage time breakdown (torch profiler)")
+    p.add_argument("--report", help="write bench.json, bench.md and bench.png into this folder")
+    p.add_argument("--reference", help="JSON of scripts/reference_bench.py, shown side by side in --report")
     p.add_argument("--out", help="write the rows as JSON")
     add_common(p)
     p.set_defaults(func=cmd_bench)

@@ -16,6 +16,7 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
+from peftbench.data.prefetch import EpochBatches
 from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
                                    prepare_dataset, resolve_file)
 from peftbench.errors import PeftbenchError
@@ -112,8 +113,10 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
 
     start = time.perf_counter()
     # Micro-batches of batch_size / accumulate scenes; Mix3D merges pairs within each, as Pointcept per GPU.
-    trainer.fit(lambda e: batches(train_set, cfg.micro_batch, True, seed, e, True, cfg.num_workers, cfg.mix_prob),
-                plan["steps_per_epoch"], val_loader, on_epoch, progress)
+    train_batches = EpochBatches(lambda e: batches(train_set, cfg.micro_batch, True, seed, e, True, cfg.num_workers,
+                                                   cfg.mix_prob),
+                                 plan["steps_per_epoch"] * cfg.accumulate, cfg.epochs, device, cfg.num_workers > 0)
+    trainer.fit(train_batches, plan["steps_per_epoch"], val_loader, on_epoch, progress)
     train_s = time.perf_counter() - start
     tested_epoch = trainer.restore_best() if cfg.test_checkpoint == "best" else trainer.epoch
     if progress:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from peftbench.method import Method
+from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
@@ -53,6 +54,8 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         params = [p for g in groups for p in g["params"]]
         history = []
+        total_steps = cfg.epochs * steps_per_epoch
+        report_progress(progress, "train", 0, total_steps, lines=False, epoch=f"1/{cfg.epochs}")  # loaders warm up
         for epoch in range(cfg.epochs):
             self.model.train()  # as Pointcept: a frozen backbone keeps train mode (drop-path active)
             losses = []
@@ -78,6 +81,8 @@ class Trainer:
                 self.step_times.append(time.perf_counter() - start)
                 self.points_seen += int(batch["coord"].shape[0])
                 losses.append(float(loss.detach()))
+                report_progress(progress, "train", epoch * steps_per_epoch + step + 1, total_steps, lines=False,
+                                epoch=f"{epoch + 1}/{cfg.epochs}", loss=losses[-1])
             metrics = {"train/loss": sum(losses) / max(len(losses), 1), "lr": optimizer.param_groups[0]["lr"]}
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 scores, confusion = self.evaluate(val_loader)

@@ -20,7 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from tqdm import tqdm
+try:
+    from tqdm import tqdm
+except ImportError:  # a minimal image (e.g. a GPU machine's bundle) without tqdm: plain lines
+    tqdm = None
 
 Say = Callable[[str], None]
 
@@ -34,7 +37,12 @@ def interactive(stream: TextIO) -> bool:
 
 
 def clock_text(seconds: float | None) -> str:
-    return "?" if seconds is None else tqdm.format_interval(max(seconds, 0.0))
+    """[H:]MM:SS, as tqdm writes times."""
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(max(seconds, 0.0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def report_progress(progress: Any, task: str, done: int, total: int, lines: bool = True, **info: Any) -> None:
@@ -57,7 +65,7 @@ class Console:
     def __init__(self, stream: TextIO | None = None, quiet: bool = False, bars: bool | None = None) -> None:
         self.stream = stream or sys.stdout
         self.quiet = quiet
-        self.bars = (interactive(self.stream) if bars is None else bars) and not quiet
+        self.bars = (interactive(self.stream) if bars is None else bars) and not quiet and tqdm is not None
 
     def __call__(self, message: str) -> None:
         if self.bars:

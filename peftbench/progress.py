@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -114,8 +115,11 @@ class SuiteProgress:
         self.failed = 0
         self.most_at_once = 1
         self.bar = (tqdm(total=total, file=console.stream, unit="trial", dynamic_ncols=True,
-                         bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}")
+                         bar_format="{desc}{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trials{postfix}")
                     if console.bars else None)
+        self._stop = threading.Event()
+        if self.bar is not None:  # elapsed and ETA move while a long trial runs
+            threading.Thread(target=self._tick_every_second, daemon=True).start()
         self._refresh()
 
     @property
@@ -123,11 +127,12 @@ class SuiteProgress:
         return len(self.durations)
 
     def eta_seconds(self) -> float | None:
-        if not self.durations:
+        durations, starts = list(self.durations), list(self.running.values())  # snapshots: the ticker thread reads
+        if not durations:
             return None
-        now, mean = self.clock(), sum(self.durations) / len(self.durations)
-        waiting = self.total - self.finished - self.failed - len(self.running)
-        left_running = sum(max(mean - (now - start), 0.0) for start in self.running.values())
+        now, mean = self.clock(), sum(durations) / len(durations)
+        waiting = self.total - len(durations) - self.failed - len(starts)
+        left_running = sum(max(mean - (now - start), 0.0) for start in starts)
         return (waiting * mean + left_running) / max(self.most_at_once, 1)
 
     def status(self) -> str:
@@ -173,14 +178,21 @@ class SuiteProgress:
         self._refresh()
 
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self._refresh()
             self.bar.close()
+            self.bar = None
+
+    def _tick_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self._refresh()
 
     def _refresh(self) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"[{self.status()}]", refresh=False)
-            self.bar.refresh()
+        bar = self.bar
+        if bar is not None:
+            bar.set_postfix_str(self.status(), refresh=False)
+            bar.refresh()
 
 
 class TaskProgress:

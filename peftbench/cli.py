@@ -1,4 +1,4 @@
-"""The ``peftbench`` command: run, train, report, params, methods, data."""
+"""The ``peftbench`` command: run, train, report, params, bench, methods, suites, data, doctor."""
 
 from __future__ import annotations
 
@@ -10,8 +10,32 @@ import traceback
 from pathlib import Path
 
 
+EXIT_CODES = """exit status:
+  0    everything asked for finished
+  1    one or more trials failed (the others were run and tracked)
+  2    a user error: bad suite, unknown method, missing data or checkpoint (one line; --debug for the traceback)
+  130  interrupted (Ctrl-C)"""
+
+RUN_EXAMPLES = """examples:
+  peftbench run demo                                    the built-in CPU demo (or any suite file)
+  peftbench run suites/paper.yaml --dry-run             list the trials and their fingerprints
+  peftbench run my.yaml --sequential                    one trial after another in this process, no Ray
+  peftbench run my.yaml --rerun                         run trials already FINISHED in MLflow again
+  peftbench run my.yaml --tracking-uri http://mlflow:5000   track on an MLflow server
+  peftbench run my.yaml --methods-dir plugins/          load method plugins from a folder
+  peftbench run demo --quiet                            only one line per finished trial and the summary
+  peftbench run my.yaml --debug                         a user error's traceback besides its one line
+"""
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
+
+
+def _console(args: argparse.Namespace):
+    from peftbench.progress import Console
+
+    return Console(quiet=getattr(args, "quiet", False))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -37,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     start = time.perf_counter()
     _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-    summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
+    summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
     return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
 
 
@@ -76,15 +100,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     pre = pretrain_spec(suite)
     if args.out:
         out = Path(args.out)
+        console = _console(args)
         if pre and suite.backbone.checkpoint == "pretrain":
-            ensure_pretrained(pre, lambda: LocalRecorder(out / "pretrain"), _say)
+            ensure_pretrained(pre, lambda: LocalRecorder(out / "pretrain"), console.task())
+        steps = console.task()  # epoch/step bar with loss and ETA
         with LocalRecorder(out / spec["run_name"].replace("/", "_")) as recorder:
-            final = run_trial(spec, recorder, progress=_say)
+            final = run_trial(spec, recorder, progress=steps)
+        steps.close()
     else:
         from peftbench.tune import run_suite
 
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        summary = run_suite(suite, [spec], uri, _say, sequential=True, rerun=True)
+        summary = run_suite(suite, [spec], uri, _console(args), sequential=True, rerun=True)
         return 130 if summary.get("interrupted") else 1 if summary["failed"] else 0
     _say("  ".join(f"{k} {v:.4g}" for k, v in final.items() if not k.startswith("test/iou/")))
     return 0
@@ -166,6 +193,28 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suites(args: argparse.Namespace) -> int:
+    from peftbench.builtin_suites import builtin_suites
+    from peftbench.catalog import suites_table
+    from peftbench.errors import PeftbenchError
+
+    if args.name is None:
+        _say(suites_table())
+        return 0
+    shipped = builtin_suites()
+    if args.name not in shipped:
+        raise PeftbenchError(f"no built-in suite {args.name!r}; built-in: {', '.join(shipped) or 'none'}")
+    print(shipped[args.name].read_text(), end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from peftbench.doctor import doctor_report
+
+    _say(doctor_report())
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from peftbench.data.check import inspect_dataset
 
@@ -174,24 +223,48 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if result.ok else 2
 
 
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    """--debug and --quiet, accepted before or after the subcommand (``default=SUPPRESS`` below the
+    top level, so a flag given before the subcommand is not reset by the subcommand's default)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    default = False if defaults else argparse.SUPPRESS
+    flags.add_argument("--debug", action="store_true", default=default, help="show tracebacks of errors")
+    flags.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars or epoch lines: one line per finished trial and the summary")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from peftbench import __version__
+
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="peftbench", formatter_class=raw, parents=[_global_flags(True)],
+        description="Benchmark PEFT methods on pretrained 3D point-cloud transformers (PTv3 / Sonata).",
+        epilog=f"start with: peftbench run demo && peftbench report demo\n\n{EXIT_CODES}")
+    parser.add_argument("--version", action="version", version=f"peftbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_global_flags(False)]
 
     def add_common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--methods-dir", action="append", default=[], help="extra folder of method plugins")
+        p.add_argument("--methods-dir", action="append", default=[], metavar="DIR",
+                       help="extra folder of method plugins (repeatable)")
 
-    p = sub.add_parser("run", help="run a suite (Ray Tune, tracked in MLflow)")
-    p.add_argument("suite")
-    p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db in this folder)")
+    p = sub.add_parser("run", help="run a suite (Ray Tune, tracked in MLflow)", parents=common, formatter_class=raw,
+                       description="Run every trial of a suite not yet FINISHED in MLflow, with a progress bar.",
+                       epilog=f"{RUN_EXAMPLES}\n{EXIT_CODES}")
+    p.add_argument("suite", help="a suite file, or the name of a built-in suite (`peftbench suites` lists them)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--dry-run", action="store_true", help="list the trials without running them")
-    p.add_argument("--sequential", action="store_true", help="run trials one by one in this process (no Ray)")
+    p.add_argument("--sequential", action="store_true",
+                   help="run trials one by one in this process (no Ray), with an epoch/step bar")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
     add_common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="run one trial of a suite")
+    p = sub.add_parser("train", help="run one trial of a suite", parents=common, epilog=EXIT_CODES,
+                       formatter_class=raw)
     p.add_argument("suite")
     p.add_argument("--method")
     p.add_argument("--dataset")
@@ -240,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their settings")
     add_common(p)
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("suites", help="list the built-in suites (trials, what each needs), or print one")
+    p.add_argument("name", nargs="?", help="print this built-in suite's YAML (to copy and edit)")
+    p.set_defaults(func=cmd_suites)
+
+    p = sub.add_parser("doctor", help="versions, GPUs, backends and paths for a bug report")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("data", help="inspect a dataset folder before a long run")
     data_sub = p.add_subparsers(dest="data_command", required=True)

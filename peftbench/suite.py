@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from peftbench.cache import cache_dir
+from peftbench.builtin_suites import locate_suite
 from peftbench.errors import PeftbenchError
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
@@ -111,9 +112,7 @@ class Suite:
 
 
 def load_suite(path: str | Path, extra_methods_dirs: list[str] = ()) -> Suite:
-    path = Path(path)
-    if not path.is_file():
-        raise PeftbenchError(f"suite file not found: {path}")
+    path = locate_suite(path)  # a file, or a built-in suite by name (`peftbench run demo`)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from peftbench import run_state, tracking
-from peftbench.data.sources import prepare_dataset, resolve_file
+from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
+from peftbench.hardware import hardware_name
+from peftbench.hub import hub_reference
 from peftbench.owner import this_process
 from peftbench.preflight import check_resources
+from peftbench.progress import as_console
 from peftbench.store_lock import experiment_lock, store_lock
-from peftbench.hardware import hardware_name
 from peftbench.suite import Suite, pretrain_spec
 from peftbench.train.trial import ensure_pretrained, run_trial
 
@@ -49,8 +51,9 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
     """Trials may run in another working directory: make every path absolute (fingerprint unchanged)."""
     spec = {**spec, "dataset": dict(spec["dataset"]), "backbone": dict(spec["backbone"])}
     spec["dataset"]["root"] = str(Path(spec["dataset"]["root"]).resolve())
-    if spec["backbone"].get("checkpoint"):
-        spec["backbone"]["checkpoint"] = str(Path(spec["backbone"]["checkpoint"]).resolve())
+    checkpoint = spec["backbone"].get("checkpoint")
+    if checkpoint and hub_reference(str(expand_path(checkpoint, "backbone.checkpoint"))) is None:  # hub names stay
+        spec["backbone"]["checkpoint"] = str(Path(checkpoint).resolve())
     return spec
 
 
@@ -66,7 +69,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
     driver = this_process().token
     with experiment_lock(uri, experiment, say):
         for dataset in {s["dataset"]["root"]: s["dataset"] for s in specs}.values():
-            prepare_dataset(dataset)  # in the driver, locked: trials never race to generate the same data
+            prepare_dataset(dataset, as_console(say).task("  "))  # in the driver, locked: no race on the data
         with store_lock(uri):  # two runs on a fresh store must not both create (migrate) it
             tracking.ensure_experiment(uri, experiment)
         closed = run_state.close_orphans(uri, experiment)
@@ -98,13 +101,13 @@ def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         resolve_file(suite.backbone.checkpoint, "backbone.checkpoint")  # missing: one line, before any trial
     pre = pretrain_spec(suite)
     if pre is not None and suite.backbone.checkpoint == "pretrain":
-        prepare_dataset(pre["dataset"])
+        prepare_dataset(pre["dataset"], as_console(say).task("  "))
         pre = {**pre, "run_name": f"pretrain/{pre['dataset']['domain'] or pre['dataset']['name']}"}
         say(f"pretraining stage ({pre['backbone']['config']} on {pre['dataset']['root']}) ...")
         start = time.perf_counter()
         tags = {**trial_tags(pre), tracking.DRIVER_TAG: driver}
         ensure_pretrained(pre, lambda: tracking.TrialRun(uri, experiment, pre["run_name"], tags,
-                                                         tracking.flatten_config(pre)), say)
+                                                         tracking.flatten_config(pre)), as_console(say).task("  "))
         say(f"pretraining stage ready ({time.perf_counter() - start:.0f} s)")
     done = set() if rerun else tracking.finished_fingerprints(uri, experiment)
     todo += [_absolute(s) for s in specs if s["fingerprint"] not in done]
@@ -119,16 +122,21 @@ def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
 
 def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
     failed = []
-    for i, spec in enumerate(todo, 1):
-        say(f"[{i}/{len(todo)}] {spec['run_name']}")
+    console = as_console(say)
+    suite_bar = console.suite(len(todo))
+    for spec in todo:
+        suite_bar.started(spec["run_name"])
+        steps = console.task("    ")  # epoch/step bar with loss and ETA; epoch lines above it
         try:
-            final = tracked_trial(spec, uri, experiment, progress=lambda m: say(f"    {m}"),
-                                  extra_tags={tracking.DRIVER_TAG: driver})
-            say(f"[{i}/{len(todo)}] {spec['run_name']} done: mIoU {final['test/mIoU']:.3f}")
+            final = tracked_trial(spec, uri, experiment, progress=steps, extra_tags={tracking.DRIVER_TAG: driver})
+            suite_bar.finished_trial(spec["run_name"], final["test/mIoU"])
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; the suite goes on
-            failed.append((spec["run_name"], str(err) if isinstance(err, PeftbenchError)
-                           else f"{type(err).__name__}: {err}"))
-            say(f"[{i}/{len(todo)}] {spec['run_name']} FAILED: {err}")
+            message = str(err) if isinstance(err, PeftbenchError) else f"{type(err).__name__}: {err}"
+            failed.append((spec["run_name"], message))
+            suite_bar.finished_trial(spec["run_name"], error=message)
+        finally:
+            steps.close()
+    suite_bar.close()
     return {"ran": len(todo), "failed": failed}
 
 
@@ -237,7 +245,7 @@ def _write_placement(folder: Path, placement: dict[str, Any], say: Say) -> None:
 
 
 def _progress_callback(total: int, say: Say):
-    """A Ray Tune callback printing one line per trial event, a running count, and placements."""
+    """A Ray Tune callback driving the suite bar (one line per finished trial) and recording placements."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -245,21 +253,24 @@ def _progress_callback(total: int, say: Say):
             self.done, self.start = 0, time.perf_counter()
             self.placement: dict[str, Any] = {}
             self.started: dict[str, tuple[float, float]] = {}  # trial id -> (s since Tune began, epoch s)
+            self.bar = as_console(say).suite(total)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = (time.perf_counter() - self.start, time.time())
-            say(f"  started  {_name(trial)}")
+            self.bar.started(_name(trial))
+
+        def on_step_end(self, iteration, trials, **info):
+            self.bar.tick()  # elapsed and ETA move between trial events
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("final"):
-                say(f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
+                as_console(say).detail(
+                    f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
                     f"peak {result.get('eff/peak_mem_mb', float('nan')):.0f} MB, "
                     f"step {result.get('eff/step_time_ms', float('nan')):.0f} ms, "
                     f"gpu {result.get('placement/gpu_ids') or '-'}")
                 return
-            val = result.get("val/mIoU")
-            shown = f", val mIoU {val:.3f}" if val is not None else ""
-            say(f"  epoch {result.get('epoch', '?')} {_name(trial)}: loss {result.get('train/loss', 0):.3f}{shown}")
+            self.bar.epoch(_name(trial), result.get("epoch", "?"), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, "done")
@@ -277,12 +288,23 @@ def _progress_callback(total: int, say: Say):
                 "start_epoch": self.started.get(trial.trial_id, (None, None))[1], "end_epoch": time.time(),
                 **{k: v for k, v in last.items()
                    if k.startswith("placement/") or k in _FINAL_KEYS}}
-            say(f"[{self.done}/{total}] {status} {_name(trial)} ({time.perf_counter() - self.start:.0f} s elapsed)")
+            error = None if status == "done" else _last_error_line(trial)
+            self.bar.finished_trial(_name(trial), last.get("test/mIoU"), error=error)
+            if self.done == total:
+                self.bar.close()
 
     return Progress()
 
 
 _FINAL_KEYS = ("eff/peak_mem_mb", "eff/step_time_ms", "eff/points_per_s", "time/train_s", "test/mIoU")
+
+
+def _last_error_line(trial) -> str:
+    try:
+        lines = str(trial.get_error() or "").strip().splitlines()
+    except Exception:  # noqa: BLE001 - the line is a courtesy; the summary lists failures anyway
+        lines = []
+    return lines[-1] if lines else "see the Ray experiment folder"
 
 
 def _name(trial) -> str:

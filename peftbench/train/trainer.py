@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from peftbench.method import Method, load_method_state_dict, method_state_dict
+from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
 from peftbench.train.guard import DivergenceGuard
 from peftbench.train.losses import segmentation_loss
@@ -99,6 +100,9 @@ class Trainer:
         epoch's micro-batches (``config.micro_batch`` scenes each), ``config.accumulate`` per step."""
         cfg = self.config
         self.prepare(steps_per_epoch)
+        total_steps = cfg.epochs * steps_per_epoch
+        report_progress(progress, "train", self.epoch * steps_per_epoch, total_steps, lines=False,
+                        epoch=f"{self.epoch + 1}/{cfg.epochs}")  # loaders warm up
         for epoch in range(self.epoch, cfg.epochs):
             self.model.train()  # as Pointcept: a frozen backbone keeps train mode (drop-path active)
             micro_batches = iter(train_batches(epoch))
@@ -111,6 +115,8 @@ class Trainer:
                 if loss is not None:
                     losses.append(loss)
                     self.guard.check(loss, epoch, step, skipped=self.last_step_skipped)
+                    report_progress(progress, "train", epoch * steps_per_epoch + step + 1, total_steps, lines=False,
+                                    epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss)
             metrics = {"train/loss": sum(losses) / max(len(losses), 1), "lr": self.optimizer.param_groups[0]["lr"]}
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 scores, confusion = self.evaluate(val_loader)

@@ -141,7 +141,8 @@ def _validate(suite: Suite, where: str) -> None:
             raise PeftbenchError(f"{key}.settings: {err}") from err
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
-            build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            train = build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            _check_data_parallel(train.data_parallel, suite.resources, blame)
         label = entry.label or entry.name
         if label in labels:
             raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")
@@ -154,6 +155,14 @@ def _validate(suite: Suite, where: str) -> None:
         raise PeftbenchError(f"{where}: backbone.checkpoint: 'pretrain' needs a `pretrain` section")
     if suite.pretrain is not None:
         build(TrainConfig, suite.pretrain.train, f"{where}: pretrain.train")
+
+
+def _check_data_parallel(processes: int, resources: Resources, where: str) -> None:
+    """A data-parallel trial gives each of its processes one GPU (or runs on CPU, gloo)."""
+    gpus = resources.gpus_per_trial
+    if processes > 1 and gpus > 0 and gpus != processes:
+        raise PeftbenchError(f"{where}.data_parallel: {processes} processes but resources.gpus_per_trial is {gpus:g}; "
+                             f"set gpus_per_trial: {processes} (one GPU per process, batch 24 = 8 x 3)")
 
 
 def fingerprint(obj: Any) -> str:

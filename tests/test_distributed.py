@@ -81,9 +81,12 @@ def test_rank_slices_of_the_global_batches_are_what_one_process_draws():
     one = torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=True, drop_last=True,
                                                   generator=torch.Generator().manual_seed(3 * 100003 + 1))
     expected = [b.tolist() for b in one]
-    ranks = [[b.tolist() for b in distributed.rank_loader(dataset, 6, distributed.World(r, 2, torch.device("cpu")),
-                                                          seed=3, epoch=1, collate=torch.tensor)]
-             for r in range(2)]
+    ranks = []
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=True, drop_last=True,
+                                             generator=torch.Generator().manual_seed(3 * 100003 + 1))
+        world = distributed.World(rank, 2, torch.device("cpu"))
+        ranks.append([b.tolist() for b in distributed.shard(loader, world)])
     assert len(expected) == 2 and expected != [list(range(6)), list(range(6, 12))]  # shuffled
     assert [a + b for a, b in zip(*ranks)] == expected and all(len(b) == 3 for r in ranks for b in r)
 
@@ -92,3 +95,39 @@ def test_a_global_batch_that_does_not_split_is_refused():
     assert distributed.per_rank_batch(24, 8) == 3
     with pytest.raises(PeftbenchError, match="multiple of data_parallel"):
         distributed.per_rank_batch(10, 4)
+
+
+@pytest.mark.slow
+def test_a_suite_trial_trains_data_parallel_over_two_processes(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from peftbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    suite = {"name": "ddp", "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                                          for k, v in MICRO.items()}},
+             "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt",
+                           "scenes": {"train": 4, "val": 1}, "points_per_m2": 15}],
+             "methods": [{"name": "gem", "settings": {"rank": 2}}], "seeds": [0],
+             "train": {"epochs": 2, "batch_size": 4, "grid_size": 0.1, "data_parallel": 2}}
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["train", "ddp.yaml", "--out", "out"]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*/result.json")).read_text())
+    assert result["status"] == "FINISHED" and 0 <= result["metrics"]["test/mIoU"] <= 1
+    history = (tmp_path / "out" / "gem_synthetic-target_full_s0" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 2  # rank 0 alone records: one line per epoch, not one per rank
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_any_trial(tmp_path):
+    from peftbench.suite import parse_suite
+
+    raw = {"name": "x", "datasets": [{"name": "synthetic", "root": str(tmp_path)}], "methods": ["linear"],
+           "train": {"batch_size": 3, "data_parallel": 2}}
+    with pytest.raises(PeftbenchError, match="multiple of data_parallel"):
+        parse_suite(raw, "x.yaml")
+    raw["train"]["batch_size"] = 4
+    raw["resources"] = {"gpus_per_trial": 1}
+    with pytest.raises(PeftbenchError, match="gpus_per_trial"):
+        parse_suite(raw, "x.yaml")

@@ -29,8 +29,14 @@ class TrainConfig:
     point_max: int = 102400              # training sphere crop
     augment: bool = True
     test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
+    data_parallel: int = 1               # processes per trial sharing each step (batch_size is their total)
 
     def __post_init__(self) -> None:
+        if self.data_parallel < 1:
+            raise PeftbenchError(f"train.data_parallel must be at least 1 (processes per trial), got {self.data_parallel}")
+        if self.batch_size % self.data_parallel:
+            raise PeftbenchError(f"train.batch_size {self.batch_size} does not split over train.data_parallel "
+                                 f"{self.data_parallel} processes; make batch_size a multiple of data_parallel")
         if self.test_protocol not in ("single", "voting"):
             raise PeftbenchError(f"train.test_protocol must be 'single' (one grid-sampled pass) or 'voting' "
                                  f"(Sonata's 13-augmentation fragment voting), got {self.test_protocol!r}")

@@ -101,16 +101,15 @@ class RankBatchSampler(torch.utils.data.Sampler):
         return len(self.batches)
 
 
-def rank_loader(dataset: Any, global_batch: int, world: World, seed: int, epoch: int, collate: Callable,
-                num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """This rank's loader for one epoch. Same generator use as ``data.sources.batches`` (the loader
-    draws its base seed, then the sampler its order), so the global batches are the one-process ones."""
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-    generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-    sampler = RankBatchSampler(torch.utils.data.RandomSampler(dataset, generator=generator), global_batch, world)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                                       generator=generator)
+def shard(loader: torch.utils.data.DataLoader, world: World) -> torch.utils.data.DataLoader:
+    """This rank's slice of every batch of ``loader`` (a shuffling, drop-last loader of global batches).
+
+    Same sampler, generator and collate as ``loader``: the loader draws its base seed, then the
+    sampler its order, so each rank sees the global batches one process would draw.
+    """
+    sampler = RankBatchSampler(loader.batch_sampler.sampler, loader.batch_size, world)
+    return torch.utils.data.DataLoader(loader.dataset, batch_sampler=sampler, num_workers=loader.num_workers,
+                                       collate_fn=loader.collate_fn, generator=loader.generator)
 
 
 def spawn_followers(target: Callable[..., None], size: int, port: int, *args: Any) -> Any:
@@ -134,3 +133,12 @@ def wait_followers(context: Any) -> None:
     """Join the followers; a follower's error is raised here with its traceback."""
     while not context.join():
         pass
+
+
+def stop_followers(context: Any) -> None:
+    """Terminate followers still running (rank 0 failed: they would block until the group times out)."""
+    for process in context.processes:
+        if process.is_alive():
+            process.terminate()
+    for process in context.processes:
+        process.join(timeout=10)

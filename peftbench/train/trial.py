@@ -23,6 +23,7 @@ from peftbench.method import count_parameters, method_state_bytes
 from peftbench.model import Segmentor
 from peftbench.registry import build_method, discover
 from peftbench.schema import build
+from peftbench.train import distributed
 from peftbench.train.config import TrainConfig
 from peftbench.train.efficiency import PeakMemory
 from peftbench.train.trainer import Trainer
@@ -63,14 +64,21 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
 
 
 def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, float]], None] | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder)."""
+              progress: Callable[[str], None] | None = None,
+              world: distributed.World | None = None) -> dict[str, float]:
+    """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder).
+
+    With ``train.data_parallel`` > 1 this process becomes rank 0 of the trial's data-parallel
+    group (``world``); the other ranks train on their slices and return ``{}``.
+    """
     discover(spec.get("methods_dir", []))
+    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
+    if world is None and cfg.data_parallel > 1:
+        return _run_data_parallel(spec, recorder, report, progress, cfg.data_parallel)
     seed = int(spec["seed"])
     seed_everything(seed)
-    device = pick_device()
+    device = world.device if world else pick_device()
     set_default_backend(spec["backbone"].get("conv_backend", "auto"))
-    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
     dataset = spec["dataset"]
     prepare_dataset(dataset)
     classes = dataset_kind(dataset["name"]).classes
@@ -99,6 +107,13 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     steps = cfg.steps_per_epoch or max(len(train_set) // cfg.batch_size, 1)
     peak = PeakMemory(device)
     trainer = Trainer(model, method, cfg, device, len(classes), seed)
+    follower = world is not None and not world.is_leader
+    if world is not None:
+        trainer.train_forward = distributed.wrap(model, world)
+
+    def train_batches(epoch: int):
+        loader = batches(train_set, cfg.batch_size, True, seed, epoch, True, cfg.num_workers, cfg.mix_prob)
+        return distributed.shard(loader, world) if world is not None else loader
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         recorder.log_epoch(epoch + 1, metrics)  # step = epochs completed, as the progress lines count
@@ -106,9 +121,10 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
             report({**metrics, "epoch": epoch + 1})
 
     start = time.perf_counter()
-    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers, cfg.mix_prob),
-                steps, val_loader, on_epoch, progress)
+    trainer.fit(train_batches, steps, None if follower else val_loader, on_epoch, progress)
     train_s = time.perf_counter() - start
+    if follower:  # rank 0 tests and records
+        return {}
     if cfg.test_protocol == "voting":  # Sonata's 13-augmentation fragment voting on every point
         scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,
                                             prevoxel=dataset_kind(dataset["name"]).recipe.test_prevoxel,
@@ -126,6 +142,37 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     else:
         recorder.log_bytes(method_state_bytes(model), "method_weights.pt")
     return final
+
+
+class _Discard:
+    """The recorder of a data-parallel follower: rank 0 records the trial."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | None, progress: Callable | None,
+                       size: int) -> dict[str, float]:
+    port = distributed.free_port()
+    followers = distributed.spawn_followers(_follow, size, port, spec)
+    try:
+        world = distributed.join(0, size, port)
+        final = run_trial(spec, recorder, report, progress, world)
+        distributed.wait_followers(followers)
+        return final
+    except BaseException:
+        distributed.stop_followers(followers)  # they would wait for rank 0 until the group times out
+        raise
+    finally:
+        distributed.leave()
+
+
+def _follow(rank: int, size: int, port: int, spec: dict[str, Any]) -> None:
+    world = distributed.join(rank, size, port)
+    try:
+        run_trial(spec, _Discard(), world=world)
+    finally:
+        distributed.leave()
 
 
 def ensure_pretrained(spec: dict[str, Any], recorder_factory: Callable[[], Any],

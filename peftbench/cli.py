@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
         for spec in specs:
             _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
+        _say(_expected_cost(suite, specs, args))
         return 0
     from peftbench.tune import run_suite
 
@@ -41,6 +42,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     _say(f"next: peftbench report {suite.experiment_name}"
          + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
     return 1 if summary["failed"] else 0
+
+
+def _expected_cost(suite, specs, args: argparse.Namespace) -> str:
+    """``--dry-run``'s price: step times from MLflow runs on this device model, else ``--bench`` records."""
+    from peftbench import cost, tracking
+
+    gpus = suite.resources.gpus_per_trial
+    device = args.device_model or cost.device_model()
+    sources = [cost.step_times_from_mlflow(tracking.resolve_tracking_uri(args.tracking_uri), device)]
+    sources.append(cost.step_times_from_bench(args.bench, device))
+    text = cost.format_cost(cost.expected_cost(specs, gpus, sources), gpus, device)
+    if gpus and device == "cpu":
+        text += "\n  (no GPU here: pass --device-model with the GPU's name as torch/nvidia-smi print it)"
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -155,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the trials without running them")
     p.add_argument("--sequential", action="store_true", help="run trials one by one in this process (no Ray)")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
+    p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import tracking
+from peftbench import cost, tracking
 from peftbench.data.sources import prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.suite import Suite, pretrain_spec
@@ -29,11 +29,18 @@ def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
 
 
 def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, progress: Say | None = None,
-                  extra_tags: dict[str, str] | None = None) -> dict:
-    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error)."""
+                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict:
+    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error).
+
+    ``gpus``: what the trial holds, for GPU-hours (``peftbench.cost``); None = its processes' GPUs here.
+    """
     params = tracking.flatten_config({k: v for k, v in spec.items() if k not in ("fingerprint", "run_name")})
-    tags = {**trial_tags(spec), **(extra_tags or {})}
+    device = cost.device_model()
+    tags = {**trial_tags(spec), cost.DEVICE_TAG: device, **(extra_tags or {})}
+    if gpus is None:
+        gpus = 0.0 if device == "cpu" else float(spec.get("train", {}).get("data_parallel", 1))
     with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
+        run.log_metrics({cost.GPUS_METRIC: gpus})
         return run_trial(spec, run, report, progress)
 
 
@@ -117,7 +124,8 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
     final = tracked_trial(config["spec"], config["uri"], config["experiment"],
                           report=lambda metrics: tune.report({**metrics, **where}),
-                          extra_tags={f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)})
+                          extra_tags={f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)},
+                          gpus=config["gpus"])
     # One last result with the trial's final metrics (peak GPU memory, step time, test mIoU) for Ray's records.
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
@@ -152,7 +160,8 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say) -> dict[str, Any]:
         tuner_name = f"{suite.name}-{int(time.time())}"
         tuner = tune.Tuner(
             trainable,
-            param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd()},
+            param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd(),
+                         "gpus": res.gpus_per_trial},
             # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
             # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
             tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,

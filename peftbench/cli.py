@@ -18,23 +18,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench import tracking
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
+    from peftbench import search
+
     suite = load_suite(args.suite, args.methods_dir)
-    specs = trial_specs(suite)
+    searched = search.search_specs(suite)
+    # With a search, the final trials' settings are chosen by it; until then these stand in for them.
+    specs = (trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds)) if searched and suite.final
+             else trial_specs(suite))
     if args.dry_run:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
             _say(f"pretrain: {pre['backbone']['config']} on {pre['dataset']['root']} -> {pre['checkpoint']}")
-        _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
+        if searched:
+            _say(f"{len(searched)} search trials (ASHA may stop some early; priced in full):")
+            for spec in searched:
+                _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
+        _say(f"{len(specs)} {'final ' if searched else ''}trials in suite {suite.name!r} "
+             f"(experiment {suite.experiment_name!r}):")
         for spec in specs:
-            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
-        _say(_expected_cost(suite, specs, args))
+            _say(f"  {spec['run_name']:<50} {'setting chosen by the search' if searched else spec['fingerprint']}")
+        _say(_expected_cost(suite, searched + specs, args))
         return 0
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     start = time.perf_counter()
-    _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-    summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
+    if searched:
+        _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
+        summary = search.run_search_then_final(suite, uri, _say, sequential=args.sequential, rerun=args.rerun)
+    else:
+        _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
+        summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
     _say(f"ran {summary['ran']} trials in {time.perf_counter() - start:.0f} s; "
          f"{len(summary['failed'])} failed")
     for name, error in summary["failed"]:

@@ -18,6 +18,7 @@ from peftbench.errors import PeftbenchError
 from peftbench.method import make_config
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
+from peftbench.search_config import FinalSpec, method_search
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
@@ -49,6 +50,7 @@ class MethodEntry:
     label: str | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-method training overrides
+    search: dict[str, Any] | None = None      # merged over the suite's `search` (peftbench.search_config)
 
 
 @dataclasses.dataclass
@@ -89,6 +91,8 @@ class Suite:
     pretrain: PretrainSpec | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
     methods_dir: list[str] = dataclasses.field(default_factory=list)
+    search: dict[str, Any] | None = None      # search, then `final` seeds: peftbench.search_config
+    final: FinalSpec | None = None
     source: str = ""                          # the file it came from (set by load_suite)
 
     @property
@@ -143,6 +147,10 @@ def _validate(suite: Suite, where: str) -> None:
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
             train = build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
             _check_data_parallel(train.data_parallel, suite.resources, blame)
+        search = method_search(suite.search, entry.search, f"{key}.search" if entry.search else f"{where}: search")
+        for point in search.points() if search else []:
+            for dataset in suite.datasets:
+                build(TrainConfig, {**suite.train, **dataset.train, **entry.train, **point}, f"{key}: search {point}")
         label = entry.label or entry.name
         if label in labels:
             raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -25,12 +26,34 @@ def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
                      "peftbench.seed": str(spec["seed"])})
         if spec["dataset"].get("group"):
             tags["peftbench.dataset_group"] = spec["dataset"]["group"]
+        if spec.get("stage"):  # search, then final (peftbench.search)
+            tags["peftbench.stage"] = spec["stage"]
+        for key in ("search_point", "search_choice"):
+            if key in spec:
+                tags[f"peftbench.{key}"] = json.dumps(spec[key], sort_keys=True)
     return tags
 
 
+class StoppedEarly(Exception):
+    """The scheduler (ASHA) stopped this trial: Ray's ``tune.report`` raised SystemExit(0) in it."""
+
+
+def _stoppable(report: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    if report is None:
+        return None
+
+    def wrapped(metrics: dict) -> None:
+        try:
+            report(metrics)
+        except SystemExit as stop:
+            raise StoppedEarly from stop
+
+    return wrapped
+
+
 def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, progress: Say | None = None,
-                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict:
-    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error).
+                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict | None:
+    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error); None if a scheduler stopped it.
 
     ``gpus``: what the trial holds, for GPU-hours (``peftbench.cost``); None = its processes' GPUs here.
     """
@@ -41,7 +64,11 @@ def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, 
         gpus = 0.0 if device == "cpu" else float(spec.get("train", {}).get("data_parallel", 1))
     with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
         run.log_metrics({cost.GPUS_METRIC: gpus})
-        return run_trial(spec, run, report, progress)
+        try:
+            return run_trial(spec, run, _stoppable(report), progress)
+        except StoppedEarly:  # a complete answer for a search: FINISHED, tagged, not rerun
+            run.set_tag("peftbench.stopped_early", "scheduler")
+            return None
 
 
 def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +81,11 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool = False,
-              rerun: bool = False) -> dict[str, Any]:
-    """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary."""
+              rerun: bool = False, scheduler: Any = None) -> dict[str, Any]:
+    """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary.
+
+    ``scheduler``: a Ray Tune trial scheduler (the search's ASHA); ignored when sequential.
+    """
     experiment = suite.experiment_name
     tracking.ensure_experiment(uri, experiment)
     for dataset in {s["dataset"]["root"]: s["dataset"] for s in specs}.values():
@@ -79,7 +109,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         return {"ran": 0, "failed": []}
     if sequential:
         return _run_sequential(todo, uri, experiment, say)
-    return _run_ray(suite, todo, uri, experiment, say)
+    return _run_ray(suite, todo, uri, experiment, say, scheduler)
 
 
 def _run_sequential(todo, uri, experiment, say: Say) -> dict[str, Any]:
@@ -126,11 +156,13 @@ def _ray_trainable(config: dict[str, Any]) -> None:
                           report=lambda metrics: tune.report({**metrics, **where}),
                           extra_tags={f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)},
                           gpus=config["gpus"])
+    if final is None:  # stopped early by the scheduler: nothing more to report
+        return
     # One last result with the trial's final metrics (peak GPU memory, step time, test mIoU) for Ray's records.
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
 
-def _run_ray(suite: Suite, todo, uri, experiment, say: Say) -> dict[str, Any]:
+def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = None) -> dict[str, Any]:
     try:
         import ray
         from ray import tune
@@ -164,7 +196,7 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say) -> dict[str, Any]:
                          "gpus": res.gpus_per_trial},
             # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
             # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
-            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
+            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True, scheduler=scheduler,
                                         trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=tuner_name, storage_path=storage, verbose=0,

@@ -43,8 +43,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.preflight import check_before_trials
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
+    from peftbench import search
+
     suite = load_suite(args.suite, args.methods_dir)
-    specs = trial_specs(suite)
+    searched = search.search_specs(suite)
+    # With a search, the final trials' settings are chosen by it; until then these stand in for them.
+    specs = (trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds)) if searched and suite.final
+             else trial_specs(suite))
     check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential, say=_say)
     if args.dry_run:
         pre = pretrain_spec(suite)
@@ -52,16 +57,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say(f"pretrain: {pre['backbone']['config']} on {pre['dataset']['root']} -> {pre['checkpoint']}")
         from peftbench.train.schedule import planned_steps
 
-        _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
+        if searched:
+            _say(f"{len(searched)} search trials (ASHA may stop some early; priced in full):")
+            for spec in searched:
+                _say(f"  {spec['run_name']:<50} {spec['fingerprint']}  {planned_steps(spec)}")
+        _say(f"{len(specs)} {'final ' if searched else ''}trials in suite {suite.name!r} "
+             f"(experiment {suite.experiment_name!r}):")
         for spec in specs:
-            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}  {planned_steps(spec)}")
+            chosen = "setting chosen by the search" if searched else spec["fingerprint"]
+            _say(f"  {spec['run_name']:<50} {chosen}  {planned_steps(spec)}")
+        _say(_expected_cost(suite, searched + specs, args))
         return 0
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     start = time.perf_counter()
-    _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-    summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
+    if searched:
+        _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
+        summary = search.run_search_then_final(suite, uri, _console(args), sequential=args.sequential,
+                                               rerun=args.rerun)
+    else:
+        _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
+        summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
     return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
 
 
@@ -80,6 +97,20 @@ def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds
         _say("failed trials are not FINISHED in MLflow: fix the cause and rerun the same command to run them again")
     _say(f"next: peftbench report {experiment}" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
     return 1 if summary["failed"] else 0
+
+
+def _expected_cost(suite, specs, args: argparse.Namespace) -> str:
+    """``--dry-run``'s price: step times from MLflow runs on this device model, else ``--bench`` records."""
+    from peftbench import cost, tracking
+
+    gpus = suite.resources.gpus_per_trial
+    device = args.device_model or cost.device_model()
+    sources = [cost.step_times_from_mlflow(tracking.resolve_tracking_uri(args.tracking_uri), device)]
+    sources.append(cost.step_times_from_bench(args.bench, device))
+    text = cost.format_cost(cost.expected_cost(specs, gpus, sources), gpus, device)
+    if gpus and device == "cpu":
+        text += "\n  (no GPU here: pass --device-model with the GPU's name as torch/nvidia-smi print it)"
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -260,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true",
                    help="run trials one by one in this process (no Ray), with an epoch/step bar")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
+    p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 

@@ -19,6 +19,7 @@ from peftbench.builtin_suites import locate_suite
 from peftbench.errors import PeftbenchError
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
+from peftbench.search_config import FinalSpec, method_search
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
@@ -49,6 +50,7 @@ class MethodEntry:
     label: str | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-method training overrides
+    search: dict[str, Any] | None = None      # merged over the suite's `search` (peftbench.search_config)
 
 
 @dataclasses.dataclass
@@ -104,6 +106,8 @@ class Suite:
     resources: Resources = dataclasses.field(default_factory=Resources)
     methods_dir: list[str] = dataclasses.field(default_factory=list)
     report: ReportSpec | None = None
+    search: dict[str, Any] | None = None      # search, then `final` seeds: peftbench.search_config
+    final: FinalSpec | None = None
     source: str = ""                          # the file it came from (set by load_suite)
 
     @property
@@ -151,7 +155,12 @@ def _validate(suite: Suite, where: str) -> None:
         build(cls.config_class, entry.settings, f"{key}.settings")  # unknown keys and wrong types (`rank: eight`)
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
-            build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            train = build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            _check_data_parallel(train.data_parallel, suite.resources, blame)
+        search = method_search(suite.search, entry.search, f"{key}.search" if entry.search else f"{where}: search")
+        for point in search.points() if search else []:
+            for dataset in suite.datasets:
+                build(TrainConfig, {**suite.train, **dataset.train, **entry.train, **point}, f"{key}: search {point}")
         label = entry.label or entry.name
         if label in labels:
             raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")
@@ -179,6 +188,14 @@ def _validate_report(suite: Suite, labels: set[str], where: str) -> None:
     for key, label in named:
         if label not in labels:
             raise PeftbenchError(f"{where}: {key}: {label!r} is not a method label of this suite (labels: {known})")
+
+
+def _check_data_parallel(processes: int, resources: Resources, where: str) -> None:
+    """A data-parallel trial gives each of its processes one GPU (or runs on CPU, gloo)."""
+    gpus = resources.gpus_per_trial
+    if processes > 1 and gpus > 0 and gpus != processes:
+        raise PeftbenchError(f"{where}.data_parallel: {processes} processes but resources.gpus_per_trial is {gpus:g}; "
+                             f"set gpus_per_trial: {processes} (one GPU per process, batch 24 = 8 x 3)")
 
 
 def fingerprint(obj: Any) -> str:

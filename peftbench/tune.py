@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import run_state, tracking
+from peftbench import cost, run_state, tracking
 from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.hardware import hardware_name
@@ -35,16 +35,49 @@ def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
             tags["peftbench.dataset_group"] = spec["dataset"]["group"]
         if spec.get("report"):  # the suite's `report:` layout, read back by `peftbench report`
             tags["peftbench.report"] = json.dumps(spec["report"], sort_keys=True)
+        if spec.get("stage"):  # search, then final (peftbench.search)
+            tags["peftbench.stage"] = spec["stage"]
+        for key in ("search_point", "search_choice"):
+            if key in spec:
+                tags[f"peftbench.{key}"] = json.dumps(spec[key], sort_keys=True)
     return tags
 
 
+class StoppedEarly(Exception):
+    """The scheduler (ASHA) stopped this trial: Ray's ``tune.report`` raised SystemExit(0) in it."""
+
+
+def _stoppable(report: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    if report is None:
+        return None
+
+    def wrapped(metrics: dict) -> None:
+        try:
+            report(metrics)
+        except SystemExit as stop:
+            raise StoppedEarly from stop
+
+    return wrapped
+
+
 def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, progress: Say | None = None,
-                  extra_tags: dict[str, str] | None = None) -> dict:
-    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error)."""
+                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict | None:
+    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error); None if a scheduler stopped it.
+
+    ``gpus``: what the trial holds, for GPU-hours (``peftbench.cost``); None = its processes' GPUs here.
+    """
     params = tracking.flatten_config({k: v for k, v in spec.items() if k not in ("fingerprint", "run_name")})
-    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), **(extra_tags or {})}
+    device = cost.device_model()
+    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), cost.DEVICE_TAG: device, **(extra_tags or {})}
+    if gpus is None:
+        gpus = 0.0 if device == "cpu" else float(spec.get("train", {}).get("data_parallel", 1))
     with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
-        return run_trial(spec, run, report, progress)
+        run.log_metrics({cost.GPUS_METRIC: gpus})
+        try:
+            return run_trial(spec, run, _stoppable(report), progress)
+        except StoppedEarly:  # a complete answer for a search: FINISHED, tagged, not rerun
+            run.set_tag("peftbench.stopped_early", "scheduler")
+            return None
 
 
 def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +91,9 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool = False,
-              rerun: bool = False) -> dict[str, Any]:
+              rerun: bool = False, scheduler: Any = None) -> dict[str, Any]:
     """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary.
+    ``scheduler``: a Ray Tune trial scheduler (the search's ASHA); ignored when sequential.
 
     Holds the experiment's lock throughout: a second run of the same experiment waits, then skips
     what this one finished. A Ctrl-C ends it with the interrupted runs KILLED ("interrupted" in
@@ -78,7 +112,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
                 + ", ".join(closed[:5]) + (" ..." if len(closed) > 5 else ""))
         todo: list[dict[str, Any]] = []
         try:
-            summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo)
+            summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler)
         except KeyboardInterrupt:
             summary = {"ran": 0, "failed": [], "interrupted": True}
         if summary.get("interrupted"):
@@ -95,7 +129,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
 
 
 def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool, rerun: bool,
-              driver: str, todo: list[dict[str, Any]]) -> dict[str, Any]:
+              driver: str, todo: list[dict[str, Any]], scheduler: Any = None) -> dict[str, Any]:
     experiment = suite.experiment_name
     if suite.backbone.checkpoint not in (None, "pretrain"):
         resolve_file(suite.backbone.checkpoint, "backbone.checkpoint")  # missing: one line, before any trial
@@ -117,7 +151,7 @@ def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         return {"ran": 0, "failed": []}
     if sequential:
         return _run_sequential(todo, uri, experiment, say, driver)
-    return _run_ray(suite, todo, uri, experiment, say, driver)
+    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler)
 
 
 def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
@@ -170,12 +204,14 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     tags = {f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)}
     final = tracked_trial(config["spec"], config["uri"], config["experiment"],
                           report=lambda metrics: tune.report({**metrics, **where}),
-                          extra_tags={**tags, tracking.DRIVER_TAG: config["driver"]})
+                          extra_tags={**tags, tracking.DRIVER_TAG: config["driver"]}, gpus=config["gpus"])
+    if final is None:  # stopped early by the scheduler: nothing more to report
+        return
     # One last result with the trial's final metrics (peak GPU memory, step time, test mIoU) for Ray's records.
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
 
-def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
+def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, scheduler: Any = None) -> dict[str, Any]:
     try:
         from peftbench.ray_local import local_ray
     except ImportError as err:
@@ -184,11 +220,11 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str) -> dict
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here; the run then marks its trials KILLED
     gpus = check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial)
     with local_ray(gpus) as storage:
-        return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus)
+        return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler)
 
 
 def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, storage: Path,
-               gpus: int | None) -> dict[str, Any]:
+               gpus: int | None, scheduler: Any = None) -> dict[str, Any]:
     """One Tune experiment over ``todo`` on the Ray cluster this process is connected to."""
     import ray
     from ray import tune
@@ -203,10 +239,10 @@ def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, stora
     tuner = tune.Tuner(
         trainable,
         param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd(),
-                     "driver": driver},
+                     "driver": driver, "gpus": res.gpus_per_trial},
         # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
         # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
-        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True, scheduler=scheduler,
                                     trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=tuner_name, storage_path=str(storage), verbose=0,

@@ -59,6 +59,7 @@ class Trainer:
     def __init__(self, model: nn.Module, method: Method, config: TrainConfig, device: torch.device,
                  num_classes: int, seed: int = 0) -> None:
         self.model = model.to(device)
+        self.train_forward: nn.Module = self.model  # the training forward; DDP-wrapped under data parallel
         self.method = method
         self.config = config
         self.device = device
@@ -149,7 +150,7 @@ class Trainer:
             share = count / total
             batch = to_device(batch, self.device)
             with self._autocast():
-                logits = self.model(model_inputs(batch))
+                logits = self.train_forward(model_inputs(batch))
                 loss = segmentation_loss(logits, batch["segment"], cfg.lovasz_weight)
             self.scaler.scale(loss * share).backward()
             batch_loss += float(loss.detach()) * share

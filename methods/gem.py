@@ -18,12 +18,12 @@ mercy of an autocast op list.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
+from peftbench.backbone.latent_attention import scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -112,36 +112,12 @@ class ContextAdapter(nn.Module):
             self.bank(point)
         k = self.k(h)                                                   # projections: autocast dtype
         v = self.v(h) if hasattr(self, "v") else k
-        q = self.q(h) if hasattr(self, "q") else k
-        with torch.autocast(h.device.type, enabled=False):             # cast in, float32 from here
-            out = self._mix(point, k.float(), v.float(), q.float(), q is k)
-        return self.up(out.to(h.dtype))                                 # cast out
-
-    def _mix(self, point, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor, q_is_k: bool) -> torch.Tensor:
-        batch = point.batch
-        previous = point.scene_state["gem_latents"].float()             # (B, m, r)
-        affinity = torch.einsum("nr,nmr->nm", k, previous.index_select(0, batch)) * self.scale  # (N, m)
-        weights = segment_softmax(affinity, batch, previous.shape[0])   # over each scene's points
-        context = torch.zeros_like(previous).index_add_(0, batch, weights.unsqueeze(-1) * v.unsqueeze(1))
-        latents = previous + context
+        q = self.q(h) if hasattr(self, "q") else None                   # None: the keys double as queries
+        # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
+        out, latents = scene_latent_attention(k, v, q, point.scene_state["gem_latents"], point.batch, self.scale,
+                                              read_updated=self.read_latents == "updated")
         point.scene_state["gem_latents"] = latents
-        per_point = latents.index_select(0, batch)                      # (N, m, r), the updated latents
-        if self.read_latents == "previous" and q_is_k:
-            read = affinity
-        else:
-            scored = per_point if self.read_latents == "updated" else previous.index_select(0, batch)
-            read = torch.einsum("nr,nmr->nm", q, scored) * self.scale
-        return torch.einsum("nm,nmr->nr", read.softmax(dim=-1), per_point)
-
-
-def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """Softmax of ``scores`` (N, m) over the rows of each segment, per column."""
-    index = segment.unsqueeze(-1).expand_as(scores)
-    peak = scores.new_full((num_segments, scores.shape[1]), -math.inf)
-    peak = peak.scatter_reduce(0, index, scores, "amax", include_self=True)
-    exp = (scores - peak.index_select(0, segment)).exp()
-    total = exp.new_zeros(num_segments, scores.shape[1]).index_add_(0, segment, exp)
-    return exp / total.index_select(0, segment)
+        return self.up(out.to(h.dtype))                                 # cast out
 
 
 @register

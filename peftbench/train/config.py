@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from peftbench.errors import PeftbenchError
+from peftbench.train.config_ranges import check_ranges
 
 # setting -> (allowed values, what each means): one place for the choices and their messages.
 CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -48,8 +49,10 @@ class TrainConfig:
     augment: bool = True
     test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
     test_checkpoint: str = "best"        # which weights the final test uses
+    data_parallel: int = 1               # processes per trial sharing each step (batch_size is their total)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for name, (allowed, meaning) in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise PeftbenchError(f"train.{name} must be {meaning}, got {getattr(self, name)!r}")
@@ -59,6 +62,12 @@ class TrainConfig:
         if self.method_lr is not None and self.lr_groups != "role":
             raise PeftbenchError("train.method_lr needs train.lr_groups: role (pointcept groups by the name "
                                  "keyword \"block\" only); drop method_lr or set lr_groups: role")
+        if self.data_parallel < 1:
+            raise PeftbenchError(f"train.data_parallel must be at least 1 (processes per trial), got {self.data_parallel}")
+        if self.micro_batch % self.data_parallel:
+            raise PeftbenchError(f"train.batch_size {self.batch_size} / train.accumulate {self.accumulate} = "
+                                 f"{self.micro_batch} scenes per micro-batch do not split over train.data_parallel "
+                                 f"{self.data_parallel} processes; make it a multiple of data_parallel (24 = 8 x 3)")
 
     @property
     def micro_batch(self) -> int:

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from peftbench.method import Method, load_method_state_dict, method_state_dict
+from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
+from peftbench.train.guard import DivergenceGuard
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.optim import build_optimizer, parameter_groups
@@ -57,6 +59,7 @@ class Trainer:
     def __init__(self, model: nn.Module, method: Method, config: TrainConfig, device: torch.device,
                  num_classes: int, seed: int = 0) -> None:
         self.model = model.to(device)
+        self.train_forward: nn.Module = self.model  # the training forward; DDP-wrapped under data parallel
         self.method = method
         self.config = config
         self.device = device
@@ -75,6 +78,8 @@ class Trainer:
         self.epoch = 0                       # epochs completed
         self.best: BestState | None = None
         self.history: list[dict[str, float]] = []
+        self.guard = DivergenceGuard(config)
+        self.last_step_skipped = False       # AMP skipped the last optimizer step (non-finite gradients)
 
     def prepare(self, steps_per_epoch: int) -> None:
         """Optimizer groups, AdamW, OneCycle over ``epochs * steps_per_epoch`` optimizer steps, and
@@ -96,17 +101,23 @@ class Trainer:
         epoch's micro-batches (``config.micro_batch`` scenes each), ``config.accumulate`` per step."""
         cfg = self.config
         self.prepare(steps_per_epoch)
+        total_steps = cfg.epochs * steps_per_epoch
+        report_progress(progress, "train", self.epoch * steps_per_epoch, total_steps, lines=False,
+                        epoch=f"{self.epoch + 1}/{cfg.epochs}")  # loaders warm up
         for epoch in range(self.epoch, cfg.epochs):
             self.model.train()  # as Pointcept: a frozen backbone keeps train mode (drop-path active)
             micro_batches = iter(train_batches(epoch))
             losses = []
-            for _ in range(steps_per_epoch):
+            for step in range(steps_per_epoch):
                 step_batches = list(itertools.islice(micro_batches, cfg.accumulate))
                 if not step_batches:
                     break
                 loss = self.train_step(step_batches)
                 if loss is not None:
                     losses.append(loss)
+                    self.guard.check(loss, epoch, step, skipped=self.last_step_skipped)
+                    report_progress(progress, "train", epoch * steps_per_epoch + step + 1, total_steps, lines=False,
+                                    epoch=f"{epoch + 1}/{cfg.epochs}", loss=loss)
             metrics = {"train/loss": sum(losses) / max(len(losses), 1), "lr": self.optimizer.param_groups[0]["lr"]}
             if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 scores, confusion = self.evaluate(val_loader)
@@ -139,7 +150,7 @@ class Trainer:
             share = count / total
             batch = to_device(batch, self.device)
             with self._autocast():
-                logits = self.model(model_inputs(batch))
+                logits = self.train_forward(model_inputs(batch))
                 loss = segmentation_loss(logits, batch["segment"], cfg.lovasz_weight)
             self.scaler.scale(loss * share).backward()
             batch_loss += float(loss.detach()) * share
@@ -150,7 +161,8 @@ class Trainer:
         scale_before = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if not self.scaler.is_enabled() or self.scaler.get_scale() >= scale_before:  # skipped step: no lr step
+        self.last_step_skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale_before
+        if not self.last_step_skipped:  # a skipped step takes no lr step either
             self.scheduler.step()
         self._synchronize()
         self.step_times.append(time.perf_counter() - start)

@@ -26,6 +26,7 @@ import torch
 from peftbench.data.collate import collate_points
 from peftbench.data.transforms import CenterShift, Collect, GridSample, NormalizeColor, ToTensor
 from peftbench.errors import PeftbenchError
+from peftbench.progress import report_progress
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.trainer import model_inputs, to_device
 
@@ -130,8 +131,7 @@ def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_s
                                amp_dtype=amp_dtype)
             target = torch.as_tensor(data["segment"]).to(device)
             confusion += confusion_matrix(probs.argmax(dim=-1), target, num_classes)
-            if progress and (i + 1) % max(count // 10, 1) == 0:
-                progress(f"voting test: {i + 1}/{count} scenes")
+            report_progress(progress, "voting test (scenes)", i + 1, count)
     finally:
         if was_training and hasattr(model, "train"):
             model.train()

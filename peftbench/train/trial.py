@@ -117,10 +117,6 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     if world is not None:
         trainer.train_forward = distributed.wrap(model, world)
 
-    def train_batches(epoch: int):
-        loader = batches(train_set, cfg.batch_size, True, seed, epoch, True, cfg.num_workers, cfg.mix_prob)
-        return distributed.shard(loader, world) if world is not None else loader
-
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         recorder.log_epoch(epoch + 1, metrics)  # step = epochs completed, as the progress lines count
         if report:

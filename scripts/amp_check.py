@@ -4,7 +4,8 @@
    fp32, fp16 and bf16 autocast from the same weights and input: loss and gradient relative errors
    against fp32, and the time of a full step (forward, backward, AdamW) per dtype;
 2. sweep: peak memory and step time of frozen-backbone method train steps (LoRA and GEM) at per-GPU
-   batches 3, 6, 12, 24 scenes, per autocast dtype.
+   batches 3, 6, 12, 24 scenes, per autocast dtype: ``peftbench bench``'s train workload, one
+   (method, batch) at a time so that an out-of-memory batch is recorded as such.
 
 Needs only torch (+ spconv where present): no MLflow, no Ray. Results go to a JSON file, written
 after every measurement so a run cut short keeps what it measured. On the GPU machine:
@@ -20,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from peftbench.backbone import backbone_config  # noqa: E402
-from peftbench.bench import synthetic_batch  # noqa: E402
+from peftbench.bench import bench_method, synthetic_scenes, timed  # noqa: E402
+from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.model import Segmentor  # noqa: E402
 from peftbench.registry import build_method  # noqa: E402
 from peftbench.train.losses import segmentation_loss  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+BENCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # peftbench bench's names
 # "As accurate": relative errors against fp32 below these (bf16 keeps 8 mantissa bits, fp16 11).
 TOLERANCE = {"loss_rel_err": 5e-3, "grad_rel_err": 5e-2}
 FP16_LOSS_SCALE = 2.0 ** 16  # GradScaler's initial scale: keeps fp16 gradients from underflowing
@@ -52,13 +53,6 @@ def build(backbone: str, method: str, device: torch.device) -> Segmentor:
             if p.requires_grad and p.abs().sum() == 0 and p.dim() > 1:
                 p.normal_(std=0.02)
     return model.to(device).train()
-
-
-def first_scenes(batch: dict, n: int) -> dict:
-    """The first ``n`` scenes of a collated batch."""
-    end = int(batch["offset"][n - 1])
-    cut = {k: v[:end] for k, v in batch.items() if isinstance(v, torch.Tensor) and len(v) == len(batch["coord"])}
-    return {**batch, **cut, "offset": batch["offset"][:n]}
 
 
 def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None) -> torch.Tensor:
@@ -84,19 +78,15 @@ def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None) -
 
 def timed_steps(model: Segmentor, batch: dict, dtype: torch.dtype | None, steps: int) -> float:
     """Median milliseconds of a full train step (forward, backward, AdamW) after one warm-up
-    (``steps=0``: the warm-up step alone, for a quick check)."""
-    device = batch["coord"].device
+    (``steps=0``: one step, no warm-up, for a quick check)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    times = []
-    for _ in range(steps + 1):
-        _sync(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         forward_backward(model, batch, dtype)
         optimizer.step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[1:] or times)
+
+    return timed(step, batch["coord"].device, max(steps, 1), warmup=1 if steps else 0)["ms"]
 
 
 def accuracy(args: argparse.Namespace, device: torch.device, batch: dict) -> dict[str, Any]:
@@ -139,29 +129,23 @@ def compare(loss: torch.Tensor, grads: dict[str, torch.Tensor], reference: dict[
     return row
 
 
-def sweep(args: argparse.Namespace, device: torch.device, batch: dict, report: dict, save) -> None:
+def sweep(args: argparse.Namespace, device: torch.device, scenes: list[dict], report: dict, save) -> None:
+    dtypes = [BENCH_DTYPES[name] for name in args.sweep_dtypes]
     for method in args.methods:
-        model = build(args.backbone, method, device)
-        for dtype_name in args.sweep_dtypes:
-            for size in args.batch_sizes:
-                row: dict[str, Any] = {"method": method, "dtype": dtype_name, "batch": size}
-                part = to_device(first_scenes(batch, size), device)
-                row["points"] = int(len(part["coord"]))
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
-                try:
-                    row["step_ms"] = timed_steps(model, part, DTYPES[dtype_name], args.steps)
-                    if device.type == "cuda":
-                        row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-                except torch.cuda.OutOfMemoryError:
-                    row["oom"] = True
-                model.zero_grad(set_to_none=True)
-                del part
-                report["sweep"].append(row)
-                print("sweep " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in row.items()), flush=True)
-                save()
+        for size in args.batch_sizes:
+            try:
+                rows = bench_method(args.backbone, method, {size: collate_points(scenes[:size])}, device,
+                                    max(args.steps, 1), dtypes, modes=("train",))
+            except torch.cuda.OutOfMemoryError:
+                rows = [{"method": method, "batch_size": size, "dtype": d, "oom": True} for d in dtypes]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            report["sweep"].extend(rows)
+            for row in rows:
+                print("sweep " + ", ".join(f"{k} {row[k]:.4g}" if isinstance(row.get(k), float) else f"{k} {row.get(k)}"
+                                           for k in ("method", "batch_size", "dtype", "points", "train_ms",
+                                                     "train_peak_gib", "oom") if k in row), flush=True)
+            save()
 
 
 def suggestion(results: dict[str, Any]) -> str:
@@ -170,11 +154,6 @@ def suggestion(results: dict[str, Any]) -> str:
         return "bfloat16 (within tolerance of fp32 and not slower than float16)"
     why = "outside tolerance" if not bf16["within_tolerance"] else "slower than float16"
     return f"float16 (bfloat16 is {why})"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["lora", "gem"])
     parser.add_argument("--sweep-dtypes", nargs="+", default=["float16", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--parts", nargs="+", default=["accuracy", "sweep"], choices=["accuracy", "sweep"])
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement after one warm-up (0: time the warm-up)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement after warm-up (0: one step, no warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -199,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
 
-    batch = synthetic_batch(args.points, max(args.batch_sizes))
+    scenes = synthetic_scenes(args.points, max(args.batch_sizes))
     if "accuracy" in args.parts:
-        report["accuracy"] = accuracy(args, device, to_device(first_scenes(batch, 1), device))
+        report["accuracy"] = accuracy(args, device, to_device(collate_points(scenes[:1]), device))
         report["suggested_amp_dtype"] = suggestion(report["accuracy"])
         print(f"suggested train.amp_dtype: {report['suggested_amp_dtype']}", flush=True)
         save()
     if "sweep" in args.parts:
-        sweep(args, device, batch, report, save)
+        sweep(args, device, scenes, report, save)
     save()
     return 0
 

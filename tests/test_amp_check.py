@@ -29,4 +29,4 @@ def test_amp_check_on_cpu_without_mlflow_or_ray(tmp_path):
         assert accuracy[dtype]["loss_rel_err"] < 0.05 and accuracy[dtype]["step_ms"] > 0
     assert report["suggested_amp_dtype"].split()[0] in ("float16", "bfloat16")
     [row] = report["sweep"]
-    assert row["method"] == "gem" and row["batch"] == 1 and row["step_ms"] > 0 and row["points"] > 0
+    assert row["method"] == "gem" and row["batch_size"] == 1 and row["train_ms"] > 0 and row["points"] > 0

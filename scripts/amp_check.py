@@ -55,11 +55,14 @@ def build(backbone: str, method: str, device: torch.device) -> Segmentor:
     return model.to(device).train()
 
 
-def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None) -> torch.Tensor:
-    """Loss of one deterministic step (fixed drop-path and order draws); gradients left in .grad.
-    fp16 scales the loss as a GradScaler does: from 2^16, halved while gradients overflow."""
+def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None,
+                     scale: float | None = None) -> tuple[torch.Tensor, float]:
+    """Loss of one deterministic step (fixed drop-path and order draws) and the loss scale used;
+    gradients (unscaled) left in .grad. fp16 without a ``scale`` searches one as a GradScaler
+    does: from 2^16, halved while the gradients overflow."""
     device = batch["coord"].device
-    scale = FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
+    search = scale is None and dtype == torch.float16
+    scale = FP16_LOSS_SCALE if search else (scale or 1.0)
     while True:
         torch.manual_seed(0)
         generator = torch.Generator(device=device).manual_seed(0)
@@ -67,23 +70,23 @@ def forward_backward(model: Segmentor, batch: dict, dtype: torch.dtype | None) -
             loss = segmentation_loss(model(model_inputs(batch), generator), batch["segment"].clamp(min=0))
         (loss * scale).backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if scale <= 1.0 or all(torch.isfinite(g).all() for g in grads):
+        if not search or scale <= 1.0 or all(torch.isfinite(g).all() for g in grads):
             break
         model.zero_grad(set_to_none=True)
         scale /= 2
     for g in grads:
         g /= scale
-    return loss.detach().float()
+    return loss.detach().float(), scale
 
 
-def timed_steps(model: Segmentor, batch: dict, dtype: torch.dtype | None, steps: int) -> float:
-    """Median milliseconds of a full train step (forward, backward, AdamW) after one warm-up
-    (``steps=0``: one step, no warm-up, for a quick check)."""
+def timed_steps(model: Segmentor, batch: dict, dtype: torch.dtype | None, steps: int, scale: float) -> float:
+    """Median milliseconds of a full train step (forward, backward, AdamW) at a fixed loss scale
+    after one warm-up (``steps=0``: one step, no warm-up, for a quick check)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        forward_backward(model, batch, dtype)
+        forward_backward(model, batch, dtype, scale)
         optimizer.step()
 
     return timed(step, batch["coord"].device, max(steps, 1), warmup=1 if steps else 0)["ms"]
@@ -100,14 +103,14 @@ def accuracy(args: argparse.Namespace, device: torch.device, batch: dict) -> dic
                 if n in start:
                     p.copy_(start[n])
         model.zero_grad(set_to_none=True)
-        loss = forward_backward(model, batch, dtype)
+        loss, scale = forward_backward(model, batch, dtype)
         grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
-        row: dict[str, Any] = {"loss": float(loss)}
+        row: dict[str, Any] = {"loss": float(loss), "loss_scale": scale}
         if dtype is None:
             reference = {"loss": loss, **grads}
         else:
             row.update(compare(loss, grads, reference))
-        row["step_ms"] = timed_steps(model, batch, dtype, args.steps)
+        row["step_ms"] = timed_steps(model, batch, dtype, args.steps, scale)
         results[name] = row
         print(f"accuracy {name:>8}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
     return results
@@ -165,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["lora", "gem"])
     parser.add_argument("--sweep-dtypes", nargs="+", default=["float16", "bfloat16"], choices=list(DTYPES))
     parser.add_argument("--parts", nargs="+", default=["accuracy", "sweep"], choices=["accuracy", "sweep"])
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement after warm-up (0: one step, no warm-up)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="timed steps per measurement after warm-up (0: one step, no warm-up)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

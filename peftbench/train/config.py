@@ -63,7 +63,8 @@ class TrainConfig:
             raise PeftbenchError("train.method_lr needs train.lr_groups: role (pointcept groups by the name "
                                  "keyword \"block\" only); drop method_lr or set lr_groups: role")
         if self.data_parallel < 1:
-            raise PeftbenchError(f"train.data_parallel must be at least 1 (processes per trial), got {self.data_parallel}")
+            raise PeftbenchError(f"train.data_parallel must be at least 1 (processes per trial), "
+                                 f"got {self.data_parallel}")
         if self.micro_batch % self.data_parallel:
             raise PeftbenchError(f"train.batch_size {self.batch_size} / train.accumulate {self.accumulate} = "
                                  f"{self.micro_batch} scenes per micro-batch do not split over train.data_parallel "

@@ -53,6 +53,7 @@ def planned_steps(spec: dict[str, Any]) -> str:
     scenes = planned_scenes(spec["dataset"], spec.get("split", "full"))
     if scenes is None:
         if cfg.steps_per_epoch:
-            return f"batch {cfg.batch_size} = {cfg.steps_per_epoch} steps per epoch, {cfg.steps_per_epoch * cfg.epochs} steps"
+            per_epoch = cfg.steps_per_epoch
+            return f"batch {cfg.batch_size} = {per_epoch} steps per epoch, {per_epoch * cfg.epochs} steps"
         return f"batch {cfg.batch_size} ({cfg.accumulate} x {cfg.micro_batch}); steps: dataset not found"
     return describe(schedule(scenes, cfg))

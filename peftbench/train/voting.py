@@ -112,7 +112,8 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
 def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_size: float = 0.02,
                     prevoxel: float | None = None, device: torch.device | str = "cpu", seed: int = 0,
                     amp: bool = False, amp_dtype: torch.dtype = torch.float16,
-                    augmentations: Sequence[Callable] | None = None, progress: Callable[[str], None] | None = None) -> tuple[dict, torch.Tensor]:
+                    augmentations: Sequence[Callable] | None = None,
+                    progress: Callable[[str], None] | None = None) -> tuple[dict, torch.Tensor]:
     """Vote every scene of ``dataset`` (raw scenes: ``load_scene(i)`` or items without transform)
     and score against the original labels. Returns (scores, confusion (K, K))."""
     device = torch.device(device)

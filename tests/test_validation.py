@@ -135,3 +135,12 @@ def test_reader_and_data_check_refuse_empty_and_non_finite_scenes(tmp_path, coor
     result = inspect_dataset(tmp_path, "synthetic")
     assert not result.ok and any(expected in p for p in result.problems)
     assert "no problems found" not in result.text
+
+
+def test_unwritable_cache_or_data_folder_is_one_line(in_tmp, capsys, monkeypatch):
+    path = write_suite(in_tmp, datasets=[{"name": "synthetic", "domain": "target", "root": "/proc/peftbench-data"}])
+    assert "cannot create the dataset folder /proc/peftbench-data" in _run_fails(
+        capsys, "run", str(path), "--sequential")
+    monkeypatch.setenv("PEFTBENCH_CACHE", "/proc/peftbench-cache")
+    err = _run_fails(capsys, "run", str(write_suite(in_tmp)), "--sequential")
+    assert "cannot create the cache folder /proc/peftbench-cache" in err and "set PEFTBENCH_CACHE" in err

@@ -33,11 +33,19 @@ def check_before_trials(suite: Suite, *, dry_run: bool = False, sequential: bool
     if not dry_run:
         writable_dir(cache_dir(), "cache")  # pretrained stages, Ray's files, locks
     if not sequential:
-        _or_note(lambda: check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial), note)
+        _or_note(lambda: _in_file(suite.source, check_resources, suite.resources.cpus_per_trial,
+                                  suite.resources.gpus_per_trial), note)
     for text in notes[:3]:
         say(f"note: not checked before a run: {text}")
     if len(notes) > 3:
         say(f"note: ... and {len(notes) - 3} more such notes")
+
+
+def _in_file(source: str, check: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return check(*args)
+    except PeftbenchError as err:
+        raise PeftbenchError(f"{source}: {err}") from err
 
 
 def _or_note(check: Callable[[], Any], note: Callable[[str], None] | None) -> bool:

@@ -317,6 +317,9 @@ class TrialRun:
         for i in range(0, len(items), _METRICS_PER_BATCH):
             self._require().log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_BATCH])
 
+    def set_tag(self, key: str, value: str) -> None:
+        self._require().set_tag(self.run_id, key, _truncate(str(value), _MAX_TAG_VALUE))
+
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
         """Per-epoch metrics (``train/loss``, ``val/mIoU``, ...) at ``step`` = epoch, one batch."""
         self._log(metrics, step)
@@ -324,6 +327,11 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Final metrics (``test/*``, ``params/*``, ``eff/*``, ``time/*``), one batch, step 0."""
         self._log(metrics, 0)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags known only inside the trial (e.g. ``peftbench.split_source``)."""
+        for key, value in tags.items():
+            self._require().set_tag(self.run_id, str(key), _truncate(str(value), _MAX_TAG_VALUE))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """A JSON/YAML-serialisable object as an artifact (format from the file suffix)."""

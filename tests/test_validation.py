@@ -63,6 +63,7 @@ def test_method_setting_of_the_wrong_type_is_refused(in_tmp, capsys):
     ({"backbone": {"config": "tiny", "overrides": {"enc_depht": [1]}}}, "the backbone cannot be built"),
     ({"datasets": [{"name": "scannet-typo", "root": "data"}]}, "unknown dataset 'scannet-typo'; available:"),
     ({"resources": {"cpus_per_trial": 4096}}, "resources.cpus_per_trial is 4096 but this machine has"),
+    ({"resources": {"gpus_per_trial": 64}}, "resources.gpus_per_trial is 64 but"),
 ])
 def test_dry_run_and_run_refuse_before_any_experiment(in_tmp, capsys, change, expected):
     path = write_suite(in_tmp, **change)

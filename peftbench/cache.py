@@ -31,4 +31,6 @@ def writable_dir(path: Path, what: str) -> Path:
 def _hint(what: str) -> str:
     if what == "cache":
         return f"set {CACHE_ENV} to a writable folder"
+    if what == "dataset":
+        return "point the dataset's `root` at a writable folder"
     return "run from a writable folder or pass --tracking-uri sqlite:////writable/path/mlflow.db"

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 
 def _start_ticks(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None if no such process."""
+    """Field 22 of /proc/PID/stat (start time in clock ticks since boot), or None if no such process
+    is running."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # the command name may hold spaces: split after ')'
+    fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces: split after ')'
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has ended; it only waits to be reaped
 
 
 @dataclass(frozen=True)

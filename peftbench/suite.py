@@ -16,6 +16,7 @@ import yaml
 
 from peftbench.cache import cache_dir
 from peftbench.builtin_suites import locate_suite
+from peftbench.data.datasets import dataset_kind
 from peftbench.errors import PeftbenchError
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
@@ -145,6 +146,11 @@ def _validate(suite: Suite, where: str) -> None:
     if not suite.methods or not suite.datasets or not suite.seeds:
         raise PeftbenchError(f"{where}: methods, datasets and seeds must each list at least one entry")
     build(TrainConfig, suite.train, f"{where}: train")
+    for i, dataset in enumerate(suite.datasets):
+        try:
+            dataset_kind(dataset.name)
+        except PeftbenchError as err:
+            raise PeftbenchError(f"{where}: datasets[{i}].name: {err}") from err
     labels = set()
     for i, entry in enumerate(suite.methods):
         key = f"{where}: methods[{i}]"

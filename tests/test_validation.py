@@ -63,10 +63,16 @@ def test_method_setting_of_the_wrong_type_is_refused(in_tmp, capsys):
     ({"backbone": {"config": "tiny", "overrides": {"enc_depht": [1]}}}, "the backbone cannot be built"),
     ({"datasets": [{"name": "scannet-typo", "root": "data"}]}, "unknown dataset 'scannet-typo'; available:"),
     ({"resources": {"cpus_per_trial": 4096}}, "resources.cpus_per_trial is 4096 but this machine has"),
+    ({"resources": {"gpus_per_trial": 64}}, "resources.gpus_per_trial is 64 but"),
 ])
 def test_dry_run_and_run_refuse_before_any_experiment(in_tmp, capsys, change, expected):
     path = write_suite(in_tmp, **change)
-    assert expected in _run_fails(capsys, "run", str(path), "--dry-run")
+    if "resources" in change:  # depends on the machine: a note when listing, an error when running
+        assert main(["run", str(path), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "note: not checked before a run: " in out and expected in out
+    else:
+        assert expected in _run_fails(capsys, "run", str(path), "--dry-run")
     assert expected in _run_fails(capsys, "run", str(path))
 
 
@@ -131,3 +137,12 @@ def test_reader_and_data_check_refuse_empty_and_non_finite_scenes(tmp_path, coor
     result = inspect_dataset(tmp_path, "synthetic")
     assert not result.ok and any(expected in p for p in result.problems)
     assert "no problems found" not in result.text
+
+
+def test_unwritable_cache_or_data_folder_is_one_line(in_tmp, capsys, monkeypatch):
+    path = write_suite(in_tmp, datasets=[{"name": "synthetic", "domain": "target", "root": "/proc/peftbench-data"}])
+    assert "cannot create the dataset folder /proc/peftbench-data" in _run_fails(
+        capsys, "run", str(path), "--sequential")
+    monkeypatch.setenv("PEFTBENCH_CACHE", "/proc/peftbench-cache")
+    err = _run_fails(capsys, "run", str(write_suite(in_tmp)), "--sequential")
+    assert "cannot create the cache folder /proc/peftbench-cache" in err and "set PEFTBENCH_CACHE" in err

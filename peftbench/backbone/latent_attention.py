@@ -34,9 +34,9 @@ def scene_latent_attention(k: Tensor, v: Tensor, q: Tensor | None, latents: Tens
         if num_scenes > 1:
             own = (batch.unsqueeze(1) == torch.arange(num_scenes, device=k.device)
                    .repeat_interleave(m)).view(n, num_scenes, m)                   # (N, B, m)
-            weights = scores.masked_fill(~own.view(n, -1), float("-inf")).softmax(dim=0)
+            weights = _softmax_over_rows(scores.masked_fill(~own.view(n, -1), float("-inf")))
         else:
-            own, weights = None, scores.softmax(dim=0)
+            own, weights = None, _softmax_over_rows(scores)
         updated = lat + (weights.T @ v.float()).view(num_scenes, m, r)
         if q is None:
             read = scores
@@ -50,3 +50,14 @@ def scene_latent_attention(k: Tensor, v: Tensor, q: Tensor | None, latents: Tens
             spread = (mine.unsqueeze(1) * own).reshape(n, -1)                    # zero off-scene
         out = spread @ updated.reshape(-1, r)
     return out, updated
+
+
+def _softmax_over_rows(x: Tensor) -> Tensor:
+    """``x.softmax(dim=0)`` for a tall (N, few) matrix, as column reductions.
+
+    torch's softmax over dim 0 parallelises over the few columns only (measured on an H200:
+    ~1 ms per call at N = 300k, 12 columns, and as much again in backward); max/sum reductions
+    over dim 0 use the whole GPU.
+    """
+    e = (x - x.amax(dim=0, keepdim=True)).exp()
+    return e / e.sum(dim=0, keepdim=True)

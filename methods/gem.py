@@ -38,13 +38,12 @@ class GEMConfig(MethodConfig):
 
 
 class SpatialAdapter(nn.Module):
-    """down (d->r) -> sparse conv k^3 at rank r (neighbour table built once per level) -> ReLU -> up (r->d)."""
+    """down (d->r) -> sparse conv k^3 at rank r (reusing the CPE's neighbour map) -> ReLU -> up (r->d)."""
 
     def __init__(self, channels: int, rank: int, kernel_size: int, indice_key: str, bias: bool) -> None:
         super().__init__()
         self.down = nn.Linear(channels, rank, bias=False)
-        # rank-r conv as one gather + matmul: spconv's kernels are slow at so few channels
-        self.conv = SubMConv3d(rank, rank, kernel_size, bias=False, indice_key=indice_key, backend="gather")
+        self.conv = SubMConv3d(rank, rank, kernel_size, bias=False, indice_key=indice_key)
         self.act = nn.ReLU()
         self.up = nn.Linear(rank, channels, bias=bias)
         nn.init.trunc_normal_(self.down.weight, std=0.02)

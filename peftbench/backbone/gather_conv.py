@@ -1,14 +1,14 @@
-"""Submanifold conv as one gather and one matmul, for few channels (adapters such as GEM's SA).
+"""Submanifold conv as one gather and one matmul (backend ``"gather"`` of ``SubMConv3d``).
 
-spconv's kernels are tuned for backbone widths; at rank 32 its weight-gradient pass cost ~2 ms
-per block on an H200 (44 ms of a GEM batch-3 step), and each call pays its Python dispatch.
-Here every site's k^3 neighbours (a zero row where a neighbour is absent) are gathered into one
+Every site's k^3 neighbours (a zero row where a neighbour is absent) are gathered into one
 (N, k^3*C) matrix that one matmul maps to the output. Backward recomputes the gather instead of
 keeping it; the input gradient needs no scatter: on a submanifold the neighbour at offset -o of
 my neighbour at offset o is me, so it is the same gather of the output gradient with the
-kernel's offsets reversed.
+kernel's offsets reversed. Deterministic (no atomics), no host syncs.
 
-The neighbour table (N, k^3) is built once per level and kernel size, without host syncs.
+Measured on an H200 for GEM's rank-32 Spatial Adapter (batch 3 x 102,400 points, fp16): slower
+than spconv (64 ms of backward device time per step against spconv's ~44 ms), so GEM keeps
+spconv; this backend stays for deterministic runs and as the reference formulation.
 """
 
 from __future__ import annotations

@@ -18,13 +18,14 @@ from torch import Tensor
 
 
 def scene_latent_attention(k: Tensor, v: Tensor, q: Tensor | None, latents: Tensor, batch: Tensor,
-                           scale: float) -> tuple[Tensor, Tensor]:
+                           scale: float, read_updated: bool = True) -> tuple[Tensor, Tensor]:
     """``(out, updated latents)`` for points ``k``, ``v``, ``q`` (N, r) and ``latents`` (B, m, r).
 
     Latents of scene b attend over the points of scene b (softmax over points, per latent) and
     are updated ``L <- L + context``. Each point then reads the updated latents of its scene with
-    a softmax over the m latents of ``q . L_new`` (or, with ``q=None``, of the first affinity
-    ``k . L_old``, the shared-query case). ``out`` is (N, r) float32; the latents (B, m, r) float32.
+    a softmax over the m latents of ``q . L_new`` (``read_updated``) or ``q . L_old``; ``q=None``
+    means the keys double as queries, and with ``read_updated=False`` the read reuses the first
+    affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32.
     """
     num_scenes, m, r = latents.shape
     n = k.shape[0]
@@ -38,10 +39,11 @@ def scene_latent_attention(k: Tensor, v: Tensor, q: Tensor | None, latents: Tens
         else:
             own, weights = None, _softmax_over_rows(scores)
         updated = lat + (weights.T @ v.float()).view(num_scenes, m, r)
-        if q is None:
+        if q is None and not read_updated:
             read = scores
         else:
-            read = (q.float() @ updated.reshape(-1, r).T) * scale
+            scored = updated if read_updated else lat
+            read = ((k if q is None else q).float() @ scored.reshape(-1, r).T) * scale
         if own is None:
             spread = read.softmax(dim=-1)
         else:

@@ -16,7 +16,7 @@ stamp reference
 timeout 150 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 bf16 --json "$OUT/ref.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 stamp "bench fp16"
 timeout 240 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
-  --methods frozen gem lora adapter prompt full --report "$OUT/bench" --reference "$OUT/ref.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+  --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference "$OUT/ref.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 stamp "bench bf16"
 timeout 90 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes bf16 --methods frozen gem full \
   --out "$OUT/bench_bf16.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"

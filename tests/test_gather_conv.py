@@ -45,3 +45,17 @@ def test_table_marks_missing_neighbours_and_scenes_apart() -> None:
     centre, up = 13, 14  # offsets (0,0,0) and (0,0,+1)
     assert table[:, centre].tolist() == [0, 1, 2]
     assert table[:, up].tolist() == [1, 3, 3]  # scene 1's site has no neighbour: index N
+
+
+def test_spconv_backend_takes_bfloat16_features() -> None:
+    """spconv has no bf16 kernels: under bf16 autocast an adapter's conv gets bf16 features."""
+    from peftbench.backbone.sparse_conv import SubMConv3d, spconv_available
+
+    if not spconv_available():
+        pytest.skip("spconv not installed")
+    grid, batch = _sites(50, 5, 1, seed=0)
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
+    conv = SubMConv3d(4, 4, 3, bias=False, indice_key="t", backend="spconv")
+    feat = torch.randn(len(grid), 4)
+    out = conv(point, feat.bfloat16())
+    torch.testing.assert_close(out.float(), conv(point, feat.bfloat16().float()).float())

@@ -284,6 +284,8 @@ class SubMConv3d(nn.Module):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
             return conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None).features
 
+        if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
+            feat = feat.float()
         if feat.device.type == "cpu":
             return _SingleThreaded.apply(feat, self.weight, run)
         return run(feat, self.weight)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from conftest import MICRO, random_scene_batch
-from peftbench.bench import bench_method, step_functions
+from peftbench.bench import bench_method, format_rows, step_functions, synthetic_batch
 from peftbench.bench_report import write_bench_report
 from peftbench.backbone import backbone_config
 from peftbench.model import Segmentor
 from peftbench.registry import build_method, discover
+from tests.conftest import MICRO, random_scene_batch
 
 
 def test_frozen_train_step_differentiates_through_every_block() -> None:
@@ -28,11 +28,13 @@ def test_frozen_train_step_differentiates_through_every_block() -> None:
     assert all(p.grad is None for n, p in model.backbone.named_parameters())  # nothing of the backbone trains
 
 
-def test_rows_stages_and_report(tmp_path, monkeypatch) -> None:
+def test_rows_stages_and_report(tmp_path) -> None:
     discover()
-    monkeypatch.setattr("peftbench.bench.backbone_config", lambda name, **kw: backbone_config("tiny", **MICRO))
-    rows = bench_method("tiny", "frozen", {2: random_scene_batch()}, torch.device("cpu"), 1, ["fp32"], profile=True)
-    rows += bench_method("tiny", "gem", {2: random_scene_batch()}, torch.device("cpu"), 1, ["fp32"], profile=True)
+    batch = synthetic_batch(points=1500, batch_size=2, grid_size=0.1)
+    assert batch["offset"].tolist() == [1500, 3000]
+    rows = [bench_method("tiny", m, {2: batch}, torch.device("cpu"), 1, ["fp32"], overrides=MICRO, profile=True,
+                         settings={"rank": 2} if m == "gem" else None)[0] for m in ("frozen", "gem")]
+    assert rows[0]["trainable"] < rows[1]["trainable"] < rows[1]["total"] and "gem" in format_rows(rows)
     gem = rows[1]
     assert gem["method"] == "gem" and gem["infer_ms"] > 0 and gem["train_ms"] > 0
     stages = gem["train_stages"]
@@ -40,7 +42,7 @@ def test_rows_stages_and_report(tmp_path, monkeypatch) -> None:
     assert abs(sum(v for k, v in stages.items() if k != "total (sum of stages)")
                - stages["total (sum of stages)"]) < 1e-6
     reference = {"flash_attn": "stand-in", "rows": [dict(impl="reference", method="frozen", batch_size=2,
-                                                         dtype="fp32", points=520, train_ms=1.0)]}
+                                                         dtype="fp32", points=3000, train_ms=1.0)]}
     paths = write_bench_report({"device": "cpu", "args": {"steps": 1}, "rows": rows}, reference, tmp_path)
     text = (tmp_path / "bench.md").read_text()
     assert "train, frozen backbone + gradient flow" in text and "| gem | 2 | fp32 |" in text

@@ -145,7 +145,7 @@ def bench_method(backbone: str, method: str, batches: dict[int, dict], device: t
                 if profile:
                     from peftbench.bench_stages import stage_breakdown
 
-                    row[f"{name}_stages"] = stage_breakdown(model, fn, device)
+                    row[f"{name}_stages"], row[f"{name}_host_stages"] = stage_breakdown(model, fn, device)
             rows.append(row)
             del infer, train  # the optimizer state goes with them
             model.zero_grad(set_to_none=True)  # so no gradient inflates the next row's peak

@@ -68,14 +68,18 @@ def stage_tables(ours: list[dict], limit: int = 8) -> list[str]:
             stages = r.get(f"{mode}_stages")
             if not stages:
                 continue
+            host = r.get(f"{mode}_host_stages") or {}
             total = stages.get("total (sum of stages)", 0.0)
             lines += ["", f"**{r['method']}, {mode}, batch {r['batch_size']}, {r['dtype']}** — step "
-                      f"{r[f'{mode}_ms']:.1f} ms wall, {total:.1f} ms device time in kernels "
-                      f"({100 * total / r[f'{mode}_ms']:.0f} % busy)", "",
-                      "| stage | ms | share |", "|---|---|---|"]
-            for name, ms in stages.items():
-                if name != "total (sum of stages)" and ms >= 0.05:
-                    lines.append(f"| {name} | {ms:.1f} | {100 * ms / total:.0f} % |")
+                      f"{r[f'{mode}_ms']:.1f} ms wall ({r.get(f'{mode}_host_ms', float('nan')):.1f} ms until the "
+                      f"host returned), {total:.1f} ms in kernels ({100 * total / r[f'{mode}_ms']:.0f} % busy); "
+                      f"host ms = the ops' own CPU time under the profiler", "",
+                      "| stage | device ms | share | host ms |", "|---|---|---|---|"]
+            for name in dict.fromkeys([*stages, *host]):
+                ms = stages.get(name, 0.0)
+                if name != "total (sum of stages)" and (ms >= 0.05 or host.get(name, 0) >= 0.5):
+                    lines.append(f"| {name} | {ms:.1f} | {100 * ms / total:.0f} % | {_fmt(host.get(name))} |")
+            lines.append(f"| total | {total:.1f} | 100 % | {_fmt(host.get('total (sum of stages)'))} |")
     return lines
 
 

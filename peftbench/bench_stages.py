@@ -129,9 +129,32 @@ def _stage_of(event: Any) -> str:
     return "other"
 
 
-def stage_breakdown(model: nn.Module, step: Callable[[], None], device: torch.device) -> dict[str, float]:
-    """ms per stage of one profiled ``step`` (device time on CUDA, CPU time elsewhere), plus
-    ``"total (sum of stages)"``."""
+def summarize(events: Any, on_cuda: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """``(device ms per stage, host ms per stage)`` of profiler events; the host side is each op's
+    self CPU time (what launching costs; Python between ops is not in it)."""
+    device: dict[str, float] = defaultdict(float)
+    host: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.name.startswith(PREFIX) or event.name.startswith("ProfilerStep"):
+            continue  # ranges, not ops: their time is their children's
+        if on_cuda and event.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        stage = _stage_of(event)
+        host[stage] += event.self_cpu_time_total / 1000
+        if on_cuda:
+            device[stage] += event.self_device_time_total / 1000
+    out = []
+    for totals in (device if on_cuda else host, host):
+        ordered = dict(sorted(((k, v) for k, v in totals.items() if v > 0), key=lambda kv: -kv[1]))
+        ordered["total (sum of stages)"] = sum(totals.values())
+        out.append(ordered)
+    return out[0], out[1]
+
+
+def stage_breakdown(model: nn.Module, step: Callable[[], None], device: torch.device
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """``summarize`` of one profiled ``step``: ms per stage of device time (CPU time without
+    CUDA) and of host time, each with ``"total (sum of stages)"``."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -140,13 +163,4 @@ def stage_breakdown(model: nn.Module, step: Callable[[], None], device: torch.de
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    totals: dict[str, float] = defaultdict(float)
-    for event in prof.events():
-        if event.name.startswith(PREFIX) or event.name.startswith("ProfilerStep"):
-            continue  # ranges, not ops: their time is their children's
-        us = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
-        if us > 0 and (device.type != "cuda" or event.device_type == torch.autograd.DeviceType.CPU):
-            totals[_stage_of(event)] += us / 1000
-    out = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
-    out["total (sum of stages)"] = sum(totals.values())
-    return out
+    return summarize(prof.events(), device.type == "cuda")

@@ -129,7 +129,9 @@ def step_times_from_bench(paths: list[str], device: str) -> StepTimes:
         used.append(Path(path).name)
         for row in rows:
             if _number(row.get("train_ms")):
-                times[_key(row["method"], args["backbone"], args["batch_size"])] = float(row["train_ms"])
+                # rows carry their batch size since bench measures several per call
+                batch_size = row.get("batch_size", args["batch_size"])
+                times[_key(row["method"], args["backbone"], batch_size)] = float(row["train_ms"])
     return StepTimes(f"bench records ({', '.join(used) or 'none'} on {device})", times)
 
 

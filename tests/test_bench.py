@@ -1,18 +1,49 @@
-"""``peftbench bench`` rows: fixed point counts, per-method trainable sizes, positive timings."""
+"""`peftbench bench` on CPU: the frozen workload lets the gradient reach the input, stages add up,
+the report has its tables."""
 
 from __future__ import annotations
 
-from peftbench.bench import bench_method, format_rows, synthetic_batch
-from tests.conftest import MICRO
+import torch
+
+from peftbench.bench import bench_method, format_rows, step_functions, synthetic_batch
+from peftbench.bench_report import write_bench_report
+from peftbench.backbone import backbone_config
+from peftbench.model import Segmentor
+from peftbench.registry import build_method, discover
+from tests.conftest import MICRO, random_scene_batch
 
 
-def test_bench_rows_on_cpu():
-    import torch
+def test_frozen_train_step_differentiates_through_every_block() -> None:
+    model = Segmentor(backbone_config("tiny", **MICRO), 5)
+    build_method("linear").apply(model)
+    batch = random_scene_batch()
+    inputs = {k: batch[k] for k in ("coord", "grid_coord", "feat", "offset", "grid_size")}
+    seen = []
+    hook = model.backbone.embedding.stem.linear.register_full_backward_hook(lambda m, gi, go: seen.append(go[0]))
+    _, train = step_functions(model, [], model, inputs, batch["segment"], lambda: torch.autocast("cpu", enabled=False),
+                              grad_to_input=True)
+    train()
+    hook.remove()
+    assert seen and seen[0].abs().sum() > 0  # the gradient came back to the embedding
+    assert all(p.grad is None for n, p in model.backbone.named_parameters())  # nothing of the backbone trains
 
+
+def test_rows_stages_and_report(tmp_path) -> None:
+    discover()
     batch = synthetic_batch(points=1500, batch_size=2, grid_size=0.1)
     assert batch["offset"].tolist() == [1500, 3000]
-    rows = [bench_method("tiny", m, batch, torch.device("cpu"), steps=1, amp=False, overrides=MICRO,
-                         settings={"rank": 2} if m == "gem" else None) for m in ("linear", "gem")]
-    assert rows[0]["trainable"] < rows[1]["trainable"] < rows[1]["total"]
-    assert all(r["points"] == 3000 and r["infer_ms"] > 0 and r["train_ms"] > 0 for r in rows)
-    assert "gem" in format_rows(rows)
+    rows = [bench_method("tiny", m, {2: batch}, torch.device("cpu"), 1, ["fp32"], overrides=MICRO, profile=True,
+                         settings={"rank": 2} if m == "gem" else None)[0] for m in ("frozen", "gem")]
+    assert rows[0]["trainable"] < rows[1]["trainable"] < rows[1]["total"] and "gem" in format_rows(rows)
+    gem = rows[1]
+    assert gem["method"] == "gem" and gem["infer_ms"] > 0 and gem["train_ms"] > 0
+    stages = gem["train_stages"]
+    assert {"method branches", "attention", "serialization"} <= set(stages)
+    assert abs(sum(v for k, v in stages.items() if k != "total (sum of stages)")
+               - stages["total (sum of stages)"]) < 1e-6
+    reference = {"flash_attn": "stand-in", "rows": [dict(impl="reference", method="frozen", batch_size=2,
+                                                         dtype="fp32", points=3000, train_ms=1.0)]}
+    paths = write_bench_report({"device": "cpu", "args": {"steps": 1}, "rows": rows}, reference, tmp_path)
+    text = (tmp_path / "bench.md").read_text()
+    assert "train, frozen backbone + gradient flow" in text and "| gem | 2 | fp32 |" in text
+    assert {p.name for p in paths} >= {"bench.json", "bench.md"}

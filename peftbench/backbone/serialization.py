@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from peftbench.backbone.hilbert import hilbert_key
+from peftbench.backbone.curve_tables import hilbert_keys, z_order_keys
 from peftbench.backbone.structure import Point
-from peftbench.backbone.z_order import z_order_key
 from peftbench.errors import PeftbenchError
 
 ORDERS = ("z", "z-trans", "hilbert", "hilbert-trans")
@@ -21,15 +20,30 @@ def encode(grid_coord: Tensor, batch: Tensor | None, depth: int, order: str) -> 
 
     The batch index in the high bits keeps scenes contiguous after sorting.
     """
-    if order not in ORDERS:
-        raise PeftbenchError(f"unknown serialization order {order!r}; choose from {ORDERS}")
+    return encode_orders(grid_coord, batch, depth, [order])[0]
+
+
+def encode_orders(grid_coord: Tensor, batch: Tensor | None, depth: int, orders: Sequence[str]) -> Tensor:
+    """(len(orders), N) codes; orders of one curve are encoded together (half the launches).
+
+    Keys come from the table-driven encoders (``curve_tables``), equal to the bitwise
+    ``z_order.z_order_key`` / ``hilbert.hilbert_key`` they are derived from.
+    """
+    bad = [o for o in orders if o not in ORDERS]
+    if bad:
+        raise PeftbenchError(f"unknown serialization order {bad[0]!r}; choose from {ORDERS}")
     coord = grid_coord.long()
-    if order.endswith("-trans"):
-        coord = coord[:, [1, 0, 2]]  # "-trans": x and y swapped
-    key = z_order_key(coord, depth) if order.startswith("z") else hilbert_key(coord, depth)
+    views = {False: coord, True: coord[:, [1, 0, 2]]}  # "-trans": x and y swapped
+    keys: dict[str, Tensor] = {}
+    for curve, encoder in (("z", z_order_keys), ("hilbert", hilbert_keys)):
+        mine = [o for o in orders if o.startswith(curve)]
+        if mine:
+            stacked = encoder(torch.stack([views[o.endswith("-trans")] for o in mine]), depth)
+            keys.update(zip(mine, stacked))
+    code = torch.stack([keys[o] for o in orders])
     if batch is not None:
-        key = (batch.long() << (3 * depth)) | key
-    return key
+        code = (batch.long() << (3 * depth)) | code
+    return code
 
 
 def serialization_depth(grid_coord: Tensor, num_scenes: int) -> int:
@@ -63,7 +77,7 @@ def serialize(
     batch = point["batch"]
     depth = serialization_depth(grid_coord, point.num_scenes)
     with torch.no_grad():
-        code = torch.stack([encode(grid_coord, batch, depth, o) for o in orders])
+        code = encode_orders(grid_coord, batch, depth, orders)
         order = torch.argsort(code, dim=1)
         inverse = _inverse_permutation(order)
         if shuffle_orders:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from peftbench.backbone.structure import Point
 from peftbench.errors import PeftbenchError
 
-BACKENDS = ("auto", "torch", "spconv")
+BACKENDS = ("auto", "torch", "spconv", "gather")  # gather: one gather + matmul (few channels)
 _default_backend = "auto"
 SPATIAL_PAD = 96  # reference ``sparsify(pad=96)``
 
@@ -227,8 +227,9 @@ def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
 class SubMConv3d(nn.Module):
     """Submanifold sparse conv on a ``Point``; state-dict keys exactly ``weight``, ``bias``.
 
-    ``backend``: ``"torch"``, ``"spconv"`` or ``"auto"`` (the module-level default set by
-    ``set_default_backend``, itself ``"auto"`` = spconv on CUDA when importable).
+    ``backend``: ``"torch"``, ``"spconv"``, ``"gather"`` (``gather_conv``: for few channels) or
+    ``"auto"`` (the module-level default set by ``set_default_backend``, itself ``"auto"`` =
+    spconv on CUDA when importable).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
@@ -254,7 +255,12 @@ class SubMConv3d(nn.Module):
             raise PeftbenchError(f"SubMConv3d: feat {tuple(feat.shape)} does not match "
                                  f"{len(point['grid_coord'])} sites x {self.in_channels} channels")
         name = _default_backend if self.backend == "auto" else self.backend
-        if resolve_backend(name, feat.device) == "spconv":
+        backend = resolve_backend(name, feat.device)
+        if backend == "gather":
+            from peftbench.backbone.gather_conv import gather_submconv  # (imports this module)
+
+            out = gather_submconv(point, feat, self.weight)
+        elif backend == "spconv":
             out = self._forward_spconv(point, feat)
         else:
             nmap = cached_neighbour_map(point, self.indice_key, self.kernel_size)
@@ -278,6 +284,8 @@ class SubMConv3d(nn.Module):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
             return conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None).features
 
+        if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
+            feat = feat.float()
         if feat.device.type == "cpu":
             return _SingleThreaded.apply(feat, self.weight, run)
         return run(feat, self.weight)

@@ -1,0 +1,82 @@
+"""Submanifold conv as one gather and one matmul (backend ``"gather"`` of ``SubMConv3d``).
+
+Every site's k^3 neighbours (a zero row where a neighbour is absent) are gathered into one
+(N, k^3*C) matrix that one matmul maps to the output. Backward recomputes the gather instead of
+keeping it; the input gradient needs no scatter: on a submanifold the neighbour at offset -o of
+my neighbour at offset o is me, so it is the same gather of the output gradient with the
+kernel's offsets reversed. Deterministic (no atomics), no host syncs.
+
+Measured on an H200 for GEM's rank-32 Spatial Adapter (batch 3 x 102,400 points, fp16): slower
+than spconv (64 ms of backward device time per step against spconv's ~44 ms), so GEM keeps
+spconv; this backend stays for deterministic runs and as the reference formulation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from peftbench.backbone.sparse_conv import kernel_offsets
+from peftbench.backbone.structure import Point
+
+
+def neighbour_table(grid_coord: Tensor, batch: Tensor, kernel_size: int, side: int) -> Tensor:
+    """(N, k^3) index of each site's neighbour per offset (row-major ``W[:, a, b, c]``), or N.
+
+    ``side`` bounds every coordinate (exclusive); sites are unique per scene.
+    """
+    c0 = kernel_size // 2
+    side = side + 2 * c0  # room for the offsets: no wrap between axes
+    coord = grid_coord.long() + c0
+    keys = ((batch.long() * side + coord[:, 0]) * side + coord[:, 1]) * side + coord[:, 2]
+    sorted_keys, perm = torch.sort(keys)
+    offsets = kernel_offsets(kernel_size).to(keys.device)
+    shifts = (offsets[:, 0] * side + offsets[:, 1]) * side + offsets[:, 2]      # (k^3,)
+    query = keys.unsqueeze(1) + shifts                                          # (N, k^3)
+    pos = torch.searchsorted(sorted_keys, query).clamp_(max=max(len(keys) - 1, 0))
+    found = sorted_keys[pos] == query
+    return torch.where(found, perm[pos], torch.full_like(pos, len(keys)))
+
+
+def cached_neighbour_table(point: Point, kernel_size: int) -> Tensor:
+    """``neighbour_table`` memoised on the point; coordinates are below 2**serialized_depth."""
+    cache = point.setdefault("neighbour_tables", {})
+    if kernel_size not in cache:
+        depth = point.get("serialized_depth")
+        side = (1 << depth) if depth is not None else int(point["grid_coord"].max()) + 1
+        cache[kernel_size] = neighbour_table(point["grid_coord"], point["batch"], kernel_size, side)
+    return cache[kernel_size]
+
+
+def _gather(x: Tensor, table: Tensor) -> Tensor:
+    """(N, k^3 * C): row n holds the C features of each of its k^3 neighbours (zeros if absent)."""
+    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])
+    return padded.index_select(0, table.reshape(-1)).view(table.shape[0], -1)
+
+
+class _GatherConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feat: Tensor, weight: Tensor, table: Tensor) -> Tensor:  # type: ignore[override]
+        out_ch, in_ch = weight.shape[0], weight.shape[-1]
+        w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch)                   # (out, k^3, in)
+        ctx.save_for_backward(feat, weight, table)
+        return _gather(feat, table) @ w.permute(1, 2, 0).reshape(-1, out_ch)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        feat, weight, table = ctx.saved_tensors
+        out_ch, in_ch = weight.shape[0], weight.shape[-1]
+        grad = grad.to(feat.dtype)
+        w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch)
+        d_feat = d_weight = None
+        if ctx.needs_input_grad[0]:  # offsets reversed: row (o, out) of the flipped kernel
+            d_feat = _gather(grad, table) @ w.flip(1).permute(1, 0, 2).reshape(-1, in_ch)
+        if ctx.needs_input_grad[1]:
+            g = (_gather(feat, table).T @ grad)                                 # (k^3 * in, out)
+            d_weight = g.view(-1, in_ch, out_ch).permute(2, 0, 1).reshape(weight.shape).to(weight.dtype)
+        return d_feat, d_weight, None
+
+
+def gather_submconv(point: Point, feat: Tensor, weight: Tensor) -> Tensor:
+    """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]."""
+    return _GatherConv.apply(feat, weight, cached_neighbour_table(point, weight.shape[1]))

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Where a real trial's step time goes: one ``peftbench train`` trial, instrumented from outside.
+
+Reports the wall time between consecutive step ends (data wait included) next to the trainer's
+own step time (from batch in hand to synchronised end), and a torch-profiler breakdown (device
+and host ms per stage, as ``peftbench bench --profile``) of one whole step of the trial, loss,
+clipping and loader wait included. Nothing in the trainer is changed: its end-of-step
+synchronisation is wrapped to mark the step boundaries.
+
+    python scripts/trial_probe.py suites/gpu_smoke.yaml --method gem --seed 0 --profile-step 20 --json probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import peftbench.train.trainer as trainer_module  # noqa: E402
+from peftbench.bench_stages import PREFIX, stage_ranges, summarize  # noqa: E402
+from peftbench.suite import load_suite, trial_specs  # noqa: E402
+from peftbench.train.recorder import LocalRecorder  # noqa: E402
+from peftbench.train.trial import run_trial  # noqa: E402
+
+
+def _labelled(fn, stage: str):
+    def wrapped(*args, **kwargs):
+        with torch.autograd.profiler.record_function(PREFIX + stage):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("suite")
+    parser.add_argument("--method")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--profile-step", type=int, default=20, help="profile the step after this many")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    spec = next(s for s in trial_specs(load_suite(args.suite))
+                if args.method in (None, s["method"]["label"]) and args.seed in (None, s["seed"]))
+    ends: list[float] = []
+    state: dict = {}
+    original_sync = trainer_module.Trainer._synchronize
+
+    def synchronize(self) -> None:  # the end of every training step (and of latency passes)
+        original_sync(self)
+        ends.append(time.perf_counter())
+        state["trainer"] = self
+        if len(ends) == args.profile_step:
+            stack = contextlib.ExitStack()
+            stack.enter_context(stage_ranges(self.model))
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            state["prof"] = stack.enter_context(torch.profiler.profile(activities=activities))
+            state["stack"] = stack
+        elif len(ends) == args.profile_step + 1 and "stack" in state:
+            state.pop("stack").close()
+            device_stages, host_stages = summarize(state["prof"].events(), self.device.type == "cuda")
+            state["profile"] = {"wall_ms": 1000 * (ends[-1] - ends[-2]), "device": device_stages,
+                                "host": host_stages}
+
+    trainer_module.Trainer._synchronize = synchronize
+    trainer_module.segmentation_loss = _labelled(trainer_module.segmentation_loss, "loss")
+    torch.nn.utils.clip_grad_norm_ = _labelled(torch.nn.utils.clip_grad_norm_, "clip")
+    with tempfile.TemporaryDirectory() as tmp, LocalRecorder(Path(tmp) / "trial") as recorder:
+        final = run_trial(spec, recorder, progress=print)
+    trainer = state["trainer"]
+    steps = len(trainer.step_times)
+    gaps = np.diff(ends[:steps]) * 1000
+    out = {"suite": args.suite, "method": spec["method"]["label"], "steps": steps,
+           "trainer_step_ms_median": 1000 * float(np.median(trainer.step_times[3:])),
+           "end_to_end_step_ms_median": float(np.median(gaps[3:])) if len(gaps) > 3 else None,
+           "trainer_step_ms": [1000 * t for t in trainer.step_times], "end_to_end_step_ms": gaps.tolist(),
+           "profile": state.get("profile"), "final": {k: v for k, v in final.items() if k.startswith(("eff/", "time/"))}}
+    print(json.dumps({k: v for k, v in out.items() if not k.endswith("_ms")}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

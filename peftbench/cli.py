@@ -40,31 +40,77 @@ def _console(args: argparse.Namespace):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench import tracking
+    from peftbench.preflight import check_before_trials
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
+    from peftbench import search
+
     suite = load_suite(args.suite, args.methods_dir)
-    specs = trial_specs(suite)
+    searched = search.search_specs(suite)
+    # With a search, the final trials' settings are chosen by it; until then these stand in for them.
+    specs = (trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds)) if searched and suite.final
+             else trial_specs(suite))
+    check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential, say=_say)
     if args.dry_run:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
             _say(f"pretrain: {pre['backbone']['config']} on {pre['dataset']['root']} -> {pre['checkpoint']}")
-        _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
+        from peftbench.train.schedule import planned_steps
+
+        if searched:
+            _say(f"{len(searched)} search trials (ASHA may stop some early; priced in full):")
+            for spec in searched:
+                _say(f"  {spec['run_name']:<50} {spec['fingerprint']}  {planned_steps(spec)}")
+        _say(f"{len(specs)} {'final ' if searched else ''}trials in suite {suite.name!r} "
+             f"(experiment {suite.experiment_name!r}):")
         for spec in specs:
-            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
+            chosen = "setting chosen by the search" if searched else spec["fingerprint"]
+            _say(f"  {spec['run_name']:<50} {chosen}  {planned_steps(spec)}")
+        _say(_expected_cost(suite, searched + specs, args))
         return 0
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     start = time.perf_counter()
-    _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-    summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
-    _say(f"ran {summary['ran']} trials in {time.perf_counter() - start:.0f} s; "
-         f"{len(summary['failed'])} failed")
+    if searched:
+        _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
+        summary = search.run_search_then_final(suite, uri, _console(args), sequential=args.sequential,
+                                               rerun=args.rerun)
+    else:
+        _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
+        summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
+    return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
+
+
+def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds: float) -> int:
+    """The last lines of `peftbench run`, and its exit status: 130 interrupted, 1 failed trials, else 0."""
+    if summary.get("interrupted"):
+        counts = summary.get("counts", {})
+        print("peftbench: interrupted: " + ", ".join(f"{n} {what}" for what, n in counts.items()
+                                                     if n or what != "failed")
+              + "; rerun the same command to run what is left", file=sys.stderr)
+        return 130
+    _say(f"ran {summary['ran']} trials in {seconds:.0f} s; {len(summary['failed'])} failed")
     for name, error in summary["failed"]:
         _say(f"  FAILED {name}: {error}")
-    _say(f"next: peftbench report {suite.experiment_name}"
-         + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    if summary["failed"]:
+        _say("failed trials are not FINISHED in MLflow: fix the cause and rerun the same command to run them again")
+    _say(f"next: peftbench report {experiment}" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
     return 1 if summary["failed"] else 0
+
+
+def _expected_cost(suite, specs, args: argparse.Namespace) -> str:
+    """``--dry-run``'s price: step times from MLflow runs on this device model, else ``--bench`` records."""
+    from peftbench import cost, tracking
+
+    gpus = suite.resources.gpus_per_trial
+    device = args.device_model or cost.device_model()
+    sources = [cost.step_times_from_mlflow(tracking.resolve_tracking_uri(args.tracking_uri), device)]
+    sources.append(cost.step_times_from_bench(args.bench, device))
+    text = cost.format_cost(cost.expected_cost(specs, gpus, sources), gpus, device)
+    if gpus and device == "cpu":
+        text += "\n  (no GPU here: pass --device-model with the GPU's name as torch/nvidia-smi print it)"
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         summary = run_suite(suite, [spec], uri, _console(args), sequential=True, rerun=True)
-        return 1 if summary["failed"] else 0
+        return 130 if summary.get("interrupted") else 1 if summary["failed"] else 0
     _say("  ".join(f"{k} {v:.4g}" for k, v in final.items() if not k.startswith("test/iou/")))
     return 0
 
@@ -107,9 +153,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from peftbench.report import write_report
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    out = Path(args.out or Path("reports") / args.experiment)
-    for path in write_report(uri, args.experiment, out):
-        _say(f"wrote {path}")
+    out = Path(args.out or Path("reports") / "+".join(args.experiment))
+    layout = None
+    if args.suite:  # lay out the tables from a suite file instead of the block logged with the runs
+        from peftbench.suite import load_suite
+
+        spec = load_suite(args.suite).report
+        layout = dataclasses.asdict(spec) if spec else {}
+    paths = write_report(uri, args.experiment, out, baseline=args.baseline, layout=layout,
+                         log_to_mlflow=not args.no_mlflow, say=_say)
+    _say(f"wrote {len(paths)} files to {out} (open {out / 'index.html'} or {out / 'summary.md'})")
     return 0
 
 
@@ -127,22 +180,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from peftbench.bench import bench_method, format_rows, synthetic_batch
+    from peftbench.bench import bench_method, format_rows, synthetic_scenes
+    from peftbench.data.collate import collate_points
     from peftbench.registry import discover
 
     discover(args.methods_dir)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch = synthetic_batch(args.points, args.batch_size, args.grid_size)
-    _say(f"bench: backbone {args.backbone}, batch {args.batch_size} x {args.points} points, {device}, "
-         f"amp {args.amp and device.type == 'cuda'}, median of {args.steps} steps")
+    sizes = args.batch_sizes or [args.batch_size]
+    scenes = synthetic_scenes(args.points, max(sizes), args.grid_size)
+    batches = {b: collate_points(scenes[:b]) for b in sizes}
+    dtypes = args.dtypes if args.amp and device.type == "cuda" else ["fp32"]  # autocast only on CUDA
+    _say(f"bench: backbone {args.backbone}, batch {sizes} x {args.points} points, {device}, "
+         f"dtypes {dtypes}, median of {args.steps} steps")
     rows = []
     for method in args.methods:
-        rows.append(bench_method(args.backbone, method, batch, device, args.steps, args.amp))
-        _say(format_rows(rows[-1:]).splitlines()[-1] if rows[1:] else format_rows(rows))
+        new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile)
+        rows += new
+        _say("\n".join(format_rows(new).splitlines()[0 if len(rows) == len(new) else 1:]))
+    result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "torch": torch.__version__, "args": vars(args) | {"func": None}, "rows": rows}
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), "gpu": torch.cuda.get_device_name(device)
-                                              if device.type == "cuda" else None, "args": vars(args) | {"func": None},
-                                              "rows": rows}, indent=2, default=str))
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.report:
+        from peftbench.bench_report import write_bench_report
+
+        reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+        for path in write_bench_report(result, reference, Path(args.report)):
+            _say(f"wrote {path}")
     return 0
 
 
@@ -227,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true",
                    help="run trials one by one in this process (no Ray), with an epoch/step bar")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
+    p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 
@@ -242,10 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("report", help="tables and figures from an experiment's MLflow runs")
-    p.add_argument("experiment")
+    p = sub.add_parser("report", help="tables and figures from an experiment's MLflow runs (several: side by side)")
+    p.add_argument("experiment", nargs="+", help="one experiment, or several to compare")
     p.add_argument("--tracking-uri")
-    p.add_argument("--out", help="output folder (default reports/<experiment>)")
+    p.add_argument("--out", help="output folder (default reports/<experiment>, or reports/<A>+<B> for several)")
+    p.add_argument("--baseline", help="method label for differences and ratios (default: the suite's, else linear)")
+    p.add_argument("--suite", help="take the ablation tables (`report:` block) from this suite file")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report folder as an MLflow `report` run")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("params", help="trainable / total parameters of each method, without data or weights")
@@ -257,13 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time and memory of inference / train steps per method (synthetic scenes)")
     p.add_argument("--backbone", default="tiny")
-    p.add_argument("--methods", nargs="+", default=["linear", "gem", "full"])
+    p.add_argument("--methods", nargs="+", default=["frozen", "linear", "gem", "full"],
+                   help="registered methods, or 'frozen' (frozen backbone, gradient through every block)")
     p.add_argument("--points", type=int, default=20000, help="points per scene after grid sampling and crop")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="several batch sizes (overrides --batch-size)")
+    p.add_argument("--dtypes", nargs="+", default=["fp16"], help="autocast dtypes on CUDA: fp16 bf16 fp32")
     p.add_argument("--grid-size", type=float, default=0.02)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device")
     p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--profile", action="store_true", help="add a per-stage time breakdown (torch profiler)")
+    p.add_argument("--report", help="write bench.json, bench.md and bench.png into this folder")
+    p.add_argument("--reference", help="JSON of scripts/reference_bench.py, shown side by side in --report")
     p.add_argument("--out", help="write the rows as JSON")
     add_common(p)
     p.set_defaults(func=cmd_bench)

@@ -184,6 +184,14 @@ class SuiteProgress:
             self.bar.close()
             self.bar = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles its callbacks with the tuner: leave the live bar and its ticker behind."""
+        return {**self.__dict__, "bar": None, "_stop": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stop = threading.Event()
+
     def _tick_every_second(self) -> None:
         while not self._stop.wait(1.0):
             self._refresh()

@@ -152,3 +152,13 @@ def test_the_suite_bar_survives_ray_pickling_its_callbacks(stream):
     assert copy.bar is None and copy.finished == 1 and bar.finished == 0
     copy.close()
     bar.close()
+
+
+def test_a_console_on_stdout_pickles_whatever_stdout_is(capsys):
+    """Under pytest sys.stdout cannot be pickled; the console keeps no reference to it."""
+    import pickle
+
+    bar = SuiteProgress(1, Console(), Clock())
+    copy = pickle.loads(pickle.dumps(bar))
+    copy.finished_trial("a", 0.25)
+    assert "[1/1] a: test mIoU 0.250" in capsys.readouterr().out

@@ -3,6 +3,7 @@ the settings it needs before it can start (environment variables, checkpoint, GP
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from peftbench.builtin_suites import BUILTIN_SUITES_DIR, builtin_suites, required_variables
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reference
+from peftbench.search import search_specs
 from peftbench.suite import load_suite, trial_specs
 
 
@@ -17,6 +19,7 @@ from peftbench.suite import load_suite, trial_specs
 class SuiteInfo:
     name: str
     trials: int | None
+    search_trials: int
     device: str
     needs: list[str]
     description: str
@@ -28,7 +31,7 @@ def describe(path: Path) -> SuiteInfo:
     try:
         suite = load_suite(path)
     except PeftbenchError as err:
-        return SuiteInfo(path.stem, None, "?", [f"invalid: {err}"], "")
+        return SuiteInfo(path.stem, None, 0, "?", [f"invalid: {err}"], "")
     needs = [f"${name}" for name in variables]
     checkpoint = suite.backbone.checkpoint
     if checkpoint == "pretrain":
@@ -38,7 +41,10 @@ def describe(path: Path) -> SuiteInfo:
         needs.append(f"downloads {hub_file} (HF cache)" if hub_file else f"checkpoint file {checkpoint}")
     gpus = suite.resources.gpus_per_trial
     device = f"{gpus:g} GPU/trial" if gpus else "CPU"
-    return SuiteInfo(suite.name, len(trial_specs(suite)), device, needs or ["nothing"], suite.description.strip())
+    searched = search_specs(suite)
+    # As `peftbench run`: with a search, the final trials run the `final:` seeds.
+    finals = trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds) if searched and suite.final else suite)
+    return SuiteInfo(suite.name, len(finals), len(searched), device, needs or ["nothing"], suite.description.strip())
 
 
 def suites_table() -> str:
@@ -47,6 +53,7 @@ def suites_table() -> str:
              "`peftbench suites NAME` prints it to copy and edit):"]
     for row in rows:
         trials = f"{row.trials} trials" if row.trials is not None else "?"
+        trials += f" + {row.search_trials} search" if row.search_trials else ""
         lines.append(f"  {row.name:<16} {trials:>10}  {row.device:<14} needs: {', '.join(row.needs)}")
         lines += textwrap.wrap(row.description, 100, initial_indent=" " * 20, subsequent_indent=" " * 20)
     return "\n".join(lines)

@@ -18,7 +18,9 @@ EXIT_CODES = """exit status:
 
 RUN_EXAMPLES = """examples:
   peftbench run demo                                    the built-in CPU demo (or any suite file)
-  peftbench run suites/paper.yaml --dry-run             list the trials and their fingerprints
+  peftbench run suites/paper.yaml --dry-run             list the trials, their steps and expected GPU-hours
+  peftbench run paper --dry-run --device-model "NVIDIA H100 80GB HBM3"   price them for another GPU
+  peftbench run paper --dry-run --bench bench.json      price them from `peftbench bench --out bench.json`
   peftbench run my.yaml --sequential                    one trial after another in this process, no Ray
   peftbench run my.yaml --rerun                         run trials already FINISHED in MLflow again
   peftbench run my.yaml --tracking-uri http://mlflow:5000   track on an MLflow server

@@ -64,9 +64,13 @@ class Console:
     bars); ``suite(total)`` and ``task()`` make the bars, plain lines when not interactive."""
 
     def __init__(self, stream: TextIO | None = None, quiet: bool = False, bars: bool | None = None) -> None:
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout when writing (nothing unpicklable kept: Ray pickles callbacks)
         self.quiet = quiet
         self.bars = (interactive(self.stream) if bars is None else bars) and not quiet and tqdm is not None
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stdout
 
     def __call__(self, message: str) -> None:
         if self.bars:
@@ -183,6 +187,14 @@ class SuiteProgress:
             self._refresh()
             self.bar.close()
             self.bar = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray Tune pickles its callbacks with the tuner: leave the live bar and its ticker behind."""
+        return {**self.__dict__, "bar": None, "_stop": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._stop = threading.Event()
 
     def _tick_every_second(self) -> None:
         while not self._stop.wait(1.0):

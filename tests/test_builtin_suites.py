@@ -64,3 +64,16 @@ def test_suites_command_lists_trials_and_needs(empty_folder, capsys):
 def test_run_demo_dry_run_from_an_empty_folder(empty_folder, capsys):
     assert main(["run", "demo", "--dry-run"]) == 0
     assert "18 trials in suite 'demo'" in capsys.readouterr().out
+
+
+def test_a_searched_suite_counts_search_and_final_trials(empty_folder):
+    from peftbench.catalog import describe
+
+    suite = {"name": "searched", "backbone": {"config": "tiny"}, "methods": ["linear"], "seeds": [0],
+             "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt"}],
+             "search": {"lr": [0.01, 0.05], "metric": "val/mIoU", "seeds": [0]}, "final": {"seeds": [0, 1]}}
+    path = empty_folder / "searched.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    info = describe(path)
+    # 2 learning rates x 1 search seed for the one method; then the final seeds 0, 1
+    assert (info.trials, info.search_trials, info.device) == (2, 2, "CPU")

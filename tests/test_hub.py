@@ -90,3 +90,30 @@ def test_offline_and_not_cached_is_one_line_saying_what_to_download(offline_cach
     assert "\n" not in message
     assert "hf download facebook/sonata sonata.pth" in message and str(offline_cache) in message
     assert "backbone.checkpoint" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_online_failures_are_one_line(tmp_path, monkeypatch):
+    """Without network huggingface_hub raises LocalEntryNotFoundError; a wrong file name on the Hub
+    EntryNotFoundError. Both become one line naming the setting (no network here: the call is faked)."""
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    calls = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename, kwargs["cache_dir"]))
+        raise LocalEntryNotFoundError("connection error")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(PeftbenchError, match=r"cannot reach the Hugging Face Hub .*hf download facebook/sonata"):
+        resolve_file("facebook/sonata", "backbone.checkpoint")
+    assert calls == [("facebook/sonata", "sonata.pth", tmp_path)]
+
+    def missing(repo_id, filename, **kwargs):
+        raise EntryNotFoundError("404")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    with pytest.raises(PeftbenchError, match=r"has no file nope.pth"):
+        resolve_file("hf://facebook/sonata/nope.pth", "backbone.checkpoint")

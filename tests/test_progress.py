@@ -138,3 +138,27 @@ def test_the_trainer_reports_every_step(micro_config, scene_batch):
     assert steps == [("train", 0, 4, "1/2"), ("train", 1, 4, "1/2"), ("train", 2, 4, "1/2"),
                      ("train", 3, 4, "2/2"), ("train", 4, 4, "2/2")]
     assert [e[1].split(":")[0] for e in events if e[0] == "line"] == ["epoch 1/2", "epoch 2/2"]
+
+
+@pytest.mark.parametrize("stream", [FakeTerminal(), io.StringIO()], ids=["bars", "lines"])
+def test_the_suite_bar_survives_ray_pickling_its_callbacks(stream):
+    """Ray Tune pickles the callbacks with the tuner (a live bar holds locks): the copy still counts."""
+    import pickle
+
+    bar = SuiteProgress(2, Console(stream), Clock())
+    bar.started("a")
+    copy = pickle.loads(pickle.dumps(bar))
+    copy.finished_trial("a", 0.5)
+    assert copy.bar is None and copy.finished == 1 and bar.finished == 0
+    copy.close()
+    bar.close()
+
+
+def test_a_console_on_stdout_pickles_whatever_stdout_is(capsys):
+    """Under pytest sys.stdout cannot be pickled; the console keeps no reference to it."""
+    import pickle
+
+    bar = SuiteProgress(1, Console(), Clock())
+    copy = pickle.loads(pickle.dumps(bar))
+    copy.finished_trial("a", 0.25)
+    assert "[1/1] a: test mIoU 0.250" in capsys.readouterr().out

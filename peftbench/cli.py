@@ -18,7 +18,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench import tracking
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
-    from peftbench import search
+    from peftbench import ray_cluster, search
 
     suite = load_suite(args.suite, args.methods_dir)
     searched = search.search_specs(suite)
@@ -42,13 +42,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    address = None if args.sequential else ray_cluster.cluster_address(args.address)
+    if address and tracking.sqlite_path(uri):
+        _say("note: several nodes writing one sqlite file is fragile; an MLflow server (README) serves clusters")
     start = time.perf_counter()
     if searched:
         _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
-        summary = search.run_search_then_final(suite, uri, _say, sequential=args.sequential, rerun=args.rerun)
+        summary = search.run_search_then_final(suite, uri, _say, sequential=args.sequential, rerun=args.rerun,
+                                               address=address)
     else:
         _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-        summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
+        summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun, address=address)
     _say(f"ran {summary['ran']} trials in {time.perf_counter() - start:.0f} s; "
          f"{len(summary['failed'])} failed")
     for name, error in summary["failed"]:
@@ -184,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the trials without running them")
     p.add_argument("--sequential", action="store_true", help="run trials one by one in this process (no Ray)")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--address", help="run on an existing Ray cluster: auto or HOST:PORT (default: RAY_ADDRESS, "
+                   "else a private Ray on this host)")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
                    help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
     p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import cost, tracking
+from peftbench import cost, ray_cluster, tracking
 from peftbench.data.sources import prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.suite import Suite, pretrain_spec
@@ -81,10 +81,11 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool = False,
-              rerun: bool = False, scheduler: Any = None) -> dict[str, Any]:
+              rerun: bool = False, scheduler: Any = None, address: str | None = None) -> dict[str, Any]:
     """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary.
 
     ``scheduler``: a Ray Tune trial scheduler (the search's ASHA); ignored when sequential.
+    ``address``: an existing Ray cluster to run on (``peftbench.ray_cluster``); None: a private Ray here.
     """
     experiment = suite.experiment_name
     tracking.ensure_experiment(uri, experiment)
@@ -109,7 +110,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         return {"ran": 0, "failed": []}
     if sequential:
         return _run_sequential(todo, uri, experiment, say)
-    return _run_ray(suite, todo, uri, experiment, say, scheduler)
+    return _run_ray(suite, todo, uri, experiment, say, scheduler, address)
 
 
 def _run_sequential(todo, uri, experiment, say: Say) -> dict[str, Any]:
@@ -133,7 +134,8 @@ def _worker_placement() -> dict[str, Any]:
 
     info: dict[str, Any] = {"placement/gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                             "placement/cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                            "placement/pid": os.getpid(), "placement/host": socket.gethostname()}
+                            "placement/pid": os.getpid(), "placement/host": socket.gethostname(),
+                            "placement/node_id": ray.get_runtime_context().get_node_id()}
     try:
         import torch
 
@@ -149,7 +151,10 @@ def _worker_placement() -> dict[str, Any]:
 def _ray_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
-    os.chdir(config["cwd"])
+    if config["cwd"]:
+        os.chdir(config["cwd"])
+    else:  # on a cluster: the worker runs in Ray's copy of the code; data must be on shared storage
+        ray_cluster.check_visible(config["spec"])
     where = _worker_placement()
     # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
     final = tracked_trial(config["spec"], config["uri"], config["experiment"],
@@ -162,7 +167,8 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
 
-def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = None) -> dict[str, Any]:
+def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = None,
+             address: str | None = None) -> dict[str, Any]:
     try:
         import ray
         from ray import tune
@@ -172,7 +178,7 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = Non
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     res = suite.resources
     gpus = None
-    if res.gpus_per_trial > 0:  # count them here (respects CUDA_VISIBLE_DEVICES) instead of relying on NVML
+    if res.gpus_per_trial > 0 and address is None:  # count them here (respects CUDA_VISIBLE_DEVICES) instead of relying on NVML
         import torch
 
         gpus = torch.cuda.device_count()
@@ -180,9 +186,12 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = Non
             raise PeftbenchError(f"the suite asks for {res.gpus_per_trial} GPU(s) per trial but {gpus} are visible "
                                  f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
                                  "set resources.gpus_per_trial: 0 for CPU runs")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=True, logging_level="ERROR", num_gpus=gpus)
+    say(ray_cluster.connect(address, gpus, say))
+    if address is not None:  # code ships with the job; methods folders inside it are found in the copy
+        todo = [{**s, "methods_dir": [ray_cluster.shipped_path(p) for p in s["methods_dir"]]} for s in todo]
     try:
+        if address is not None and res.gpus_per_trial > 0:
+            ray_cluster.check_gpus(res.gpus_per_trial)
         if gpus is not None:
             say(f"Ray resources: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus} GPUs; per trial "
                 f"{res.cpus_per_trial:g} CPUs, {res.gpus_per_trial:g} GPU")
@@ -192,7 +201,8 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, scheduler: Any = Non
         tuner_name = f"{suite.name}-{int(time.time())}"
         tuner = tune.Tuner(
             trainable,
-            param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd(),
+            param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment,
+                         "cwd": os.getcwd() if address is None else None,
                          "gpus": res.gpus_per_trial},
             # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
             # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.

@@ -52,14 +52,15 @@ def shipped_path(path: str) -> str:
     return str(resolved)
 
 
-def connect(address: str | None, gpus_local: int | None, say: Callable[[str], None]) -> str:
-    """``ray.init`` for a local run or a cluster; returns a line saying which."""
+@contextlib.contextmanager
+def joined(address: str, gpus_per_trial: float, say: Callable[[str], None]) -> Iterator[Path]:
+    """Connected to the cluster at ``address`` for the ``with`` block (then disconnected; the cluster
+    stays up). Yields the Tune storage folder: ``<cache>/ray``, which every node must see
+    (``PEFTBENCH_CACHE`` on a shared filesystem)."""
     import ray
 
-    if address is None:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=True, logging_level="ERROR", num_gpus=gpus_local)
-        return "Ray: a private instance on this host"
+    from peftbench.ray_local import ray_folders
+
     _check_listening(address)
     try:
         with _loopback_kept(address):
@@ -68,10 +69,15 @@ def connect(address: str | None, gpus_local: int | None, say: Callable[[str], No
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise PeftbenchError(f"cannot join the Ray cluster at {address!r} ({type(err).__name__}: {err}); start "
                              "it with `ray start --head` or fix --address / RAY_ADDRESS") from err
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    res = ray.cluster_resources()
-    return (f"Ray: cluster at {address}, {len(nodes)} node(s), {res.get('CPU', 0):g} CPUs, "
-            f"{res.get('GPU', 0):g} GPUs")
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        res = ray.cluster_resources()
+        say(f"Ray: cluster at {address}, {len(nodes)} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+        if gpus_per_trial > 0:
+            check_gpus(gpus_per_trial)
+        yield ray_folders()[0]
+    finally:
+        ray.shutdown()
 
 
 def _check_listening(address: str) -> None:

@@ -14,15 +14,15 @@ from typing import Any
 
 import yaml
 
+from peftbench.cache import cache_dir
+from peftbench.builtin_suites import locate_suite
 from peftbench.errors import PeftbenchError
-from peftbench.method import make_config
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
 from peftbench.search_config import FinalSpec, method_search
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
-CACHE_DIR = Path(".cache/peftbench")
 
 
 @dataclasses.dataclass
@@ -78,6 +78,20 @@ class Resources:
 
 
 @dataclasses.dataclass
+class ReportTable:
+    title: str                                # e.g. "Table 6b: number of latents"
+    rows: list[str]                           # method labels, in row order
+    names: dict[str, str] = dataclasses.field(default_factory=dict)  # label -> row name ("m = 1")
+
+
+@dataclasses.dataclass
+class ReportSpec:
+    """How `peftbench report` lays out this suite's runs (logged with each run: never re-runs)."""
+    baseline: str | None = None               # label differences and ratios are taken against (default linear)
+    tables: list[ReportTable] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class Suite:
     name: str
     datasets: list[DatasetSpec]
@@ -91,6 +105,7 @@ class Suite:
     pretrain: PretrainSpec | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
     methods_dir: list[str] = dataclasses.field(default_factory=list)
+    report: ReportSpec | None = None
     search: dict[str, Any] | None = None      # search, then `final` seeds: peftbench.search_config
     final: FinalSpec | None = None
     source: str = ""                          # the file it came from (set by load_suite)
@@ -101,9 +116,7 @@ class Suite:
 
 
 def load_suite(path: str | Path, extra_methods_dirs: list[str] = ()) -> Suite:
-    path = Path(path)
-    if not path.is_file():
-        raise PeftbenchError(f"suite file not found: {path}")
+    path = locate_suite(path)  # a file, or a built-in suite by name (`peftbench run demo`)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -139,10 +152,7 @@ def _validate(suite: Suite, where: str) -> None:
             cls = get_method(entry.name)
         except PeftbenchError as err:
             raise PeftbenchError(f"{key}.name: {err}") from err
-        try:
-            make_config(cls.config_class, entry.settings, entry.name)
-        except (PeftbenchError, TypeError) as err:
-            raise PeftbenchError(f"{key}.settings: {err}") from err
+        build(cls.config_class, entry.settings, f"{key}.settings")  # unknown keys and wrong types (`rank: eight`)
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
             train = build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
@@ -159,10 +169,25 @@ def _validate(suite: Suite, where: str) -> None:
         if not SPLIT_PATTERN.match(split):
             raise PeftbenchError(f"{where}: splits[{i}]: {split!r} is not a split; use full, scenes-<percent> "
                                  "or points-<labelled points per scene>")
+    _validate_report(suite, labels, where)
     if suite.backbone.checkpoint == "pretrain" and suite.pretrain is None:
         raise PeftbenchError(f"{where}: backbone.checkpoint: 'pretrain' needs a `pretrain` section")
     if suite.pretrain is not None:
         build(TrainConfig, suite.pretrain.train, f"{where}: pretrain.train")
+
+
+def _validate_report(suite: Suite, labels: set[str], where: str) -> None:
+    """Every label the report block names must be a method label of this suite."""
+    if suite.report is None:
+        return
+    known = ", ".join(sorted(labels))
+    named = [("report.baseline", suite.report.baseline)] if suite.report.baseline else []
+    for i, table in enumerate(suite.report.tables):
+        named += [(f"report.tables[{i}].rows[{j}]", label) for j, label in enumerate(table.rows)]
+        named += [(f"report.tables[{i}].names.{label}", label) for label in table.names]
+    for key, label in named:
+        if label not in labels:
+            raise PeftbenchError(f"{where}: {key}: {label!r} is not a method label of this suite (labels: {known})")
 
 
 def _check_data_parallel(processes: int, resources: Resources, where: str) -> None:
@@ -190,7 +215,7 @@ def pretrain_spec(suite: Suite) -> dict[str, Any] | None:
         "seed": suite.pretrain.seed,
     }
     spec["fingerprint"] = fingerprint(spec)
-    spec["checkpoint"] = str(CACHE_DIR / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
+    spec["checkpoint"] = str(cache_dir() / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
     return spec
 
 
@@ -219,6 +244,8 @@ def trial_specs(suite: Suite) -> list[dict[str, Any]]:
                         "pretrain_fingerprint": pre["fingerprint"] if pre else None,
                     }
                     spec["fingerprint"] = fingerprint(spec)
+                    # After the fingerprint: a new report layout must not re-run a finished trial.
+                    spec["report"] = dataclasses.asdict(suite.report) if suite.report else None
                     spec["methods_dir"] = [str(Path(p).resolve()) for p in suite.methods_dir]
                     spec["run_name"] = f"{spec['method']['label']}/{dataset.display}/{split}/s{seed}"
                     specs.append(spec)

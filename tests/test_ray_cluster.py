@@ -39,12 +39,12 @@ def two_node_cluster(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_suite_runs_on_both_nodes_of_an_existing_cluster(two_node_cluster, tmp_path, monkeypatch, capsys):
+def test_a_suite_runs_on_both_nodes_of_an_existing_cluster(two_node_cluster, tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(SUITE))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["run", "s.yaml", "--tracking-uri", uri, "--address", two_node_cluster.address]) == 0
-    assert "2 node(s), 2 CPUs" in capsys.readouterr().out
+    assert "2 node(s), 2 CPUs" in capfd.readouterr().out
 
     from peftbench import tracking
 
@@ -59,7 +59,8 @@ def test_a_suite_runs_on_both_nodes_of_an_existing_cluster(two_node_cluster, tmp
 def test_a_cluster_that_is_not_there_is_one_line(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(PeftbenchError, match="cannot join the Ray cluster at '127.0.0.1:9'"):
-        ray_cluster.connect("127.0.0.1:9", None, print)
+        with ray_cluster.joined("127.0.0.1:9", 0, print):
+            pass
 
 
 def test_a_worker_that_cannot_see_the_data_names_node_and_path(tmp_path):

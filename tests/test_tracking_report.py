@@ -161,13 +161,14 @@ def test_write_report(logged: dict, tmp_path: Path) -> None:
     out = tmp_path / "report"
     paths = write_report(logged["uri"], EXP, out)
     names = {p.name for p in paths}
-    stems = ["miou_vs_params", "curves", "per_class_iou"]
-    expected = {"summary.md", "summary.csv", "summary.tex", "runs.csv"}
+    stems = ["miou_vs_params", "miou_vs_latency", "miou_vs_memory", "curves", "per_class_iou"]
+    expected = {"summary.md", "summary.csv", "summary.tex", "runs.csv", "index.html", "efficiency.csv",
+                "significance.csv"}
     expected |= {f"{s}.{ext}" for s in stems for ext in ("png", "svg")}
     assert names == expected
     for p in paths:
         assert p.is_file() and p.stat().st_size > 0, p
-    for s in stems:
+    for s in ["miou_vs_params", "curves", "per_class_iou"]:
         assert (out / f"{s}.png").stat().st_size > 5_000, s
         assert (out / f"{s}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "summary.md").read_text()

@@ -1,65 +1,37 @@
-"""Reports from MLflow: tidy frames -> tables (md, tex, csv) and figures (png, svg).
+"""Reports from MLflow: tidy frames -> tables (md, tex, csv), figures (png, svg), index.html.
 
 ``write_report`` reads MLflow only; it never re-runs anything.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from peftbench.errors import PeftbenchError
-from peftbench.report import figures, tables
+from peftbench.report import figures, render, summary as page, tables
+from peftbench.report.ablation import ablation_tables, layout_of
+from peftbench.report.compare import combine
+from peftbench.report.cross_dataset import cross_dataset_table
+from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency
+from peftbench.report.efficiency import efficiency_frame, efficiency_tables
+from peftbench.report.figures_data import plot_data_efficiency
+from peftbench.report.figures_tradeoff import plot_tradeoff
 from peftbench.report.folds import add_fold_rows
 from peftbench.report.frame import class_names, histories_of, load_histories, load_runs
+from peftbench.report.html import markdown_to_html
+from peftbench.report.significance import significance_tables, verdicts
+from peftbench.report.stats import significance
+from peftbench.report.style import method_colors
 from peftbench.report.tables import per_class_table, summary_table
 from peftbench.tracking import resolve_tracking_uri
 
 __all__ = ["load_histories", "load_runs", "per_class_table", "summary_table", "write_report"]
 
-_FIGURES = [
-    ("miou_vs_params", "Test mIoU vs. trainable parameters"),
-    ("curves", "Validation mIoU per epoch"),
-    ("per_class_iou", "Per-class test IoU"),
-]
-
-
-def _markdown(experiment: str, uri: str, runs: pd.DataFrame, summary: pd.DataFrame,
-              per_class: pd.DataFrame) -> str:
-    counts = runs["status"].value_counts()
-    status = ", ".join(f"{counts[s]} {s.lower()}" for s in counts.index)
-    suites = ", ".join(f"`{s}`" for s in tables.ordered(runs["suite"].dropna().tolist())) or "—"
-    out = [
-        f"# peftbench report: {experiment}", "",
-        f"- Experiment: `{experiment}` (tracking URI `{_shown_uri(uri)}`)",
-        f"- Generated: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Suites: {suites}",
-        f"- Trial runs: {len(runs)} ({status})", "",
-        "Test metrics in %, mean ± sample std over finished seeds (one seed: the value alone); "
-        "best mIoU in bold. Trainable % = 100 × trainable / total parameters. "
-        "\"failed (k)\": no seed finished and k failed; \"—\": no run.", "",
-        "## Results", "",
-    ]
-    for (dataset, split), group in summary.groupby(["dataset", "split"], sort=False):
-        out += [f"### {dataset} — split `{split}`", "", tables.summary_markdown(group), ""]
-    out += ["## Per-class IoU", ""]
-    for dataset, group in per_class.groupby("dataset", sort=False):
-        out += [f"### {dataset} — split `{group['split'].iloc[0]}`", "",
-                tables.per_class_markdown(group.dropna(axis=1, how="all")), ""]
-    out += ["## Figures", ""]
-    for stem, caption in _FIGURES:
-        out += [f"### {caption}", "", f"![{caption}]({stem}.png)", "",
-                f"Vector version: [{stem}.svg]({stem}.svg)", ""]
-    failed = runs[runs["status"].isin(["FAILED", "KILLED"])]
-    if not failed.empty:
-        out += ["## Failed runs", ""]
-        out += [f"- `{r.run_name}` ({r.status}, run id `{r.run_id}`): {r.error or 'no error recorded'}"
-                for r in failed.itertuples(index=False)]
-        out.append("")
-    return "\n".join(out)
+DEFAULT_BASELINE = "linear"
 
 
 def _shown_uri(uri: str) -> str:
@@ -68,41 +40,117 @@ def _shown_uri(uri: str) -> str:
     return "sqlite:///" + uri[len(prefix):] if uri.startswith(prefix) else uri
 
 
-def write_report(uri: str, experiment: str, out_dir: Path,
-                 method_order: Sequence[str] | None = None) -> list[Path]:
-    """Write summary.md/.csv/.tex, runs.csv and the figures (.png + .svg) into ``out_dir``.
+def load_experiments(uri: str, experiments: Sequence[str]) -> pd.DataFrame:
+    """Trial runs of every experiment (``method@experiment`` where a method is in several)."""
+    frames = {}
+    for name in experiments:
+        frames[name] = load_runs(uri, name)
+        if frames[name].empty:
+            raise PeftbenchError(
+                f"MLflow experiment {name!r} has no trial runs (tag peftbench.kind=trial); "
+                f"run a suite into it first or pick another --experiment"
+            )
+    return combine(frames)
 
-    Returns the written paths. Raises PeftbenchError for an unknown experiment or one without
-    trial runs.
+
+def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
+                 method_order: Sequence[str] | None = None, baseline: str | None = None,
+                 layout: dict[str, Any] | None = None, log_to_mlflow: bool = False,
+                 say: Callable[[str], None] | None = None) -> list[Path]:
+    """Write summary.md/.tex/.csv, index.html, runs.csv, per-view CSVs and figures into ``out_dir``.
+
+    ``experiment``: one name, or several to put side by side. ``baseline``: the method differences
+    and ratios are taken against (default: the suite's ``report.baseline``, else ``linear``).
+    ``layout``: a suite's ``report:`` block (default: the one logged with the runs).
+    ``log_to_mlflow``: also store the folder as a ``report`` run of the (first) experiment.
+    ``say`` receives the significance verdicts. Returns the written paths.
     """
     uri = resolve_tracking_uri(uri)
-    runs = load_runs(uri, experiment)
-    if runs.empty:
-        raise PeftbenchError(
-            f"MLflow experiment {experiment!r} has no trial runs (tag peftbench.kind=trial); "
-            f"run a suite into it first or pick another --experiment"
-        )
+    experiments = [experiment] if isinstance(experiment, str) else list(experiment)
+    runs = add_fold_rows(uri, load_experiments(uri, experiments))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = add_fold_rows(uri, runs)
+    notes: list[str] = []
+    if layout is None:
+        layout, warning = layout_of(runs)
+        notes += [warning] if warning else []
+    baseline = baseline or (layout or {}).get("baseline") or DEFAULT_BASELINE
     methods = tables.ordered(runs["method"].tolist(), method_order)
+    colors = method_colors(methods)
     summary = summary_table(runs, tables.REPORT_METRICS, methods)
     per_class = per_class_table(runs, class_names(uri, runs), methods)
     histories = histories_of(uri, runs[runs["kind"] != "combined"], "val/mIoU")
+    diffs = significance(runs, methods, baseline)
+    miou = {(r.dataset, r.split, r.method): r.mIoU_mean for r in summary.itertuples(index=False)}
+    eff = efficiency_frame(runs, methods, miou)
 
     written: list[Path] = []
 
-    def text(name: str, content: str) -> None:
-        path = out_dir / name
-        path.write_text(content, encoding="utf-8")
-        written.append(path)
+    def put(name: str, content: str) -> None:
+        (out_dir / name).write_text(content, encoding="utf-8")
+        written.append(out_dir / name)
 
-    runs.to_csv(out_dir / "runs.csv", index=False)
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    written += [out_dir / "runs.csv", out_dir / "summary.csv"]
-    text("summary.tex", tables.summary_latex(summary))
-    written += figures.plot_miou_vs_params(summary, out_dir / "miou_vs_params")
-    written += figures.plot_curves(histories, out_dir / "curves", methods)
+    sections = [page.Section("Results", notes, render.results_tables(summary))]
+    sections.append(page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
+                                 significance_tables(diffs, methods)))
+    cross = cross_dataset_table(summary, runs, methods)
+    if cross is not None:
+        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross]))
+    if has_data_efficiency(runs):
+        curves = curve_frame(runs)
+        written += plot_data_efficiency(curves, out_dir / "data_efficiency", methods, colors)
+        sections.append(page.Section("Data efficiency (the paper's Table 2 layout)", [],
+                                     data_efficiency_tables(summary, runs, methods),
+                                     [("data_efficiency", "Test mIoU vs. training data, mean ± std over seeds")]))
+    ablations = ablation_tables(summary, diffs, layout)
+    if ablations:
+        sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
+    sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [], efficiency_tables(eff, methods, baseline),
+                                 _tradeoff_figures(summary, eff, out_dir, colors, written)))
+    sections.append(page.Section("Per-class IoU", [], [
+        render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g)) for d, g in
+        per_class.groupby("dataset", sort=False)], [("per_class_iou", "Per-class test IoU (%)")]))
+    sections.append(page.Section("Training curves", [], [], [("curves", "Validation mIoU per epoch")]))
     written += figures.plot_per_class_iou(per_class, out_dir / "per_class_iou")
-    text("summary.md", _markdown(experiment, uri, runs, summary, per_class))
+    written += figures.plot_curves(histories, out_dir / "curves", methods, colors)
+
+    runs.drop(columns=["report_layout"]).to_csv(out_dir / "runs.csv", index=False)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    eff.to_csv(out_dir / "efficiency.csv", index=False)
+    pd.DataFrame([{"dataset": d, "split": s, "method": m, "baseline": p.baseline, "paired_seeds": p.n,
+                   "delta": p.mean, "ci_low": p.low, "ci_high": p.high, "significant": p.significant}
+                  for (d, s, m), p in diffs.items()]).to_csv(out_dir / "significance.csv", index=False)
+    written += [out_dir / n for n in ("runs.csv", "summary.csv", "efficiency.csv", "significance.csv")]
+    all_tables = [t for s in sections for t in s.tables]
+    put("summary.tex", "% generated by peftbench; needs \\usepackage{booktabs}\n"
+        + "\n".join(render.latex(t) for t in all_tables))
+    failed = runs[runs["status"].isin(["FAILED", "KILLED"]) & (runs["kind"] != "combined")]
+    text = page.compose(page.header(experiments, _shown_uri(uri), runs, baseline), sections, failed)
+    put("summary.md", text)
+    put("index.html", markdown_to_html(text, f"peftbench report: {' + '.join(experiments)}"))
+    for line in verdicts(diffs) if say else []:
+        say(line)
+    if log_to_mlflow:
+        from peftbench.report.publish import log_report_run
+
+        run_id = log_report_run(uri, experiments[0], out_dir, experiments)
+        if say:
+            say(f"logged the report to MLflow: experiment {experiments[0]!r}, run {run_id} (kind report)")
     return written
+
+
+def _tradeoff_figures(summary: pd.DataFrame, eff: pd.DataFrame, out_dir: Path, colors: dict[str, Any],
+                      written: list[Path]) -> list[tuple[str, str]]:
+    """mIoU vs params (per dataset and split), vs latency and vs peak memory (per hardware)."""
+    params = summary.drop(columns=["mIoU"]).rename(columns={"mIoU_mean": "mIoU", "trainable_params": "params"})
+    params["params"] = params["params"].astype(float)
+    written += plot_tradeoff(params, "params", "trainable parameters", ["dataset", "split"],
+                             out_dir / "miou_vs_params", colors, "Test mIoU vs. trainable parameters", std="mIoU_std")
+    figs = [("miou_vs_params", "Test mIoU vs. trainable parameters (dashed: Pareto front)")]
+    for stem, col, label in [("miou_vs_latency", "eff/latency_ms", "inference latency per scene (ms)"),
+                             ("miou_vs_memory", "eff/peak_mem_mb", "peak memory (MB)")]:
+        frame = eff if not eff.empty else pd.DataFrame(columns=["dataset", "hardware", "method", col, "mIoU"])
+        written += plot_tradeoff(frame, col, label, ["dataset", "hardware"], out_dir / stem, colors,
+                                 f"Test mIoU vs. {label.split(' (')[0]}", log_x=False)
+        figs.append((stem, f"Test mIoU vs. {label}, per hardware (dashed: Pareto front)"))
+    return figs

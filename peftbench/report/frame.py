@@ -15,7 +15,8 @@ from peftbench.errors import PeftbenchError
 # Identity columns of a run, in the order tables and CSVs show them.
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "kind", "suite", "method", "dataset", "group", "split", "seed",
-    "fingerprint", "start_time", "end_time", "duration_s", "error",
+    "fingerprint", "start_time", "end_time", "duration_s", "error", "hardware", "gpu_ids",
+    "split_source", "report_layout",
 ]
 HISTORY_COLUMNS = ["run_id", "status", "method", "dataset", "split", "seed", "step", "value"]
 # Metric column order: what a reader wants first.
@@ -78,6 +79,11 @@ def _row(run: Any) -> dict[str, Any]:
         "end_time": pd.to_datetime(end, unit="ms", utc=True) if end else pd.NaT,
         "duration_s": (end - start) / 1000.0 if start and end else float("nan"),
         "error": tags.get(_TAG + "error"),
+        # Older runs lack the hardware tag; Ray's placement tag still names the GPU.
+        "hardware": tags.get(_TAG + "hardware") or tags.get(_TAG + "gpu_name"),
+        "gpu_ids": tags.get(_TAG + "gpu_ids"),
+        "split_source": tags.get(_TAG + "split_source"),  # seeded | official (absent on older runs)
+        "report_layout": tags.get(_TAG + "report"),        # the suite's `report:` block as JSON
     }
     row.update(run.data.metrics)
     return row

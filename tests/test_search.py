@@ -22,7 +22,7 @@ SUITE = {
                   "points_per_m2": 15}],
     "methods": ["linear"],
     "seeds": [0],
-    "search": {"lr": [0.0, 0.05], "metric": "val/mIoU", "scheduler": "asha", "seeds": [0]},
+    "search": {"lr": [0.0001, 0.05], "metric": "val/mIoU", "scheduler": "asha", "seeds": [0]},
     "final": {"seeds": [0, 1]},
     "train": {"epochs": 2, "batch_size": 1, "grid_size": 0.1},
     "resources": {"max_concurrent": 1},

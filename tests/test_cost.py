@@ -11,17 +11,9 @@ import yaml
 
 from peftbench import cost
 from peftbench.cli import main
-from tests.conftest import MICRO
+from tests.conftest import micro_suite
 
-SUITE = {
-    "name": "priced",
-    "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()}},
-    "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt", "scenes": {"train": 4, "val": 1},
-                  "points_per_m2": 15}],
-    "methods": ["linear"],
-    "seeds": [0, 1],
-    "train": {"epochs": 3, "batch_size": 2, "grid_size": 0.1},
-}
+SUITE = micro_suite("priced", train_scenes=4, seeds=[0, 1], train={"epochs": 3, "batch_size": 2, "grid_size": 0.1})
 BIG_EPOCHS = 50000  # priced, never run: makes the expected hours large enough to compare
 STEPS = 2 * BIG_EPOCHS * (4 // 2)  # seeds x epochs x steps per epoch
 

@@ -45,14 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.preflight import check_before_trials
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
-    from peftbench import search
+    from peftbench import ray_cluster, search
 
     suite = load_suite(args.suite, args.methods_dir)
     searched = search.search_specs(suite)
     # With a search, the final trials' settings are chosen by it; until then these stand in for them.
     specs = (trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds)) if searched and suite.final
              else trial_specs(suite))
-    check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential, say=_say)
+    address = None if args.sequential else ray_cluster.cluster_address(args.address)
+    # On a cluster the GPUs are the cluster's: checked once joined, not on this host.
+    check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential or address is not None, say=_say)
     if args.dry_run:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
@@ -73,14 +75,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    if address and tracking.sqlite_path(uri):
+        _say("note: several nodes writing one sqlite file is fragile; an MLflow server (README) serves clusters")
     start = time.perf_counter()
     if searched:
         _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
         summary = search.run_search_then_final(suite, uri, _console(args), sequential=args.sequential,
-                                               rerun=args.rerun)
+                                               rerun=args.rerun, address=address)
     else:
         _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-        summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
+        summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun,
+                            address=address)
     return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
 
 
@@ -293,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true",
                    help="run trials one by one in this process (no Ray), with an epoch/step bar")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--address", metavar="ADDR", help="run on an existing Ray cluster: auto or HOST:PORT "
+                   "(default: RAY_ADDRESS, else a private Ray on this host)")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
                    help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
     p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")

@@ -3,7 +3,8 @@
 Spent: a run's ``time/train_s`` × the GPUs it held (metric ``cost/gpus``: the suite's
 ``gpus_per_trial`` under Ray, fractions included, since that is what the trial reserved).
 
-Expected: steps × step time × GPUs per trial. The step time comes, in this order, from FINISHED
+Expected: optimizer steps × step time × GPUs per trial, a step being ``train.accumulate`` passes of
+``batch_size / accumulate / data_parallel`` scenes per process. Pass times come, in this order, from FINISHED
 runs in MLflow on the same device model (metric ``eff/step_time_ms``, tag
 ``peftbench.device_model``), or from ``peftbench bench --out`` JSON records of that device; the
 estimate names its source, and says "unknown" when neither has the method. Only training steps
@@ -74,7 +75,8 @@ def _number(value: Any) -> bool:
 
 @dataclasses.dataclass
 class StepTimes:
-    """Median step times (ms) keyed by (method, backbone config, per-process batch), and where from."""
+    """Median times (ms) of one forward-backward pass, keyed by (method, backbone config, scenes per pass
+    per process), and where from. An optimizer step is ``accumulate`` such passes."""
 
     source: str
     times: dict[tuple[str, str, int], float]
@@ -101,12 +103,14 @@ def step_times_from_mlflow(uri: str, device: str) -> StepTimes:
             step = run.data.metrics.get("eff/step_time_ms")
             params = run.data.params
             try:
-                batch = int(params["train.batch_size"]) // int(params.get("train.data_parallel", 1))
-                key = _key(params["method.name"], params["backbone.config"], batch)
+                accumulate = int(params.get("train.accumulate", 1))
+                key = _key(params["method.name"], params["backbone.config"],
+                           _per_pass(int(params["train.batch_size"]), accumulate,
+                                     int(params.get("train.data_parallel", 1))))
             except (KeyError, ValueError):
                 continue
-            if _number(step):
-                found.setdefault(key, []).append(float(step))
+            if _number(step):  # eff/step_time_ms is per optimizer step
+                found.setdefault(key, []).append(float(step) / accumulate)
     runs = sum(len(v) for v in found.values())
     return StepTimes(f"MLflow ({runs} finished runs on {device})",
                      {k: statistics.median(v) for k, v in found.items()})
@@ -133,6 +137,10 @@ def step_times_from_bench(paths: list[str], device: str) -> StepTimes:
                 batch_size = row.get("batch_size", args["batch_size"])
                 times[_key(row["method"], args["backbone"], batch_size)] = float(row["train_ms"])
     return StepTimes(f"bench records ({', '.join(used) or 'none'} on {device})", times)
+
+
+def _per_pass(batch_size: int, accumulate: int, data_parallel: int) -> int:
+    return max(batch_size // accumulate // data_parallel, 1)
 
 
 def train_scenes(dataset: Mapping[str, Any], split: str) -> int | None:
@@ -176,16 +184,18 @@ def expected_cost(specs: list[dict[str, Any]], gpus_per_trial: float, sources: l
                                       "step_ms": None, "source": None})
         row["trials"] += 1
         steps = trial_steps(spec)
-        batch = int(spec["train"]["batch_size"]) // int(spec["train"].get("data_parallel", 1))
-        key = _key(spec["method"]["name"], spec["backbone"]["config"], batch)
+        train = spec["train"]
+        accumulate = int(train.get("accumulate", 1))
+        key = _key(spec["method"]["name"], spec["backbone"]["config"],
+                   _per_pass(int(train["batch_size"]), accumulate, int(train.get("data_parallel", 1))))
         found = next(((s.times[key], s.source) for s in sources if key in s.times), None)
         if steps is None or found is None or row["hours"] is None:
             row["hours"] = None
             row["source"] = row["source"] or ("unknown: no step time" if found is None else "unknown: no data")
             continue
         row["steps"] += steps
-        row["step_ms"], row["source"] = found
-        row["hours"] += steps * found[0] / 3.6e6 * (gpus_per_trial or 1)
+        row["step_ms"], row["source"] = found[0] * accumulate, found[1]  # per optimizer step
+        row["hours"] += steps * row["step_ms"] / 3.6e6 * (gpus_per_trial or 1)
     return list(rows.values())
 
 

@@ -24,6 +24,7 @@ from peftbench import tracking
 from peftbench.errors import PeftbenchError
 from peftbench.search_config import SearchSpec, method_search
 from peftbench.suite import Suite, fingerprint, trial_specs
+from peftbench.tune import run_suite
 
 Say = Callable[[str], None]
 _NOT_HASHED = ("fingerprint", "run_name", "methods_dir")
@@ -167,16 +168,14 @@ def grouped_asha(specs: list[dict[str, Any]], plan: dict[str, SearchSpec]) -> An
 
 
 def run_search_then_final(suite: Suite, uri: str, say: Say, sequential: bool = False, rerun: bool = False,
-                          run_suite: Callable[..., dict[str, Any]] | None = None) -> dict[str, Any]:
+                          address: str | None = None) -> dict[str, Any]:
     """Search trials (resumable), the choice per method, then the final trials. Returns a merged summary."""
-    if run_suite is None:
-        from peftbench.tune import run_suite
     plan = searches(suite)
     searched = search_specs(suite)
     say(f"search: {len(searched)} trials over {len(plan)} method(s)")
     use_asha = any(s.scheduler == "asha" for s in plan.values()) and not sequential
     first = run_suite(suite, searched, uri, say, sequential=sequential, rerun=rerun,
-                      scheduler=grouped_asha(searched, plan) if use_asha else None)
+                      scheduler=grouped_asha(searched, plan) if use_asha else None, address=address)
     choices = choose(uri, suite.experiment_name, searched, plan)
     for group in sorted({group_of(s) for s in searched}):
         choice = choices.get(group)
@@ -187,7 +186,7 @@ def run_search_then_final(suite: Suite, uri: str, say: Say, sequential: bool = F
     if not finals:
         raise PeftbenchError("no method has a finished search trial to choose from; see the failed runs above")
     say(f"final: {len(finals)} trials")
-    second = run_suite(suite, finals, uri, say, sequential=sequential, rerun=rerun)
+    second = run_suite(suite, finals, uri, say, sequential=sequential, rerun=rerun, address=address)
     missing = [(g, "search finished no trial") for g in {group_of(s) for s in searched} if g not in choices]
     return {"ran": first["ran"] + second["ran"], "failed": first["failed"] + second["failed"] + missing,
             "choices": choices}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import cost, run_state, tracking
+from peftbench import cost, ray_cluster, run_state, tracking
 from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.hardware import hardware_name
@@ -91,9 +91,10 @@ def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool = False,
-              rerun: bool = False, scheduler: Any = None) -> dict[str, Any]:
+              rerun: bool = False, scheduler: Any = None, address: str | None = None) -> dict[str, Any]:
     """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary.
     ``scheduler``: a Ray Tune trial scheduler (the search's ASHA); ignored when sequential.
+    ``address``: an existing Ray cluster to run on (``peftbench.ray_cluster``); None: a private Ray here.
 
     Holds the experiment's lock throughout: a second run of the same experiment waits, then skips
     what this one finished. A Ctrl-C ends it with the interrupted runs KILLED ("interrupted" in
@@ -112,7 +113,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
                 + ", ".join(closed[:5]) + (" ..." if len(closed) > 5 else ""))
         todo: list[dict[str, Any]] = []
         try:
-            summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler)
+            summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler, address)
         except KeyboardInterrupt:
             summary = {"ran": 0, "failed": [], "interrupted": True}
         if summary.get("interrupted"):
@@ -129,7 +130,8 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
 
 
 def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool, rerun: bool,
-              driver: str, todo: list[dict[str, Any]], scheduler: Any = None) -> dict[str, Any]:
+              driver: str, todo: list[dict[str, Any]], scheduler: Any = None,
+              address: str | None = None) -> dict[str, Any]:
     experiment = suite.experiment_name
     if suite.backbone.checkpoint not in (None, "pretrain"):
         resolve_file(suite.backbone.checkpoint, "backbone.checkpoint")  # missing: one line, before any trial
@@ -151,7 +153,7 @@ def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         return {"ran": 0, "failed": []}
     if sequential:
         return _run_sequential(todo, uri, experiment, say, driver)
-    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler)
+    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler, address)
 
 
 def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
@@ -182,7 +184,8 @@ def _worker_placement() -> dict[str, Any]:
 
     info: dict[str, Any] = {"placement/gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                             "placement/cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                            "placement/pid": os.getpid(), "placement/host": socket.gethostname()}
+                            "placement/pid": os.getpid(), "placement/host": socket.gethostname(),
+                            "placement/node_id": ray.get_runtime_context().get_node_id()}
     try:
         import torch
 
@@ -198,7 +201,10 @@ def _worker_placement() -> dict[str, Any]:
 def _ray_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
-    os.chdir(config["cwd"])
+    if config["cwd"]:
+        os.chdir(config["cwd"])
+    else:  # on a cluster: the worker runs in Ray's copy of the code; data must be on shared storage
+        ray_cluster.check_visible(config["spec"])
     where = _worker_placement()
     # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
     tags = {f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)}
@@ -211,21 +217,30 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
 
-def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, scheduler: Any = None) -> dict[str, Any]:
+def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, scheduler: Any = None,
+             address: str | None = None) -> dict[str, Any]:
     try:
         from peftbench.ray_local import local_ray
     except ImportError as err:
         raise PeftbenchError("Ray Tune is not installed: install ray[tune]==2.60.0 or pass --sequential") from err
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here; the run then marks its trials KILLED
+    if address is not None:
+        with ray_cluster.joined(address, suite.resources.gpus_per_trial, say) as storage:
+            # The code ships with the job; methods folders inside it are found in the workers' copy.
+            todo = [{**s, "methods_dir": [ray_cluster.shipped_path(p) for p in s["methods_dir"]]} for s in todo]
+            return _run_tuner(suite, todo, uri, experiment, say, driver, storage, None, scheduler, cwd=None)
     gpus = check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial)
     with local_ray(gpus) as storage:
         return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler)
 
 
 def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, storage: Path,
-               gpus: int | None, scheduler: Any = None) -> dict[str, Any]:
-    """One Tune experiment over ``todo`` on the Ray cluster this process is connected to."""
+               gpus: int | None, scheduler: Any = None, cwd: str | None = "") -> dict[str, Any]:
+    """One Tune experiment over ``todo`` on the Ray cluster this process is connected to.
+
+    ``cwd``: the trials' working directory ("" = this one; None = Ray's copy of the code, on a cluster).
+    """
     import ray
     from ray import tune
 
@@ -238,7 +253,8 @@ def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, stora
     tuner_name = f"{suite.name}-{int(time.time())}"
     tuner = tune.Tuner(
         trainable,
-        param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd(),
+        param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment,
+                     "cwd": os.getcwd() if cwd == "" else cwd,
                      "driver": driver, "gpus": res.gpus_per_trial},
         # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
         # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
@@ -284,12 +300,22 @@ def _progress_callback(total: int, say: Say):
     """A Ray Tune callback driving the suite bar (one line per finished trial) and recording placements."""
     from ray import tune
 
+    # Ray pickles callbacks (and this class, by value) into tuner.pkl: no closure over the console,
+    # whose stream (a pytest capture, a TTY) cannot be pickled; it stays out of the pickled state.
     class Progress(tune.Callback):
-        def __init__(self) -> None:
-            self.done, self.start = 0, time.perf_counter()
+        def __init__(self, total: int, say: Say) -> None:
+            self.done, self.start, self.total = 0, time.perf_counter(), total
             self.placement: dict[str, Any] = {}
             self.started: dict[str, tuple[float, float]] = {}  # trial id -> (s since Tune began, epoch s)
-            self.bar = as_console(say).suite(total)
+            self.console = as_console(say)
+            self.bar = self.console.suite(total)
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {k: v for k, v in self.__dict__.items() if k not in ("bar", "console")}
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state, console=as_console(print))
+            self.bar = self.console.suite(self.total)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = (time.perf_counter() - self.start, time.time())
@@ -300,7 +326,7 @@ def _progress_callback(total: int, say: Say):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("final"):
-                as_console(say).detail(
+                self.console.detail(
                     f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
                     f"peak {result.get('eff/peak_mem_mb', float('nan')):.0f} MB, "
                     f"step {result.get('eff/step_time_ms', float('nan')):.0f} ms, "
@@ -326,13 +352,13 @@ def _progress_callback(total: int, say: Say):
                    if k.startswith("placement/") or k in _FINAL_KEYS}}
             error = None if status == "done" else _last_error_line(trial)
             self.bar.finished_trial(_name(trial), last.get("test/mIoU"), error=error)
-            if self.done == total:
+            if self.done == self.total:
                 self.bar.close()
 
         def __reduce__(self):  # Tune pickles its callbacks for a restore; the console (a lock) cannot be
             return tune.Callback, ()
 
-    return Progress()
+    return Progress(total, say)
 
 
 _FINAL_KEYS = ("eff/peak_mem_mb", "eff/step_time_ms", "eff/points_per_s", "time/train_s", "test/mIoU")

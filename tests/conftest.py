@@ -35,3 +35,14 @@ def random_scene_batch(sizes=(300, 220), grid=12, seed=0) -> dict:
 @pytest.fixture
 def scene_batch() -> dict:
     return random_scene_batch()
+
+
+def micro_suite(name: str, train_scenes: int = 2, **keys) -> dict:
+    """A suite on the micro backbone (random init) and a tiny synthetic target domain; ``keys`` replace
+    top-level sections (methods, seeds, train, ...)."""
+    return {"name": name,
+            "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v
+                                                         for k, v in MICRO.items()}},
+            "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt",
+                          "scenes": {"train": train_scenes, "val": 1}, "points_per_m2": 15}],
+            "methods": ["linear"], "seeds": [0], "train": {"epochs": 2, "batch_size": 2, "grid_size": 0.1}, **keys}

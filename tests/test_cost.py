@@ -11,17 +11,9 @@ import yaml
 
 from peftbench import cost
 from peftbench.cli import main
-from tests.conftest import MICRO
+from tests.conftest import micro_suite
 
-SUITE = {
-    "name": "priced",
-    "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()}},
-    "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt", "scenes": {"train": 4, "val": 1},
-                  "points_per_m2": 15}],
-    "methods": ["linear"],
-    "seeds": [0, 1],
-    "train": {"epochs": 3, "batch_size": 2, "grid_size": 0.1},
-}
+SUITE = micro_suite("priced", train_scenes=4, seeds=[0, 1], train={"epochs": 3, "batch_size": 2, "grid_size": 0.1})
 BIG_EPOCHS = 50000  # priced, never run: makes the expected hours large enough to compare
 STEPS = 2 * BIG_EPOCHS * (4 // 2)  # seeds x epochs x steps per epoch
 
@@ -79,3 +71,14 @@ def test_dry_run_prices_from_bench_records_then_from_finished_runs(tmp_path, mon
     assert f"{step_ms:.0f} ms/step" in out
     hours = float(re.search(r"([\d.]+) h", _total_line(out)).group(1))
     assert hours == pytest.approx(STEPS * step_ms / 3.6e6, abs=0.006)
+
+
+def test_a_step_of_accumulated_passes_is_priced_from_the_per_pass_time():
+    spec = {"method": {"name": "gem", "label": "gem"}, "backbone": {"config": "sonata"}, "dataset": {},
+            "train": {"epochs": 100, "steps_per_epoch": 50, "batch_size": 24, "accumulate": 8, "data_parallel": 1}}
+    times = cost.StepTimes("bench records (b.json on H100)", {("gem", "sonata", 3): 450.0})  # batch 3 per pass
+    row = cost.expected_cost([spec], 1.0, [times])[0]
+    assert row["step_ms"] == 8 * 450.0 and row["hours"] == pytest.approx(5000 * 3.6 / 3600)
+    spec["train"]["data_parallel"], spec["train"]["accumulate"] = 8, 1  # 8 GPUs x 3 scenes: one pass per step
+    row = cost.expected_cost([spec], 8.0, [times])[0]
+    assert row["step_ms"] == 450.0 and row["hours"] == pytest.approx(5000 * 0.45 * 8 / 3600)

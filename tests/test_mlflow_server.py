@@ -15,17 +15,9 @@ import pytest
 import yaml
 
 from peftbench.cli import main
-from tests.conftest import MICRO
+from tests.conftest import micro_suite
 
-SUITE = {
-    "name": "served",
-    "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()}},
-    "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt", "scenes": {"train": 2, "val": 1},
-                  "points_per_m2": 15}],
-    "methods": ["linear", {"name": "gem", "settings": {"rank": 2}}],
-    "seeds": [0],
-    "train": {"epochs": 2, "batch_size": 2, "grid_size": 0.1},
-}
+SUITE = micro_suite("served", methods=["linear", {"name": "gem", "settings": {"rank": 2}}])
 
 
 def _free_port() -> int:

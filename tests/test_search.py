@@ -13,20 +13,11 @@ from peftbench.errors import PeftbenchError
 from peftbench.search import grouped_asha, search_specs, searches
 from peftbench.search_config import parse_search
 from peftbench.suite import parse_suite
-from tests.conftest import MICRO
+from tests.conftest import micro_suite
 
-SUITE = {
-    "name": "searched",
-    "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()}},
-    "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt", "scenes": {"train": 2, "val": 1},
-                  "points_per_m2": 15}],
-    "methods": ["linear"],
-    "seeds": [0],
-    "search": {"lr": [1.0e-6, 0.05], "metric": "val/mIoU", "scheduler": "asha", "seeds": [0]},
-    "final": {"seeds": [0, 1]},
-    "train": {"epochs": 2, "batch_size": 1, "grid_size": 0.1},
-    "resources": {"max_concurrent": 1},
-}
+SUITE = micro_suite("searched", search={"lr": [0.0001, 0.05], "metric": "val/mIoU", "scheduler": "asha", "seeds": [0]},
+                   final={"seeds": [0, 1]}, train={"epochs": 2, "batch_size": 1, "grid_size": 0.1},
+                   resources={"max_concurrent": 1})
 
 
 def test_search_section_is_validated_and_spans_a_grid(tmp_path):

@@ -107,9 +107,10 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
     sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [], efficiency_tables(eff, methods, baseline),
                                  _tradeoff_figures(summary, eff, out_dir, colors, written)))
-    sections.append(page.Section("Per-class IoU", [], [
-        render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g)) for d, g in
-        per_class.groupby("dataset", sort=False)], [("per_class_iou", "Per-class test IoU (%)")]))
+    per_class_views = [render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g))
+                       for d, g in per_class.groupby("dataset", sort=False)]
+    sections.append(page.Section("Per-class IoU", [], [t for t in per_class_views if len(t.headers) > 1],
+                                 [("per_class_iou", "Per-class test IoU (%)")]))
     sections.append(page.Section("Training curves", [], [], [("curves", "Validation mIoU per epoch")]))
     written += figures.plot_per_class_iou(per_class, out_dir / "per_class_iou")
     written += figures.plot_curves(histories, out_dir / "curves", methods, colors)

@@ -36,3 +36,14 @@ def test_block_travels_as_a_tag_outside_the_fingerprint() -> None:
 def test_bad_block_names_file_and_key(block: dict, key: str) -> None:
     with pytest.raises(PeftbenchError, match=f"abl.yaml[:.] ?{key}"):
         parse_suite({**BASE, "report": block}, "abl.yaml")
+
+
+def test_ablation_suite_declares_the_papers_tables() -> None:
+    from peftbench.suite import load_suite
+
+    suite = load_suite("suites/ablation.yaml")
+    titles = [t.title.split(":")[0] for t in suite.report.tables]
+    assert titles == ["Table 6a", "Table 6b", "Table 6c", "Table 10", "Table 10", "Table 10"]
+    assert suite.report.tables[1].names == {"gem-m1": "m = 1", "gem": "m = 4", "gem-m8": "m = 8"}
+    labels = {m.label or m.name for m in suite.methods}
+    assert {r for t in suite.report.tables for r in t.rows} == labels  # every ablation run has a table

@@ -146,7 +146,7 @@ def test_every_figure_is_referenced(report: dict) -> None:
     out = report["root"] / "single"
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"miou_vs_params.png", "miou_vs_latency.png", "miou_vs_memory.png", "data_efficiency.png",
-            "curves.png", "per_class_iou.png"} <= set(pngs)
+            "curves.png", "per_class_iou.png", "cross_dataset.png", "significance.png"} <= set(pngs)
     html = (out / "index.html").read_text()
     for name in pngs:
         assert f"]({name})" in report["md"], name

@@ -15,11 +15,12 @@ from peftbench.errors import PeftbenchError
 from peftbench.report import figures, render, summary as page, tables
 from peftbench.report.ablation import ablation_tables, layout_of
 from peftbench.report.compare import combine
-from peftbench.report.cross_dataset import cross_dataset_table
+from peftbench.report.cross_dataset import cross_dataset_table, points_of
 from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency
 from peftbench.report.efficiency import efficiency_frame, efficiency_tables
 from peftbench.report.figures_data import plot_data_efficiency
 from peftbench.report.figures_tradeoff import plot_tradeoff
+from peftbench.report.figures_views import plot_cross_dataset, plot_significance
 from peftbench.report.folds import add_fold_rows
 from peftbench.report.frame import class_names, histories_of, load_histories, load_runs
 from peftbench.report.html import markdown_to_html
@@ -91,11 +92,15 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         written.append(out_dir / name)
 
     sections = [page.Section("Results", notes, render.results_tables(summary))]
+    written += plot_significance(diffs, out_dir / "significance", colors)
     sections.append(page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
-                                 significance_tables(diffs, methods)))
+                                 significance_tables(diffs, methods),
+                                 [("significance", "Paired difference to the baseline with its 95 % interval")]))
     cross = cross_dataset_table(summary, runs, methods)
     if cross is not None:
-        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross]))
+        written += plot_cross_dataset(*points_of(runs), out_dir / "cross_dataset", methods, colors)
+        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross],
+                                     [("cross_dataset", "Test mIoU across datasets, std over seeds as error bars")]))
     if has_data_efficiency(runs):
         curves = curve_frame(runs)
         written += plot_data_efficiency(curves, out_dir / "data_efficiency", methods, colors)

@@ -124,8 +124,9 @@ def efficiency_tables(frame: pd.DataFrame, methods: Sequence[str], baseline: str
             notes.append(f"The runs were measured on {kinds} kinds of hardware: one table each, never one ratio "
                          "across them.")
         if show_gpu:
-            notes.append("GPU-h = training wall time × GPUs held, summed over all finished runs of the method "
-                         "on this hardware and dataset (every split and seed).")
+            notes.append("GPU-h = training wall time × GPUs held (a fractional share counts as a whole GPU), "
+                         "summed over all finished runs of the method on this hardware and dataset (every split "
+                         "and seed).")
         tables.append(Table(f"{dataset} — {hardware}", headers, rows, notes))
     return tables
 

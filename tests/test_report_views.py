@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from scipy import stats
 
 import report_store as store
@@ -43,7 +44,12 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # the one-experiment form, as before, logged to MLflow
         rc1 = main(["report", "bench", "--tracking-uri", uri, "--out", str(root / "single")])
-    rc2 = main(["report", "bench", "bench-b", "--tracking-uri", uri, "--out", str(root / "cmp"), "--no-mlflow"])
+    suite = root / "layout.yaml"  # --suite replaces the layout logged with the runs
+    suite.write_text(yaml.safe_dump({"name": "layout", "methods": ["linear", "gem", "lora"], "datasets": [
+        {"name": "synthetic", "root": "x"}], "report": {"tables": [{"title": "Override", "rows": ["gem", "lora"],
+                                                                     "names": {"gem": "GEM"}}]}}))
+    rc2 = main(["report", "bench", "bench-b", "--tracking-uri", uri, "--out", str(root / "cmp"), "--no-mlflow",
+                "--suite", str(suite)])
     return {"uri": uri, "root": root, "md": (root / "single" / "summary.md").read_text(),
             "said": printed.getvalue().splitlines(), "cmp": (root / "cmp" / "summary.md").read_text(),
             "rc": (rc1, rc2), "before": before}
@@ -127,6 +133,10 @@ def test_compare_suffixes_shared_methods(report: dict) -> None:
     h100 = table(report["cmp"], "### scannet — NVIDIA H100")
     assert h100["gem@bench-b"]["Δ#8"] == "+15 %"                  # against linear@bench-b, its own experiment
     assert "gem@bench-b vs linear@bench-b on scannet (full): +1.0 points on one seed" in report["cmp"]
+    rows = table(report["cmp"], "### Override — scannet")  # the --suite layout, one row per experiment
+    assert [(name, r["method"]) for name, r in rows.items()] == [
+        ("GEM@bench", "gem@bench"), ("GEM@bench-b", "gem@bench-b"), ("lora", "lora")]
+    assert rows["GEM@bench-b"]["mIoU"] == "72.0" and "Table 6a" not in report["cmp"]
 
 
 def test_report_run_in_mlflow_is_ignored_by_resume_and_tables(report: dict) -> None:

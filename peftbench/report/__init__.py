@@ -91,26 +91,11 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         (out_dir / name).write_text(content, encoding="utf-8")
         written.append(out_dir / name)
 
-    sections = [page.Section("Results", notes, render.results_tables(summary))]
-    written += plot_significance(diffs, out_dir / "significance", colors)
-    sections.append(page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
-                                 significance_tables(diffs, methods),
-                                 [("significance", "Paired difference to the baseline with its 95 % interval")]))
-    cross = cross_dataset_table(summary, runs, methods)
-    if cross is not None:
-        written += plot_cross_dataset(*points_of(runs), out_dir / "cross_dataset", methods, colors)
-        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross],
-                                     [("cross_dataset", "Test mIoU across datasets, std over seeds as error bars")]))
-    if has_data_efficiency(runs):
-        curves = curve_frame(runs)
-        written += plot_data_efficiency(curves, out_dir / "data_efficiency", methods, colors)
-        sections.append(page.Section("Data efficiency (the paper's Table 2 layout)", [],
-                                     data_efficiency_tables(summary, runs, methods),
-                                     [("data_efficiency", "Test mIoU vs. training data, mean ± std over seeds")]))
-    ablations = ablation_tables(summary, diffs, layout)
-    if ablations:
-        sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
-    sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [], efficiency_tables(eff, methods, baseline),
+    sections = [page.Section("Results", notes, render.results_tables(summary)),
+                _significance_section(diffs, methods, baseline, out_dir, colors, written)]
+    sections += _paper_views(runs, summary, diffs, layout, methods, out_dir, colors, written)
+    sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [],
+                                 efficiency_tables(eff, methods, baseline),
                                  _tradeoff_figures(summary, eff, out_dir, colors, written)))
     per_class_views = [render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g))
                        for d, g in per_class.groupby("dataset", sort=False)]
@@ -143,6 +128,34 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         if say:
             say(f"logged the report to MLflow: experiment {experiments[0]!r}, run {run_id} (kind report)")
     return written
+
+
+def _significance_section(diffs: dict, methods: list[str], baseline: str, out_dir: Path, colors: dict[str, Any],
+                          written: list[Path]) -> page.Section:
+    written += plot_significance(diffs, out_dir / "significance", colors)
+    return page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
+                        significance_tables(diffs, methods),
+                        [("significance", "Paired difference to the baseline with its 95 % interval")])
+
+
+def _paper_views(runs: pd.DataFrame, summary: pd.DataFrame, diffs: dict, layout: dict[str, Any] | None,
+                 methods: list[str], out_dir: Path, colors: dict[str, Any], written: list[Path]) -> list[page.Section]:
+    """The views that appear when the runs have their shape: Tables 1 and 2, ablation tables."""
+    sections = []
+    cross = cross_dataset_table(summary, runs, methods)
+    if cross is not None:
+        written += plot_cross_dataset(*points_of(runs), out_dir / "cross_dataset", methods, colors)
+        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross],
+                                     [("cross_dataset", "Test mIoU across datasets, std over seeds as error bars")]))
+    if has_data_efficiency(runs):
+        written += plot_data_efficiency(curve_frame(runs), out_dir / "data_efficiency", methods, colors)
+        sections.append(page.Section("Data efficiency (the paper's Table 2 layout)", [],
+                                     data_efficiency_tables(summary, runs, methods),
+                                     [("data_efficiency", "Test mIoU vs. training data, mean ± std over seeds")]))
+    ablations = ablation_tables(summary, diffs, layout)
+    if ablations:
+        sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
+    return sections
 
 
 def _tradeoff_figures(summary: pd.DataFrame, eff: pd.DataFrame, out_dir: Path, colors: dict[str, Any],

@@ -109,7 +109,10 @@ def efficiency_tables(frame: pd.DataFrame, methods: Sequence[str], baseline: str
             cells = [method, human_count(r["trainable"]), human_count(r["total"]), human_pct(r["trainable_pct"]),
                      _fmt("{:.1f}", r["mIoU"])]
             for metric, _, fmt in MEASURES:
-                rel = DASH if base is None else ("baseline" if base_name == method else relative(r[metric], base[metric]))
+                if base is None:
+                    rel = DASH
+                else:
+                    rel = "baseline" if base_name == method else relative(r[metric], base[metric])
                 cells += [_fmt(fmt, r[metric]), rel]
             cells.append(_fmt("{:.1f}", r["train_min"]))
             if show_gpu:

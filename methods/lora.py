@@ -2,9 +2,16 @@
 
 Each targeted ``nn.Linear`` becomes a ``LoRALinear`` that keeps it as ``base_layer`` and adds a
 rank-r update ``y = base(x) + lora_B(lora_A(dropout(x))) * scaling``. Defaults reproduce the
-paper's Table 1 size (``gem-paper.md`` §4): r=64 on the fused ``attn.qkv`` of all 24 encoder
-blocks, 1,855,572 trainable with the ScanNet-20 head. ``alpha=64`` keeps ``scaling = alpha/r = 1``
-(our choice: the paper does not state alpha). Load Sonata checkpoints *before* attaching: the
+paper's Table 1 size (``gem-paper.md`` §4): r=64 on the ``attn.qkv`` of all 24 encoder blocks,
+1,855,572 trainable with the ScanNet-20 head. ``alpha=64`` keeps ``scaling = alpha/r = 1``
+(our choice: the paper does not state alpha).
+
+``qkv_targets`` says which parts of the fused qkv projection get an update. ``q,k`` (default) is
+the paper's own description ("ΔQ = x W_down W_up ... and similarly for ΔK"): a rank-r update of
+Q and one of K, 2 x 2rd = 4rd per block. ``q,v`` is Hu et al.'s choice for transformers (same
+count). ``q,k,v`` is one update of the whole fused layer, as HF peft on ``qkv`` (Pointcept's LoRA
+segmentor): A r x d shared, B 3d x r, also 4rd. All three give Table 1's 1.9M, so the count
+cannot tell them apart; the paper's wording decides the default. Load Sonata checkpoints *before* attaching: the
 wrapped weight's key becomes ``...attn.qkv.base_layer.weight`` until ``merge`` folds it back.
 """
 
@@ -27,32 +34,64 @@ class LoRAConfig(MethodConfig):
     dropout: float = 0.0          # on the LoRA path's input only
     targets: tuple[str, ...] = ("qkv",)  # suffixes of encoder-block module names, e.g. "proj", "fc1", "fc2"
     use_rslora: bool = False      # scaling = alpha / sqrt(r) (rank-stabilised LoRA)
+    qkv_targets: str = "q,k"      # fused qkv parts updated: q,k (paper) | q,v (Hu et al.) | q,k,v (one fused update)
 
     def __post_init__(self) -> None:
         # A list or a single name from YAML; a tuple keeps the dataclass default immutable.
         self.targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
 
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update (zero at init: ``lora_B`` is zeros)."""
+QKV_TARGETS = ("q,k", "q,v", "q,k,v")
+QKV = "qkv"
 
-    def __init__(self, base_layer: nn.Linear, r: int, scaling: float, dropout: float) -> None:
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a trainable low-rank update (zero at init: ``lora_B`` is zeros).
+
+    ``parts=None``: one update of the whole layer (``lora_A``, ``lora_B``). ``parts`` = some of
+    "q", "k", "v": the layer is a fused qkv (output = [Q; K; V]) and each named part gets its own
+    rank-r update (``lora_A.q``, ``lora_B.q``, ...); the other parts are left as they are.
+    """
+
+    def __init__(self, base_layer: nn.Linear, r: int, scaling: float, dropout: float,
+                 parts: tuple[str, ...] | None = None) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.parts = parts
         factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, **factory)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, **factory)
+        d_in, d_out = base_layer.in_features, base_layer.out_features
+
+        def pair() -> tuple[nn.Linear, nn.Linear]:
+            a = nn.Linear(d_in, r, bias=False, **factory)
+            b = nn.Linear(r, d_out if parts is None else d_out // len(QKV), bias=False, **factory)
+            nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            nn.init.zeros_(b.weight)
+            return a, b
+
+        if parts is None:
+            self.lora_A, self.lora_B = pair()
+        else:
+            pairs = {part: pair() for part in parts}
+            self.lora_A = nn.ModuleDict({part: a for part, (a, _) in pairs.items()})
+            self.lora_B = nn.ModuleDict({part: b for part, (_, b) in pairs.items()})
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = scaling
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        x_lora = self.lora_dropout(x)
+        if self.parts is None:
+            return self.base_layer(x) + self.lora_B(self.lora_A(x_lora)) * self.scaling
+        updates = {part: self.lora_B[part](self.lora_A[part](x_lora)) for part in self.parts}
+        zeros = torch.zeros_like(next(iter(updates.values())))
+        return self.base_layer(x) + torch.cat([updates.get(part, zeros) for part in QKV], dim=-1) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
         """``B @ A * scaling``, the (out, in) update that ``merge`` adds to the base weight."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        if self.parts is None:
+            return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
+        rows = {part: self.lora_B[part].weight @ self.lora_A[part].weight for part in self.parts}
+        zeros = torch.zeros_like(next(iter(rows.values())))
+        return torch.cat([rows.get(part, zeros) for part in QKV], dim=0) * self.scaling
 
     def merged(self) -> nn.Linear:
         """The base layer with the update folded in (in place: no copy of a large weight)."""
@@ -93,6 +132,10 @@ class LoRA(Method):
         cfg: LoRAConfig = self.config
         if cfg.r < 1:
             raise PeftbenchError(f"lora: r must be >= 1, got {cfg.r}")
+        if cfg.qkv_targets not in QKV_TARGETS:
+            raise PeftbenchError(f"lora: qkv_targets must be one of {', '.join(QKV_TARGETS)} (the fused qkv's "
+                                 f"parts that get an update), got {cfg.qkv_targets!r}")
+        parts = None if cfg.qkv_targets == "q,k,v" else tuple(cfg.qkv_targets.split(","))
         scaling = cfg.alpha / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
         blocks = [block for _, block in model.backbone.encoder_blocks()]
         valid = block_linear_names(blocks[0])
@@ -104,7 +147,9 @@ class LoRA(Method):
             # Collect first, then substitute: replacing while iterating named_modules would revisit wrappers.
             chosen = [n for n in block_linear_names(block) if any(matches(n, t) for t in cfg.targets)]
             for name in chosen:
-                set_submodule(block, name, LoRALinear(block.get_submodule(name), cfg.r, scaling, cfg.dropout))
+                layer = block.get_submodule(name)
+                fused = name.rpartition(".")[2] == QKV and layer.out_features == len(QKV) * layer.in_features
+                set_submodule(block, name, LoRALinear(layer, cfg.r, scaling, cfg.dropout, parts if fused else None))
 
     def merge(self, model: nn.Module) -> None:
         """Fold every LoRA update into its base weight and unwrap it: the backbone's keys and

@@ -1,14 +1,23 @@
 """``peftbench bench``: time and memory of inference and training steps per method, on synthetic
 scenes cropped to a fixed point count. No data, weights, MLflow or Ray needed (runs on GPU boxes).
 
-Workloads match ``reference/performance.md``: inference, and a train step (forward, backward,
-optimizer) with each method's trainable set — ``full`` is full fine-tuning, every PEFT method is
-"frozen backbone, gradient flowing through every block".
+Workloads match ``reference/performance.md`` (and ``scripts/reference_bench.py``, which runs the
+reference on the same scenes with the same head, loss and optimizer):
+
+* ``infer``: forward of backbone, hypercolumn and head, no autograd;
+* ``train``: forward, cross-entropy, backward, AdamW step over the method's trainable set.
+  ``full`` is full fine-tuning; ``frozen`` (no method) freezes the whole backbone but lets the
+  gradient flow through every block to the input -- the cost floor of any method that inserts
+  modules into every block (the paper's Table 7 baseline); every PEFT method is that plus its own
+  modules.
+
+One model is built per method and timed on every batch size and autocast dtype asked for.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,80 +28,135 @@ from peftbench.data.collate import collate_points
 from peftbench.data.synthetic import generate_scene
 from peftbench.data.transforms import (CenterShift, Collect, Compose, GridSample, NormalizeColor, SphereCrop,
                                        ToTensor)
+from peftbench.errors import PeftbenchError
 from peftbench.method import count_parameters
 from peftbench.model import Segmentor
 from peftbench.registry import build_method
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.trainer import model_inputs, to_device
 
+FROZEN = "frozen"  # a workload, not a registered method: linear probe + gradient through every block
+AMP_DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+
 
 def synthetic_batch(points: int, batch_size: int, grid_size: float = 0.02, seed: int = 0) -> dict:
     """``batch_size`` synthetic rooms, grid-sampled, each cropped to ``points`` (Sonata's crop)."""
+    return collate_points(synthetic_scenes(points, batch_size, grid_size, seed))
+
+
+def synthetic_scenes(points: int, count: int, grid_size: float = 0.02, seed: int = 0) -> list[dict]:
+    """The scenes of ``synthetic_batch``; ``collate_points(scenes[:b])`` is its batch of ``b``."""
     rng = np.random.default_rng(seed)
     transform = Compose([CenterShift(apply_z=True), GridSample(grid_size, mode="train", return_grid_coord=True),
                          SphereCrop(point_max=points, mode="center"), CenterShift(apply_z=False),
                          NormalizeColor(), ToTensor(), Collect(keys=("coord", "grid_coord", "segment"))])
     samples = []
-    for _ in range(batch_size):
+    for _ in range(count):
         density = 500.0
         sample = transform(generate_scene("target", rng, points_per_m2=density), rng)
         while len(sample["coord"]) < points and density < 50000:  # denser until the crop is full
             density *= 2
             sample = transform(generate_scene("target", rng, points_per_m2=density), rng)
         samples.append(sample)
-    return collate_points(samples)
+    return samples
 
 
-def _timed(fn, device: torch.device, steps: int) -> list[float]:
-    times = []
-    for _ in range(steps + 2):  # two warm-up steps (allocator, cuDNN/SDPA kernel choice)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+def autocast_for(device: torch.device, dtype: str):
+    """The autocast context of a dtype name (``fp32``: none); autocast only on CUDA."""
+    if dtype not in AMP_DTYPES:
+        raise PeftbenchError(f"bench: unknown dtype {dtype!r}; choose from {list(AMP_DTYPES)}")
+    amp = AMP_DTYPES[dtype]
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None and device.type == "cuda")
+
+
+def timed(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall and host (until ``fn`` returns, before the final sync) ms, and peak GiB."""
+    wall, host = [], []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(steps + warmup):  # warm-up: allocator, cuDNN/SDPA kernel choice, spconv tuning
         start = time.perf_counter()
         fn()
+        returned = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times[2:]
+        wall.append(time.perf_counter() - start)
+        host.append(returned - start)
+    out = {"ms": 1000 * float(np.median(wall[warmup:])), "host_ms": 1000 * float(np.median(host[warmup:]))}
+    if device.type == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
 
 
-def bench_method(backbone: str, method: str, batch: dict, device: torch.device, steps: int, amp: bool,
-                 settings: dict | None = None, overrides: dict | None = None) -> dict[str, Any]:
-    torch.manual_seed(0)
-    model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
-    build_method(method, settings).apply(model)
-    model.to(device)
-    trainable, total = count_parameters(model)
-    inputs = model_inputs(to_device(batch, device))
-    target = batch["segment"].to(device).clamp(min=0)
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    row: dict[str, Any] = {"method": method, "trainable": trainable, "total": total, "points": len(target)}
+def step_functions(model: torch.nn.Module, head_params: list[torch.nn.Parameter], forward: Callable[[dict], Any],
+                   inputs: dict, target: torch.Tensor, autocast_ctx: Callable[[], Any], grad_to_input: bool
+                   ) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(infer, train)`` closures; shared by our models and the reference (same loss, optimizer)."""
+    from torch.autograd.profiler import record_function
+
+    trainable = [p for p in model.parameters() if p.requires_grad] + head_params
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    train_inputs = dict(inputs)
+    if grad_to_input:  # frozen backbone: the gradient must still flow through every block
+        train_inputs["feat"] = inputs["feat"].clone().requires_grad_(True)
 
     def infer() -> None:
-        with torch.no_grad(), autocast:
-            model(inputs)
+        with torch.no_grad(), autocast_ctx():
+            forward(inputs)
 
     def train() -> None:
-        with autocast:
-            loss = segmentation_loss(model(inputs), target, lovasz_weight=0.0)
+        with autocast_ctx():
+            logits = forward(train_inputs)
+            with record_function("pb:loss"):
+                loss = segmentation_loss(logits, target, lovasz_weight=0.0)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with record_function("pb:backward"):
+            loss.backward()
+        with record_function("pb:optimizer"):
+            optimizer.step()
 
-    for name, fn, mode in (("infer", infer, model.eval), ("train", train, model.train)):
-        mode()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = _timed(fn, device, steps)
-        row[f"{name}_ms"] = 1000 * float(np.median(times))
-        if device.type == "cuda":
-            row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return row
+    return infer, train
+
+
+def bench_method(backbone: str, method: str, batches: dict[int, dict], device: torch.device, steps: int,
+                 dtypes: list[str], settings: dict | None = None, overrides: dict | None = None,
+                 profile: bool = False, modes: tuple[str, ...] = ("infer", "train")) -> list[dict[str, Any]]:
+    """One row per (batch size, dtype) of ``batches`` x ``dtypes`` for ``method`` (or ``frozen``)."""
+    torch.manual_seed(0)
+    model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
+    build_method("linear" if method == FROZEN else method, settings).apply(model)
+    model.to(device)
+    trainable, total = count_parameters(model)
+    rows = []
+    for batch_size, batch in batches.items():
+        inputs = model_inputs(to_device(batch, device))
+        target = batch["segment"].to(device).clamp(min=0)
+        for dtype in dtypes:
+            infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, dtype),
+                                          grad_to_input=method == FROZEN)
+            row: dict[str, Any] = {"impl": "peftbench", "method": method, "batch_size": batch_size,
+                                   "dtype": dtype, "points": len(target), "trainable": trainable, "total": total}
+            for name, fn, train_mode in (("infer", infer, False), ("train", train, True)):
+                if name not in modes:
+                    continue
+                model.train(train_mode)
+                row.update({f"{name}_{k}": v for k, v in timed(fn, device, steps).items()})
+                if profile:
+                    from peftbench.bench_stages import stage_breakdown
+
+                    row[f"{name}_stages"] = stage_breakdown(model, fn, device)
+            rows.append(row)
+            del infer, train  # the optimizer state goes with them
+            model.zero_grad(set_to_none=True)  # so no gradient inflates the next row's peak
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    cols = ["method", "trainable", "points", "infer_ms", "train_ms", "infer_peak_gib", "train_peak_gib"]
+    cols = ["impl", "method", "batch_size", "dtype", "points", "infer_ms", "train_ms", "infer_peak_gib",
+            "train_peak_gib"]
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = [" ".join(f"{c:>14}" for c in cols)]
     for r in rows:

@@ -1,4 +1,4 @@
-"""The ``peftbench`` command: run, train, report, params, methods, data."""
+"""The ``peftbench`` command: run, train, report, params, bench, methods, suites, data, doctor."""
 
 from __future__ import annotations
 
@@ -10,37 +10,107 @@ import traceback
 from pathlib import Path
 
 
+EXIT_CODES = """exit status:
+  0    everything asked for finished
+  1    one or more trials failed (the others were run and tracked)
+  2    a user error: bad suite, unknown method, missing data or checkpoint (one line; --debug for the traceback)
+  130  interrupted (Ctrl-C)"""
+
+RUN_EXAMPLES = """examples:
+  peftbench run demo                                    the built-in CPU demo (or any suite file)
+  peftbench run suites/paper.yaml --dry-run             list the trials and their fingerprints
+  peftbench run my.yaml --sequential                    one trial after another in this process, no Ray
+  peftbench run my.yaml --rerun                         run trials already FINISHED in MLflow again
+  peftbench run my.yaml --tracking-uri http://mlflow:5000   track on an MLflow server
+  peftbench run my.yaml --methods-dir plugins/          load method plugins from a folder
+  peftbench run demo --quiet                            only one line per finished trial and the summary
+  peftbench run my.yaml --debug                         a user error's traceback besides its one line
+"""
+
+
 def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _console(args: argparse.Namespace):
+    from peftbench.progress import Console
+
+    return Console(quiet=getattr(args, "quiet", False))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from peftbench import tracking
+    from peftbench.preflight import check_before_trials
     from peftbench.suite import load_suite, pretrain_spec, trial_specs
 
+    from peftbench import search
+
     suite = load_suite(args.suite, args.methods_dir)
-    specs = trial_specs(suite)
+    searched = search.search_specs(suite)
+    # With a search, the final trials' settings are chosen by it; until then these stand in for them.
+    specs = (trial_specs(dataclasses.replace(suite, seeds=suite.final.seeds)) if searched and suite.final
+             else trial_specs(suite))
+    check_before_trials(suite, dry_run=args.dry_run, sequential=args.sequential, say=_say)
     if args.dry_run:
         pre = pretrain_spec(suite)
         if pre and suite.backbone.checkpoint == "pretrain":
             _say(f"pretrain: {pre['backbone']['config']} on {pre['dataset']['root']} -> {pre['checkpoint']}")
-        _say(f"{len(specs)} trials in suite {suite.name!r} (experiment {suite.experiment_name!r}):")
+        from peftbench.train.schedule import planned_steps
+
+        if searched:
+            _say(f"{len(searched)} search trials (ASHA may stop some early; priced in full):")
+            for spec in searched:
+                _say(f"  {spec['run_name']:<50} {spec['fingerprint']}  {planned_steps(spec)}")
+        _say(f"{len(specs)} {'final ' if searched else ''}trials in suite {suite.name!r} "
+             f"(experiment {suite.experiment_name!r}):")
         for spec in specs:
-            _say(f"  {spec['run_name']:<50} {spec['fingerprint']}")
+            chosen = "setting chosen by the search" if searched else spec["fingerprint"]
+            _say(f"  {spec['run_name']:<50} {chosen}  {planned_steps(spec)}")
+        _say(_expected_cost(suite, searched + specs, args))
         return 0
     from peftbench.tune import run_suite
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     start = time.perf_counter()
-    _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
-    summary = run_suite(suite, specs, uri, _say, sequential=args.sequential, rerun=args.rerun)
-    _say(f"ran {summary['ran']} trials in {time.perf_counter() - start:.0f} s; "
-         f"{len(summary['failed'])} failed")
+    if searched:
+        _say(f"suite {suite.name!r}: search, then final trials; tracking {uri}")
+        summary = search.run_search_then_final(suite, uri, _console(args), sequential=args.sequential,
+                                               rerun=args.rerun)
+    else:
+        _say(f"suite {suite.name!r}: {len(specs)} trials, tracking {uri}")
+        summary = run_suite(suite, specs, uri, _console(args), sequential=args.sequential, rerun=args.rerun)
+    return _summarize(summary, suite.experiment_name, args.tracking_uri, time.perf_counter() - start)
+
+
+def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds: float) -> int:
+    """The last lines of `peftbench run`, and its exit status: 130 interrupted, 1 failed trials, else 0."""
+    if summary.get("interrupted"):
+        counts = summary.get("counts", {})
+        print("peftbench: interrupted: " + ", ".join(f"{n} {what}" for what, n in counts.items()
+                                                     if n or what != "failed")
+              + "; rerun the same command to run what is left", file=sys.stderr)
+        return 130
+    _say(f"ran {summary['ran']} trials in {seconds:.0f} s; {len(summary['failed'])} failed")
     for name, error in summary["failed"]:
         _say(f"  FAILED {name}: {error}")
-    _say(f"next: peftbench report {suite.experiment_name}"
-         + (f" --tracking-uri {args.tracking_uri}" if args.tracking_uri else ""))
+    if summary["failed"]:
+        _say("failed trials are not FINISHED in MLflow: fix the cause and rerun the same command to run them again")
+    _say(f"next: peftbench report {experiment}" + (f" --tracking-uri {tracking_uri}" if tracking_uri else ""))
     return 1 if summary["failed"] else 0
+
+
+def _expected_cost(suite, specs, args: argparse.Namespace) -> str:
+    """``--dry-run``'s price: step times from MLflow runs on this device model, else ``--bench`` records."""
+    from peftbench import cost, tracking
+
+    gpus = suite.resources.gpus_per_trial
+    device = args.device_model or cost.device_model()
+    sources = [cost.step_times_from_mlflow(tracking.resolve_tracking_uri(args.tracking_uri), device)]
+    sources.append(cost.step_times_from_bench(args.bench, device))
+    text = cost.format_cost(cost.expected_cost(specs, gpus, sources), gpus, device)
+    if gpus and device == "cpu":
+        text += "\n  (no GPU here: pass --device-model with the GPU's name as torch/nvidia-smi print it)"
+    return text
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -61,16 +131,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     pre = pretrain_spec(suite)
     if args.out:
         out = Path(args.out)
+        console = _console(args)
         if pre and suite.backbone.checkpoint == "pretrain":
-            ensure_pretrained(pre, lambda: LocalRecorder(out / "pretrain"), _say)
+            ensure_pretrained(pre, lambda: LocalRecorder(out / "pretrain"), console.task())
+        steps = console.task()  # epoch/step bar with loss and ETA
         with LocalRecorder(out / spec["run_name"].replace("/", "_")) as recorder:
-            final = run_trial(spec, recorder, progress=_say)
+            final = run_trial(spec, recorder, progress=steps)
+        steps.close()
     else:
         from peftbench.tune import run_suite
 
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        summary = run_suite(suite, [spec], uri, _say, sequential=True, rerun=True)
-        return 1 if summary["failed"] else 0
+        summary = run_suite(suite, [spec], uri, _console(args), sequential=True, rerun=True)
+        return 130 if summary.get("interrupted") else 1 if summary["failed"] else 0
     _say("  ".join(f"{k} {v:.4g}" for k, v in final.items() if not k.startswith("test/iou/")))
     return 0
 
@@ -107,22 +180,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from peftbench.bench import bench_method, format_rows, synthetic_batch
+    from peftbench.bench import bench_method, format_rows, synthetic_scenes
+    from peftbench.data.collate import collate_points
     from peftbench.registry import discover
 
     discover(args.methods_dir)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch = synthetic_batch(args.points, args.batch_size, args.grid_size)
-    _say(f"bench: backbone {args.backbone}, batch {args.batch_size} x {args.points} points, {device}, "
-         f"amp {args.amp and device.type == 'cuda'}, median of {args.steps} steps")
+    sizes = args.batch_sizes or [args.batch_size]
+    scenes = synthetic_scenes(args.points, max(sizes), args.grid_size)
+    batches = {b: collate_points(scenes[:b]) for b in sizes}
+    dtypes = args.dtypes if args.amp and device.type == "cuda" else ["fp32"]  # autocast only on CUDA
+    _say(f"bench: backbone {args.backbone}, batch {sizes} x {args.points} points, {device}, "
+         f"dtypes {dtypes}, median of {args.steps} steps")
     rows = []
     for method in args.methods:
-        rows.append(bench_method(args.backbone, method, batch, device, args.steps, args.amp))
-        _say(format_rows(rows[-1:]).splitlines()[-1] if rows[1:] else format_rows(rows))
+        new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile)
+        rows += new
+        _say("\n".join(format_rows(new).splitlines()[0 if len(rows) == len(new) else 1:]))
+    result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "torch": torch.__version__, "args": vars(args) | {"func": None}, "rows": rows}
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": str(device), "gpu": torch.cuda.get_device_name(device)
-                                              if device.type == "cuda" else None, "args": vars(args) | {"func": None},
-                                              "rows": rows}, indent=2, default=str))
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    if args.report:
+        from peftbench.bench_report import write_bench_report
+
+        reference = json.loads(Path(args.reference).read_text()) if args.reference else None
+        for path in write_bench_report(result, reference, Path(args.report)):
+            _say(f"wrote {path}")
     return 0
 
 
@@ -140,6 +224,28 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suites(args: argparse.Namespace) -> int:
+    from peftbench.builtin_suites import builtin_suites
+    from peftbench.catalog import suites_table
+    from peftbench.errors import PeftbenchError
+
+    if args.name is None:
+        _say(suites_table())
+        return 0
+    shipped = builtin_suites()
+    if args.name not in shipped:
+        raise PeftbenchError(f"no built-in suite {args.name!r}; built-in: {', '.join(shipped) or 'none'}")
+    print(shipped[args.name].read_text(), end="")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from peftbench.doctor import doctor_report
+
+    _say(doctor_report())
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from peftbench.data.check import inspect_dataset
 
@@ -148,24 +254,51 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0 if result.ok else 2
 
 
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    """--debug and --quiet, accepted before or after the subcommand (``default=SUPPRESS`` below the
+    top level, so a flag given before the subcommand is not reset by the subcommand's default)."""
+    flags = argparse.ArgumentParser(add_help=False)
+    default = False if defaults else argparse.SUPPRESS
+    flags.add_argument("--debug", action="store_true", default=default, help="show tracebacks of errors")
+    flags.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars or epoch lines: one line per finished trial and the summary")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peftbench", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from peftbench import __version__
+
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="peftbench", formatter_class=raw, parents=[_global_flags(True)],
+        description="Benchmark PEFT methods on pretrained 3D point-cloud transformers (PTv3 / Sonata).",
+        epilog=f"start with: peftbench run demo && peftbench report demo\n\n{EXIT_CODES}")
+    parser.add_argument("--version", action="version", version=f"peftbench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [_global_flags(False)]
 
     def add_common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--methods-dir", action="append", default=[], help="extra folder of method plugins")
+        p.add_argument("--methods-dir", action="append", default=[], metavar="DIR",
+                       help="extra folder of method plugins (repeatable)")
 
-    p = sub.add_parser("run", help="run a suite (Ray Tune, tracked in MLflow)")
-    p.add_argument("suite")
-    p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db in this folder)")
+    p = sub.add_parser("run", help="run a suite (Ray Tune, tracked in MLflow)", parents=common, formatter_class=raw,
+                       description="Run every trial of a suite not yet FINISHED in MLflow, with a progress bar.",
+                       epilog=f"{RUN_EXAMPLES}\n{EXIT_CODES}")
+    p.add_argument("suite", help="a suite file, or the name of a built-in suite (`peftbench suites` lists them)")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI (default sqlite:///mlflow.db in this folder)")
     p.add_argument("--dry-run", action="store_true", help="list the trials without running them")
-    p.add_argument("--sequential", action="store_true", help="run trials one by one in this process (no Ray)")
+    p.add_argument("--sequential", action="store_true",
+                   help="run trials one by one in this process (no Ray), with an epoch/step bar")
     p.add_argument("--rerun", action="store_true", help="run trials even if already FINISHED in MLflow")
+    p.add_argument("--bench", action="append", default=[], metavar="JSON",
+                   help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
+    p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("train", help="run one trial of a suite")
+    p = sub.add_parser("train", help="run one trial of a suite", parents=common, epilog=EXIT_CODES,
+                       formatter_class=raw)
     p.add_argument("suite")
     p.add_argument("--method")
     p.add_argument("--dataset")
@@ -194,13 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time and memory of inference / train steps per method (synthetic scenes)")
     p.add_argument("--backbone", default="tiny")
-    p.add_argument("--methods", nargs="+", default=["linear", "gem", "full"])
+    p.add_argument("--methods", nargs="+", default=["frozen", "linear", "gem", "full"],
+                   help="registered methods, or 'frozen' (frozen backbone, gradient through every block)")
     p.add_argument("--points", type=int, default=20000, help="points per scene after grid sampling and crop")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="several batch sizes (overrides --batch-size)")
+    p.add_argument("--dtypes", nargs="+", default=["fp16"], help="autocast dtypes on CUDA: fp16 bf16 fp32")
     p.add_argument("--grid-size", type=float, default=0.02)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device")
     p.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--profile", action="store_true", help="add a per-stage time breakdown (torch profiler)")
+    p.add_argument("--report", help="write bench.json, bench.md and bench.png into this folder")
+    p.add_argument("--reference", help="JSON of scripts/reference_bench.py, shown side by side in --report")
     p.add_argument("--out", help="write the rows as JSON")
     add_common(p)
     p.set_defaults(func=cmd_bench)
@@ -208,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the registered methods and their settings")
     add_common(p)
     p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("suites", help="list the built-in suites (trials, what each needs), or print one")
+    p.add_argument("name", nargs="?", help="print this built-in suite's YAML (to copy and edit)")
+    p.set_defaults(func=cmd_suites)
+
+    p = sub.add_parser("doctor", help="versions, GPUs, backends and paths for a bug report")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("data", help="inspect a dataset folder before a long run")
     data_sub = p.add_subparsers(dest="data_command", required=True)

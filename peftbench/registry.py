@@ -12,7 +12,17 @@ from pathlib import Path
 from peftbench.errors import PeftbenchError
 from peftbench.method import Method
 
-BUILTIN_METHODS_DIR = Path(__file__).resolve().parent.parent / "methods"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def shipped_folder(name: str) -> Path:
+    """A folder that lives at the top of the repo but ships inside the wheel (``peftbench/<name>``):
+    the installed copy first, else the checkout's (editable installs, ``PYTHONPATH=.``)."""
+    shipped = _PACKAGE_DIR / name
+    return shipped if shipped.is_dir() else _PACKAGE_DIR.parent / name
+
+
+BUILTIN_METHODS_DIR = shipped_folder("methods")
 _REGISTRY: dict[str, type[Method]] = {}
 _LOADED_DIRS: set[Path] = set()
 

@@ -30,7 +30,10 @@ def build(cls: type, data: Any, where: str) -> Any:
             values[name] = check_type(data[name], hints[name], f"{where}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise PeftbenchError(f"{where}.{name}: required key is missing")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (PeftbenchError, TypeError, ValueError) as err:  # a range check in __post_init__: add file and key
+        raise PeftbenchError(f"{where}: {err}") from err
 
 
 def check_type(value: Any, hint: Any, where: str) -> Any:

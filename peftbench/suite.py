@@ -14,14 +14,15 @@ from typing import Any
 
 import yaml
 
+from peftbench.cache import cache_dir
+from peftbench.builtin_suites import locate_suite
 from peftbench.errors import PeftbenchError
-from peftbench.method import make_config
 from peftbench.registry import discover, get_method
 from peftbench.schema import build
+from peftbench.search_config import FinalSpec, method_search
 from peftbench.train.config import TrainConfig
 
 SPLIT_PATTERN = re.compile(r"^(full|scenes-\d+(\.\d+)?|points-\d+)$")
-CACHE_DIR = Path(".cache/peftbench")
 
 
 @dataclasses.dataclass
@@ -49,6 +50,7 @@ class MethodEntry:
     label: str | None = None
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)   # per-method training overrides
+    search: dict[str, Any] | None = None      # merged over the suite's `search` (peftbench.search_config)
 
 
 @dataclasses.dataclass
@@ -104,6 +106,8 @@ class Suite:
     resources: Resources = dataclasses.field(default_factory=Resources)
     methods_dir: list[str] = dataclasses.field(default_factory=list)
     report: ReportSpec | None = None
+    search: dict[str, Any] | None = None      # search, then `final` seeds: peftbench.search_config
+    final: FinalSpec | None = None
     source: str = ""                          # the file it came from (set by load_suite)
 
     @property
@@ -112,9 +116,7 @@ class Suite:
 
 
 def load_suite(path: str | Path, extra_methods_dirs: list[str] = ()) -> Suite:
-    path = Path(path)
-    if not path.is_file():
-        raise PeftbenchError(f"suite file not found: {path}")
+    path = locate_suite(path)  # a file, or a built-in suite by name (`peftbench run demo`)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -150,13 +152,15 @@ def _validate(suite: Suite, where: str) -> None:
             cls = get_method(entry.name)
         except PeftbenchError as err:
             raise PeftbenchError(f"{key}.name: {err}") from err
-        try:
-            make_config(cls.config_class, entry.settings, entry.name)
-        except (PeftbenchError, TypeError) as err:
-            raise PeftbenchError(f"{key}.settings: {err}") from err
+        build(cls.config_class, entry.settings, f"{key}.settings")  # unknown keys and wrong types (`rank: eight`)
         for d, dataset in enumerate(suite.datasets):
             blame = f"{key}.train" if entry.train else f"{where}: datasets[{d}].train"
-            build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            train = build(TrainConfig, {**suite.train, **dataset.train, **entry.train}, blame)
+            _check_data_parallel(train.data_parallel, suite.resources, blame)
+        search = method_search(suite.search, entry.search, f"{key}.search" if entry.search else f"{where}: search")
+        for point in search.points() if search else []:
+            for dataset in suite.datasets:
+                build(TrainConfig, {**suite.train, **dataset.train, **entry.train, **point}, f"{key}: search {point}")
         label = entry.label or entry.name
         if label in labels:
             raise PeftbenchError(f"{key}: label {label!r} is used twice; give one entry a distinct `label`")
@@ -186,6 +190,14 @@ def _validate_report(suite: Suite, labels: set[str], where: str) -> None:
             raise PeftbenchError(f"{where}: {key}: {label!r} is not a method label of this suite (labels: {known})")
 
 
+def _check_data_parallel(processes: int, resources: Resources, where: str) -> None:
+    """A data-parallel trial gives each of its processes one GPU (or runs on CPU, gloo)."""
+    gpus = resources.gpus_per_trial
+    if processes > 1 and gpus > 0 and gpus != processes:
+        raise PeftbenchError(f"{where}.data_parallel: {processes} processes but resources.gpus_per_trial is {gpus:g}; "
+                             f"set gpus_per_trial: {processes} (one GPU per process, batch 24 = 8 x 3)")
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -203,7 +215,7 @@ def pretrain_spec(suite: Suite) -> dict[str, Any] | None:
         "seed": suite.pretrain.seed,
     }
     spec["fingerprint"] = fingerprint(spec)
-    spec["checkpoint"] = str(CACHE_DIR / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
+    spec["checkpoint"] = str(cache_dir() / "pretrain" / f"{suite.backbone.config}-{spec['fingerprint']}.pth")
     return spec
 
 

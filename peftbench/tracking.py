@@ -8,6 +8,7 @@ the GPU machine has no mlflow, and importing this module must still work there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from peftbench.errors import PeftbenchError
+from peftbench.owner import this_process
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -34,6 +36,8 @@ _MAX_KEY = 250
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 _SERVER_SCHEMES = ("http://", "https://")
+OWNER_TAG = "peftbench.owner"    # host:pid:start of the process that holds the run open
+DRIVER_TAG = "peftbench.driver"  # the same for the `peftbench run` that started the trial
 # SQLAlchemy backends MLflow supports besides sqlite; passed through untouched.
 _DB_SCHEMES = ("postgresql", "mysql", "mssql")
 
@@ -113,6 +117,8 @@ def check_reachable(uri: str, *, must_exist: bool = False) -> None:
             raise PeftbenchError(
                 f"no MLflow database at {db}; run a suite first or pass the right --tracking-uri"
             )
+        if db.is_file():
+            _check_sqlite_file(db)
         return
     if uri.startswith(_SERVER_SCHEMES):
         try:
@@ -124,6 +130,18 @@ def check_reachable(uri: str, *, must_exist: bool = False) -> None:
                 f"--backend-store-uri sqlite:////abs/path/mlflow.db --host 127.0.0.1 --port 5055) "
                 f"or use an sqlite tracking URI"
             ) from e
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """A corrupt or foreign file would otherwise cost MLflow's retries and a long traceback."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise PeftbenchError(f"{db} is not a readable MLflow database ({err}); move it aside "
+                             f"(mv {db} {db}.broken) to start a new store, or pass --tracking-uri") from err
 
 
 def client(uri: str) -> MlflowClient:
@@ -250,13 +268,18 @@ class TrialRun:
     def __enter__(self) -> TrialRun:
         exp_id = ensure_experiment(self.uri, self.experiment)
         self._client = client(self.uri)
-        run = self._client.create_run(exp_id, tags=self.tags, run_name=self.run_name)
+        tags = {OWNER_TAG: this_process().token, **self.tags}
+        run = self._client.create_run(exp_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
-        from mlflow.entities import Param
+        try:
+            from mlflow.entities import Param
 
-        items = [Param(k[:_MAX_KEY], _truncate(v, _MAX_PARAM_VALUE)) for k, v in self.params.items()]
-        for i in range(0, len(items), _PARAMS_PER_BATCH):
-            self._client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_BATCH])
+            items = [Param(k[:_MAX_KEY], _truncate(v, _MAX_PARAM_VALUE)) for k, v in self.params.items()]
+            for i in range(0, len(items), _PARAMS_PER_BATCH):
+                self._client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_BATCH])
+        except BaseException as err:  # the run exists: whatever fails now (disk full, ...) closes it FAILED
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def __exit__(
@@ -266,13 +289,13 @@ class TrialRun:
         c = self._require()
         if exc_type is None:
             status = "FINISHED"
-        elif issubclass(exc_type, KeyboardInterrupt):
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or Ray stopping the worker
             status = "KILLED"
         else:
             status = "FAILED"
             # Best effort: a failure while recording the failure must not hide the real error.
             try:
-                message = f"{exc_type.__name__}: {exc}"
+                message = str(exc) if isinstance(exc, PeftbenchError) else f"{exc_type.__name__}: {exc}"
                 c.set_tag(self.run_id, "peftbench.error", _truncate(message, _MAX_TAG_VALUE))
                 text = "".join(traceback.format_exception(exc_type, exc, tb))
                 c.log_text(self.run_id, text, "traceback.txt")
@@ -294,6 +317,9 @@ class TrialRun:
         for i in range(0, len(items), _METRICS_PER_BATCH):
             self._require().log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_BATCH])
 
+    def set_tag(self, key: str, value: str) -> None:
+        self._require().set_tag(self.run_id, key, _truncate(str(value), _MAX_TAG_VALUE))
+
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
         """Per-epoch metrics (``train/loss``, ``val/mIoU``, ...) at ``step`` = epoch, one batch."""
         self._log(metrics, step)
@@ -301,6 +327,11 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Final metrics (``test/*``, ``params/*``, ``eff/*``, ``time/*``), one batch, step 0."""
         self._log(metrics, 0)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags known only inside the trial (e.g. ``peftbench.split_source``)."""
+        for key, value in tags.items():
+            self._require().set_tag(self.run_id, str(key), _truncate(str(value), _MAX_TAG_VALUE))
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         """A JSON/YAML-serialisable object as an artifact (format from the file suffix)."""

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import tracking
-from peftbench.data.sources import prepare_dataset, resolve_file
+from peftbench import cost, run_state, tracking
+from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.hardware import hardware_name
+from peftbench.hub import hub_reference
+from peftbench.owner import this_process
+from peftbench.preflight import check_resources
+from peftbench.progress import as_console
+from peftbench.store_lock import experiment_lock, store_lock
 from peftbench.suite import Suite, pretrain_spec
 from peftbench.train.trial import ensure_pretrained, run_trial
 
@@ -29,66 +35,142 @@ def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
             tags["peftbench.dataset_group"] = spec["dataset"]["group"]
         if spec.get("report"):  # the suite's `report:` layout, read back by `peftbench report`
             tags["peftbench.report"] = json.dumps(spec["report"], sort_keys=True)
+        if spec.get("stage"):  # search, then final (peftbench.search)
+            tags["peftbench.stage"] = spec["stage"]
+        for key in ("search_point", "search_choice"):
+            if key in spec:
+                tags[f"peftbench.{key}"] = json.dumps(spec[key], sort_keys=True)
     return tags
 
 
+class StoppedEarly(Exception):
+    """The scheduler (ASHA) stopped this trial: Ray's ``tune.report`` raised SystemExit(0) in it."""
+
+
+def _stoppable(report: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
+    if report is None:
+        return None
+
+    def wrapped(metrics: dict) -> None:
+        try:
+            report(metrics)
+        except SystemExit as stop:
+            raise StoppedEarly from stop
+
+    return wrapped
+
+
 def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, progress: Say | None = None,
-                  extra_tags: dict[str, str] | None = None) -> dict:
-    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error)."""
+                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict | None:
+    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error); None if a scheduler stopped it.
+
+    ``gpus``: what the trial holds, for GPU-hours (``peftbench.cost``); None = its processes' GPUs here.
+    """
     params = tracking.flatten_config({k: v for k, v in spec.items() if k not in ("fingerprint", "run_name")})
-    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), **(extra_tags or {})}
+    device = cost.device_model()
+    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), cost.DEVICE_TAG: device, **(extra_tags or {})}
+    if gpus is None:
+        gpus = 0.0 if device == "cpu" else float(spec.get("train", {}).get("data_parallel", 1))
     with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
-        return run_trial(spec, run, report, progress)
+        run.log_metrics({cost.GPUS_METRIC: gpus})
+        try:
+            return run_trial(spec, run, _stoppable(report), progress)
+        except StoppedEarly:  # a complete answer for a search: FINISHED, tagged, not rerun
+            run.set_tag("peftbench.stopped_early", "scheduler")
+            return None
 
 
 def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
     """Trials may run in another working directory: make every path absolute (fingerprint unchanged)."""
     spec = {**spec, "dataset": dict(spec["dataset"]), "backbone": dict(spec["backbone"])}
     spec["dataset"]["root"] = str(Path(spec["dataset"]["root"]).resolve())
-    if spec["backbone"].get("checkpoint"):
-        spec["backbone"]["checkpoint"] = str(Path(spec["backbone"]["checkpoint"]).resolve())
+    checkpoint = spec["backbone"].get("checkpoint")
+    if checkpoint and hub_reference(str(expand_path(checkpoint, "backbone.checkpoint"))) is None:  # hub names stay
+        spec["backbone"]["checkpoint"] = str(Path(checkpoint).resolve())
     return spec
 
 
 def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool = False,
-              rerun: bool = False) -> dict[str, Any]:
-    """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary."""
+              rerun: bool = False, scheduler: Any = None) -> dict[str, Any]:
+    """Pretrain if needed, then run every spec not yet FINISHED in MLflow. Returns a summary.
+    ``scheduler``: a Ray Tune trial scheduler (the search's ASHA); ignored when sequential.
+
+    Holds the experiment's lock throughout: a second run of the same experiment waits, then skips
+    what this one finished. A Ctrl-C ends it with the interrupted runs KILLED ("interrupted" in
+    the summary) instead of raising.
+    """
     experiment = suite.experiment_name
-    tracking.ensure_experiment(uri, experiment)
-    for dataset in {s["dataset"]["root"]: s["dataset"] for s in specs}.values():
-        prepare_dataset(dataset)  # in the driver: trials never race to generate the same data
+    driver = this_process().token
+    with experiment_lock(uri, experiment, say):
+        for dataset in {s["dataset"]["root"]: s["dataset"] for s in specs}.values():
+            prepare_dataset(dataset, as_console(say).task("  "))  # in the driver, locked: no race on the data
+        with store_lock(uri):  # two runs on a fresh store must not both create (migrate) it
+            tracking.ensure_experiment(uri, experiment)
+        closed = run_state.close_orphans(uri, experiment)
+        if closed:
+            say(f"marked {len(closed)} RUNNING run(s) whose process is gone KILLED; they run again: "
+                + ", ".join(closed[:5]) + (" ..." if len(closed) > 5 else ""))
+        todo: list[dict[str, Any]] = []
+        try:
+            summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler)
+        except KeyboardInterrupt:
+            summary = {"ran": 0, "failed": [], "interrupted": True}
+        if summary.get("interrupted"):
+            run_state.close_session(uri, experiment, driver, "interrupted (Ctrl-C) while running")
+            status = run_state.session_statuses(uri, experiment, driver)
+            counts = Counter(status.get(s["fingerprint"], "not started") for s in todo)
+            summary["counts"] = {"finished": counts["FINISHED"], "failed": counts["FAILED"],
+                                 "killed": counts["KILLED"], "not started": counts["not started"]}
+        superseded = run_state.remove_duplicate_finished(uri, experiment)  # --rerun, or an older store
+        if superseded:
+            say(f"one FINISHED run per trial: {len(superseded)} older FINISHED run(s) of the same trials deleted "
+                "in MLflow (restore one with `mlflow runs restore --run-id ID`)")
+    return summary
+
+
+def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, sequential: bool, rerun: bool,
+              driver: str, todo: list[dict[str, Any]], scheduler: Any = None) -> dict[str, Any]:
+    experiment = suite.experiment_name
     if suite.backbone.checkpoint not in (None, "pretrain"):
         resolve_file(suite.backbone.checkpoint, "backbone.checkpoint")  # missing: one line, before any trial
     pre = pretrain_spec(suite)
     if pre is not None and suite.backbone.checkpoint == "pretrain":
-        prepare_dataset(pre["dataset"])
+        prepare_dataset(pre["dataset"], as_console(say).task("  "))
         pre = {**pre, "run_name": f"pretrain/{pre['dataset']['domain'] or pre['dataset']['name']}"}
         say(f"pretraining stage ({pre['backbone']['config']} on {pre['dataset']['root']}) ...")
         start = time.perf_counter()
-        ensure_pretrained(pre, lambda: tracking.TrialRun(uri, experiment, pre["run_name"], trial_tags(pre),
-                                                         tracking.flatten_config(pre)), say)
+        tags = {**trial_tags(pre), tracking.DRIVER_TAG: driver}
+        ensure_pretrained(pre, lambda: tracking.TrialRun(uri, experiment, pre["run_name"], tags,
+                                                         tracking.flatten_config(pre)), as_console(say).task("  "))
         say(f"pretraining stage ready ({time.perf_counter() - start:.0f} s)")
     done = set() if rerun else tracking.finished_fingerprints(uri, experiment)
-    todo = [_absolute(s) for s in specs if s["fingerprint"] not in done]
+    todo += [_absolute(s) for s in specs if s["fingerprint"] not in done]
     if len(todo) < len(specs):
         say(f"resume: {len(specs) - len(todo)} of {len(specs)} trials already FINISHED in MLflow, skipped")
     if not todo:
         return {"ran": 0, "failed": []}
     if sequential:
-        return _run_sequential(todo, uri, experiment, say)
-    return _run_ray(suite, todo, uri, experiment, say)
+        return _run_sequential(todo, uri, experiment, say, driver)
+    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler)
 
 
-def _run_sequential(todo, uri, experiment, say: Say) -> dict[str, Any]:
+def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
     failed = []
-    for i, spec in enumerate(todo, 1):
-        say(f"[{i}/{len(todo)}] {spec['run_name']}")
+    console = as_console(say)
+    suite_bar = console.suite(len(todo))
+    for spec in todo:
+        suite_bar.started(spec["run_name"])
+        steps = console.task("    ")  # epoch/step bar with loss and ETA; epoch lines above it
         try:
-            final = tracked_trial(spec, uri, experiment, progress=lambda m: say(f"    {m}"))
-            say(f"[{i}/{len(todo)}] {spec['run_name']} done: mIoU {final['test/mIoU']:.3f}")
+            final = tracked_trial(spec, uri, experiment, progress=steps, extra_tags={tracking.DRIVER_TAG: driver})
+            suite_bar.finished_trial(spec["run_name"], final["test/mIoU"])
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; the suite goes on
-            failed.append((spec["run_name"], f"{type(err).__name__}: {err}"))
-            say(f"[{i}/{len(todo)}] {spec['run_name']} FAILED: {err}")
+            message = str(err) if isinstance(err, PeftbenchError) else f"{type(err).__name__}: {err}"
+            failed.append((spec["run_name"], message))
+            suite_bar.finished_trial(spec["run_name"], error=message)
+        finally:
+            steps.close()
+    suite_bar.close()
     return {"ran": len(todo), "failed": failed}
 
 
@@ -119,60 +201,65 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     os.chdir(config["cwd"])
     where = _worker_placement()
     # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
+    tags = {f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)}
     final = tracked_trial(config["spec"], config["uri"], config["experiment"],
                           report=lambda metrics: tune.report({**metrics, **where}),
-                          extra_tags={f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)})
+                          extra_tags={**tags, tracking.DRIVER_TAG: config["driver"]}, gpus=config["gpus"])
+    if final is None:  # stopped early by the scheduler: nothing more to report
+        return
     # One last result with the trial's final metrics (peak GPU memory, step time, test mIoU) for Ray's records.
     tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
 
 
-def _run_ray(suite: Suite, todo, uri, experiment, say: Say) -> dict[str, Any]:
+def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, scheduler: Any = None) -> dict[str, Any]:
     try:
-        import ray
-        from ray import tune
+        from peftbench.ray_local import local_ray
     except ImportError as err:
         raise PeftbenchError("Ray Tune is not installed: install ray[tune]==2.60.0 or pass --sequential") from err
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    res = suite.resources
-    gpus = None
-    if res.gpus_per_trial > 0:  # count them here (respects CUDA_VISIBLE_DEVICES) instead of relying on NVML
-        import torch
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here; the run then marks its trials KILLED
+    gpus = check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial)
+    with local_ray(gpus) as storage:
+        return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler)
 
-        gpus = torch.cuda.device_count()
-        if gpus < res.gpus_per_trial:
-            raise PeftbenchError(f"the suite asks for {res.gpus_per_trial} GPU(s) per trial but {gpus} are visible "
-                                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
-                                 "set resources.gpus_per_trial: 0 for CPU runs")
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=True, logging_level="ERROR", num_gpus=gpus)
-    try:
-        if gpus is not None:
-            say(f"Ray resources: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus} GPUs; per trial "
-                f"{res.cpus_per_trial:g} CPUs, {res.gpus_per_trial:g} GPU")
-        callback = _progress_callback(len(todo), say)
-        trainable = tune.with_resources(_ray_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
-        storage = str(Path(".cache/peftbench/ray").resolve())
-        tuner_name = f"{suite.name}-{int(time.time())}"
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd()},
-            # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
-            # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
-            tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True,
-                                        trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
-                                        trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune.RunConfig(name=tuner_name, storage_path=storage, verbose=0,
-                                      callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        results = tuner.fit()
-        failed = [(r.config["spec"]["run_name"], str(r.error).strip().splitlines()[-1]) for r in results if r.error]
-        placement = callback.placement
-        folder = Path(storage) / tuner_name
-        _write_placement(folder, placement, say)
-    finally:
-        ray.shutdown()
-    return {"ran": len(todo), "failed": failed, "placement": placement, "ray_dir": str(folder)}
+
+def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, storage: Path,
+               gpus: int | None, scheduler: Any = None) -> dict[str, Any]:
+    """One Tune experiment over ``todo`` on the Ray cluster this process is connected to."""
+    import ray
+    from ray import tune
+
+    res = suite.resources
+    if gpus is not None:
+        say(f"Ray resources: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus} GPUs; per trial "
+            f"{res.cpus_per_trial:g} CPUs, {res.gpus_per_trial:g} GPU")
+    callback = _progress_callback(len(todo), say)
+    trainable = tune.with_resources(_ray_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    tuner_name = f"{suite.name}-{int(time.time())}"
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment, "cwd": os.getcwd(),
+                     "driver": driver, "gpus": res.gpus_per_trial},
+        # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
+        # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
+        tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True, scheduler=scheduler,
+                                    trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
+                                    trial_dirname_creator=lambda t: t.trial_id),
+        run_config=tune.RunConfig(name=tuner_name, storage_path=str(storage), verbose=0,
+                                  callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    results = tuner.fit()
+    failed = [(r.config["spec"]["run_name"], _last_line(r.error)) for r in results if r.error]
+    folder = storage / tuner_name
+    _write_placement(folder, callback.placement, say)
+    return {"ran": len(todo), "failed": failed, "placement": callback.placement, "ray_dir": str(folder)}
+
+
+def _last_line(error: BaseException) -> str:
+    """The cause of a trial error without Ray's traceback (nor the module path of a peftbench error)."""
+    line = str(error).strip().splitlines()[-1]
+    name, _, rest = line.partition(": ")
+    return rest if rest and name.startswith("peftbench.") and " " not in name else line
 
 
 def _write_placement(folder: Path, placement: dict[str, Any], say: Say) -> None:
@@ -194,7 +281,7 @@ def _write_placement(folder: Path, placement: dict[str, Any], say: Say) -> None:
 
 
 def _progress_callback(total: int, say: Say):
-    """A Ray Tune callback printing one line per trial event, a running count, and placements."""
+    """A Ray Tune callback driving the suite bar (one line per finished trial) and recording placements."""
     from ray import tune
 
     class Progress(tune.Callback):
@@ -202,21 +289,24 @@ def _progress_callback(total: int, say: Say):
             self.done, self.start = 0, time.perf_counter()
             self.placement: dict[str, Any] = {}
             self.started: dict[str, tuple[float, float]] = {}  # trial id -> (s since Tune began, epoch s)
+            self.bar = as_console(say).suite(total)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started[trial.trial_id] = (time.perf_counter() - self.start, time.time())
-            say(f"  started  {_name(trial)}")
+            self.bar.started(_name(trial))
+
+        def on_step_end(self, iteration, trials, **info):
+            self.bar.tick()  # elapsed and ETA move between trial events
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if result.get("final"):
-                say(f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
+                as_console(say).detail(
+                    f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
                     f"peak {result.get('eff/peak_mem_mb', float('nan')):.0f} MB, "
                     f"step {result.get('eff/step_time_ms', float('nan')):.0f} ms, "
                     f"gpu {result.get('placement/gpu_ids') or '-'}")
                 return
-            val = result.get("val/mIoU")
-            shown = f", val mIoU {val:.3f}" if val is not None else ""
-            say(f"  epoch {result.get('epoch', '?')} {_name(trial)}: loss {result.get('train/loss', 0):.3f}{shown}")
+            self.bar.epoch(_name(trial), result.get("epoch", "?"), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._finish(trial, "done")
@@ -234,12 +324,23 @@ def _progress_callback(total: int, say: Say):
                 "start_epoch": self.started.get(trial.trial_id, (None, None))[1], "end_epoch": time.time(),
                 **{k: v for k, v in last.items()
                    if k.startswith("placement/") or k in _FINAL_KEYS}}
-            say(f"[{self.done}/{total}] {status} {_name(trial)} ({time.perf_counter() - self.start:.0f} s elapsed)")
+            error = None if status == "done" else _last_error_line(trial)
+            self.bar.finished_trial(_name(trial), last.get("test/mIoU"), error=error)
+            if self.done == total:
+                self.bar.close()
 
     return Progress()
 
 
 _FINAL_KEYS = ("eff/peak_mem_mb", "eff/step_time_ms", "eff/points_per_s", "time/train_s", "test/mIoU")
+
+
+def _last_error_line(trial) -> str:
+    try:
+        lines = str(trial.get_error() or "").strip().splitlines()
+    except Exception:  # noqa: BLE001 - the line is a courtesy; the summary lists failures anyway
+        lines = []
+    return lines[-1] if lines else "see the Ray experiment folder"
 
 
 def _name(trial) -> str:

@@ -15,7 +15,8 @@ from peftbench.train.losses import segmentation_loss
 
 # (method, settings): every variant whose structure differs
 ALL_LINEAR = ["qkv", "proj", "fc1", "fc2"]
-VARIANTS = [("lora", {}), ("lora", {"targets": ALL_LINEAR, "use_rslora": True}),
+VARIANTS = [("lora", {}), ("lora", {"targets": ALL_LINEAR, "use_rslora": True}), ("lora", {"qkv_targets": "q,k,v"}),
+            ("lora", {"qkv_targets": "q,v"}),
             ("adapter", {}), ("adapter", {"placement": "parallel_mlp"}), ("adapter", {"placement": "parallel_attn"}),
             ("prompt", {"num_tokens": 5}), ("bitfit", {}), ("bitfit", {"include_norms": True})]
 ZERO_INIT = [v for v in VARIANTS if v[0] in ("lora", "adapter")]
@@ -64,8 +65,8 @@ def test_only_method_and_head_train(micro_config, scene_batch, method, settings)
     assert changed <= trainable, f"frozen parameters changed: {sorted(changed - trainable)[:5]}"
     assert any(n.startswith("seg_head.") for n in changed)
     # The method's zero-init outputs (lora_B, adapter up) and the prompts get gradients and move.
-    moved = {"lora": "lora_B.weight", "adapter": "up.weight", "prompt": "prompt_k", "bitfit": ".bias"}[method]
-    assert any(n.endswith(moved) and not n.startswith("seg_head.") for n in changed)
+    moved = {"lora": "lora_B.", "adapter": "up.weight", "prompt": "prompt_k", "bitfit": ".bias"}[method]
+    assert any(moved in n and not n.startswith("seg_head.") for n in changed)
     if method == "prompt":
         grads = [p.grad for n, p in model.named_parameters() if "prompt_" in n]  # prompt_k, prompt_v per block
         assert len(grads) == 2 * len(list(model.backbone.encoder_blocks()))
@@ -102,7 +103,8 @@ def test_method_state_roundtrip(micro_config, scene_batch, method, settings):
     torch.testing.assert_close(_forward(fresh, scene_batch), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("settings", [{}, {"targets": ALL_LINEAR, "use_rslora": True, "r": 4, "alpha": 2}])
+@pytest.mark.parametrize("settings", [{}, {"targets": ALL_LINEAR, "use_rslora": True, "r": 4, "alpha": 2},
+                                      {"qkv_targets": "q,k,v"}, {"qkv_targets": "q,v", "targets": ALL_LINEAR}])
 def test_lora_merge_equals_unmerged_and_restores_sonata_keys(micro_config, scene_batch, settings):
     model, method_obj = _with_method(micro_config, "lora", settings)
     assert "enc.enc0.block0.attn.qkv.base_layer.weight" in model.backbone.state_dict()
@@ -122,6 +124,23 @@ def test_lora_unmatched_target_names_valid_modules(micro_config):
         _with_method(micro_config, "lora", {"targets": ["qkvv"]})
     for name in ("qkvv", "attn.qkv", "attn.proj", "mlp.0.fc1", "mlp.0.fc2"):
         assert name in str(err.value)
+
+
+def test_lora_qkv_targets_update_only_the_chosen_parts(micro_config, scene_batch):
+    model, _ = _with_method(micro_config, "lora", {})  # default q,k: the paper's ΔQ and ΔK
+    _perturb_trainable(model)
+    layer = model.backbone.enc.enc0.block0.attn.qkv
+    d = layer.base_layer.in_features
+    delta = layer.delta_weight()
+    assert delta[:2 * d].abs().sum() > 0 and torch.equal(delta[2 * d:], torch.zeros_like(delta[2 * d:]))
+    x = torch.randn(7, d)
+    torch.testing.assert_close(layer(x), layer.base_layer(x) + x @ delta.T)
+    model, _ = _with_method(micro_config, "lora", {"qkv_targets": "q,v"})
+    _perturb_trainable(model)
+    delta = model.backbone.enc.enc0.block0.attn.qkv.delta_weight()
+    assert torch.equal(delta[d:2 * d], torch.zeros_like(delta[d:2 * d])) and delta[2 * d:].abs().sum() > 0
+    with pytest.raises(PeftbenchError, match="qkv_targets"):
+        _with_method(micro_config, "lora", {"qkv_targets": "k,v"})
 
 
 def test_bad_settings_say_how_to_fix(micro_config):
@@ -148,6 +167,7 @@ SONATA_COUNTS = [
     ("lora", {}, 1_855_572), ("adapter", {}, 2_782_788), ("prompt", {}, 5_517_396),
     ("bitfit", {}, 104_564), ("bitfit", {"include_norms": True}, 149_940),
     ("adapter", {"placement": "parallel_mlp"}, 2_782_788),
+    ("lora", {"qkv_targets": "q,k,v"}, 1_855_572), ("lora", {"qkv_targets": "q,v"}, 1_855_572),
     ("lora", {"r": 1}, 53_268), ("adapter", {"bottleneck": 1}, 46_140), ("prompt", {"num_tokens": 2}, 53_268),
 ]
 
@@ -160,3 +180,12 @@ def test_sonata_parameter_counts(method, settings, expected):
     if not settings:  # Table 1's Pct column (trainable / total, as HF peft prints it)
         pct = {"lora": 1.7, "adapter": 2.5, "prompt": 4.8, "bitfit": 0.1}[method]
         assert round(100 * trainable / total, 1) == pct
+
+
+def test_params_table_shows_the_papers_percentages_and_says_what_it_does_not_reproduce():
+    from peftbench.params import parameter_table
+
+    table = parameter_table("sonata", 20, ["gem", "sa", "ca", "bitfit"])
+    no_head = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in table.splitlines()[2:6]}
+    assert {m: round(v, 1) for m, v in no_head.items()} == {"gem": 1.6, "sa": 1.0, "ca": 0.6, "bitfit": 0.1}
+    assert "0.2M" in table and "not reproduced" in table

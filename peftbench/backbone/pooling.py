@@ -9,12 +9,16 @@ from peftbench.backbone.serialization import serialize
 from peftbench.backbone.structure import Point
 
 
-def segment_csr(src: torch.Tensor, indptr: torch.Tensor, reduce: str) -> torch.Tensor:
+def segment_csr(src: torch.Tensor, indptr: torch.Tensor, reduce: str, nonempty: bool = False) -> torch.Tensor:
     """Reduce consecutive row segments ``src[indptr[i]:indptr[i+1]]`` (torch_scatter semantics).
 
     ``torch.segment_reduce`` yields -inf/nan on empty segments where torch_scatter yields 0.
+    ``nonempty=True`` (the caller knows no segment is empty, as in grid pooling) skips that
+    check and the host sync it costs on a GPU.
     """
     out = torch.segment_reduce(src, reduce, offsets=indptr, axis=0)
+    if nonempty:
+        return out
     empty = (indptr[1:] == indptr[:-1])
     if bool(empty.any()):
         out = out.masked_fill(empty.view(-1, *([1] * (out.dim() - 1))), 0)
@@ -47,8 +51,9 @@ class GridPooling(nn.Module):
         idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
         head = indices[idx_ptr[:-1]]
         pooled = Point(
-            feat=segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce),
-            coord=segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean"),
+            # every cluster holds at least one point: no empty segments
+            feat=segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce, nonempty=True),
+            coord=segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean", nonempty=True),
             grid_coord=grid[head],
             batch=point.batch[head],
             pooling_inverse=cluster,
@@ -57,7 +62,7 @@ class GridPooling(nn.Module):
         )
         for name in ("origin_coord", "color"):
             if name in point:
-                pooled[name] = segment_csr(point[name][indices], idx_ptr, "mean")
+                pooled[name] = segment_csr(point[name].index_select(0, indices), idx_ptr, "mean", nonempty=True)
         if "grid_size" in point:
             pooled["grid_size"] = point.grid_size * self.stride
         for name in ("order", "generator", "conv_backend"):

@@ -146,6 +146,10 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         if coord.ndim != 2 or coord.shape[1] != 3:
             raise PeftbenchError(f"scene {scene}: coord.npy has shape {coord.shape}; expected (N, 3)")
         n = len(coord)
+        if n == 0:
+            raise PeftbenchError(f"scene {scene}: coord.npy holds no points; re-run its preprocessing or remove "
+                                 f"the scene folder {folder}")
+        _require_finite(coord, scene, "coord.npy")
         data = {"coord": coord.astype(np.float32, copy=False)}
         files = [("color.npy", True), ("normal.npy", self.require_normal)]
         for file, required in files:
@@ -157,6 +161,7 @@ class SceneFolderDataset(torch.utils.data.Dataset):
                     f"scene {scene}: {file} has shape {value.shape} but coord.npy has shape {coord.shape}; "
                     f"the files of a scene must have one row per point"
                 )
+            _require_finite(value, scene, file)
             data[file[:-4]] = value.astype(np.float32, copy=False) if file == "normal.npy" else value
         data["segment"] = self._labels(folder, scene, n)
         data["name"] = name
@@ -167,3 +172,11 @@ class SceneFolderDataset(torch.utils.data.Dataset):
         if self.transform is None:
             return data
         return self.transform(data, np.random.default_rng([self.seed, self.epoch, int(index)]))
+
+
+def _require_finite(values: np.ndarray, scene: str, file: str) -> None:
+    """NaN/Inf inputs give a NaN loss (or, in validation, a silently wrong score): refuse them here."""
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        rows = int((~np.isfinite(values)).any(axis=-1).sum()) if values.ndim > 1 else int((~np.isfinite(values)).sum())
+        raise PeftbenchError(f"scene {scene}: {file} has {rows} of {len(values)} points with NaN/Inf values; "
+                             f"fix or drop those points in the preprocessing")

@@ -23,6 +23,7 @@ from peftbench.data.layout import SceneFolderDataset
 from peftbench.data.synthetic import write_synthetic_dataset
 from peftbench.data.transforms import Compose, SphereCrop, sonata_train_transform, sonata_val_transform
 from peftbench.errors import PeftbenchError
+from peftbench.hub import fetch_hub_file, hub_reference
 
 __all__ = [
     "DATASET_KINDS", "DatasetKind", "KindDataset", "batches", "build_split", "build_test_set", "build_train_set",
@@ -52,11 +53,15 @@ def expand_path(raw: str | os.PathLike, setting: str) -> Path:
 
 
 def resolve_file(raw: str | os.PathLike, setting: str) -> Path:
-    """An existing file named by a setting (e.g. ``backbone.checkpoint: ${SONATA_CHECKPOINT}``);
-    one-line error naming the setting or variable otherwise."""
+    """An existing file named by a setting (e.g. ``backbone.checkpoint: ${SONATA_CHECKPOINT}``), or a
+    Hugging Face Hub name (``facebook/sonata``, ``hf://...``) fetched into the HF cache; one-line
+    error naming the setting or variable otherwise."""
     path = expand_path(raw, setting)
     if path.is_file():
         return path
+    hub_file = hub_reference(str(path))
+    if hub_file is not None:
+        return fetch_hub_file(hub_file, setting)
     variables = _variables(str(raw))
     how = (f"set environment variable {variables[-1]} (used by {setting}: {raw}) to an existing file"
            if variables else f"set {setting} in the suite to an existing file")
@@ -116,13 +121,14 @@ class KindDataset(SceneFolderDataset):
         return self._labels(folder, scene, n)
 
 
-def prepare_dataset(spec: dict[str, Any]) -> None:
+def prepare_dataset(spec: dict[str, Any], progress: Any = None) -> None:
     """Make sure the data exists: synthetic data is generated (idempotent); for real data the
     root, the kind and the train/val split folders are checked (one line on the first problem)."""
     if spec["name"] == "synthetic":
         root = expand_path(spec["root"], f"root of dataset {spec.get('label') or 'synthetic'!r}")
         write_synthetic_dataset(root, spec["domain"] or "target", spec.get("scenes") or {"train": 16, "val": 8},
-                                seed=spec.get("data_seed", 0), points_per_m2=spec.get("points_per_m2"))
+                                seed=spec.get("data_seed", 0), points_per_m2=spec.get("points_per_m2"),
+                                progress=progress)
         return
     kind = dataset_kind(spec["name"])
     root = resolve_root(spec)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from peftbench.data.shapes import bounding_box, hidden_by, sample_part
 from peftbench.data.synthetic_room import build_room
 from peftbench.data.synthetic_style import DOMAINS, IGNORE_LABEL, SYNTHETIC_CLASSES, DomainStyle
 from peftbench.errors import PeftbenchError
+from peftbench.progress import report_progress
 
 __all__ = ["DOMAINS", "DomainStyle", "SYNTHETIC_CLASSES", "generate_scene", "write_synthetic_dataset", "get_domain"]
 
@@ -160,7 +162,7 @@ def _check_meta(meta_path: Path, expected: dict) -> dict:
 
 
 def write_synthetic_dataset(root: Path, domain: str, splits: dict[str, int], seed: int,
-                            points_per_m2: float | None = None) -> Path:
+                            points_per_m2: float | None = None, progress: Any = None) -> Path:
     """Write ``root/<split>/scene_<k:04d>/{coord,color,normal,segment}.npy`` and ``root/meta.json``.
 
     Scene k of a split is seeded from (seed, domain, split, k), so re-running gives byte-identical
@@ -180,11 +182,11 @@ def write_synthetic_dataset(root: Path, domain: str, splits: dict[str, int], see
     for split, count in splits.items():
         split_dir = root / split
         split_dir.mkdir(exist_ok=True)
-        for k in range(int(count)):
-            folder = split_dir / f"scene_{k:04d}"
-            if not _scene_complete(folder):
-                scene = generate_scene(domain, np.random.default_rng(scene_seed(seed, domain, split, k)), density)
-                _write_scene(folder, scene)
+        missing = [k for k in range(int(count)) if not _scene_complete(split_dir / f"scene_{k:04d}")]
+        for done, k in enumerate(missing, 1):
+            scene = generate_scene(domain, np.random.default_rng(scene_seed(seed, domain, split, k)), density)
+            _write_scene(split_dir / f"scene_{k:04d}", scene)
+            report_progress(progress, f"generating {root.name}/{split} (scenes)", done, len(missing))
         for extra in split_dir.glob("scene_*"):
             if extra.is_dir() and extra.name[6:].isdigit() and int(extra.name[6:]) >= count:
                 shutil.rmtree(extra)

@@ -14,13 +14,15 @@ class LocalRecorder:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.run_id = self.out_dir.name
         self.metrics: dict[str, float] = {}
+        self.tags: dict[str, str] = {}
 
     def __enter__(self) -> "LocalRecorder":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         status = "FINISHED" if exc_type is None else "FAILED"
-        self.log_dict({"status": status, "metrics": self.metrics, "error": repr(exc) if exc else None},
+        self.log_dict({"status": status, "metrics": self.metrics, "tags": self.tags,
+                       "error": repr(exc) if exc else None},
                       "result.json")
 
     def log_epoch(self, step: int, metrics: dict[str, float]) -> None:
@@ -29,6 +31,9 @@ class LocalRecorder:
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         self.metrics.update(metrics)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update({str(k): str(v) for k, v in tags.items()})
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
         (self.out_dir / artifact_file).write_text(json.dumps(obj, indent=2, default=str))

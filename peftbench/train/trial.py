@@ -16,6 +16,7 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
+from peftbench.data.prefetch import EpochBatches
 from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
                                    prepare_dataset, resolve_file)
 from peftbench.errors import PeftbenchError
@@ -23,8 +24,10 @@ from peftbench.method import count_parameters, method_state_bytes
 from peftbench.model import Segmentor
 from peftbench.registry import build_method, discover
 from peftbench.schema import build
+from peftbench.train import distributed
 from peftbench.train.config import TrainConfig
 from peftbench.train.efficiency import PeakMemory
+from peftbench.train.schedule import describe, schedule
 from peftbench.train.trainer import Trainer
 from peftbench.train.voting import evaluate_voting
 
@@ -63,14 +66,21 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
 
 
 def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, float]], None] | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder)."""
+              progress: Callable[[str], None] | None = None,
+              world: distributed.World | None = None) -> dict[str, float]:
+    """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder).
+
+    With ``train.data_parallel`` > 1 this process becomes rank 0 of the trial's data-parallel
+    group (``world``); the other ranks train on their slices and return ``{}``.
+    """
     discover(spec.get("methods_dir", []))
+    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
+    if world is None and cfg.data_parallel > 1:
+        return _run_data_parallel(spec, recorder, report, progress, cfg.data_parallel)
     seed = int(spec["seed"])
     seed_everything(seed)
-    device = pick_device()
+    device = world.device if world else pick_device()
     set_default_backend(spec["backbone"].get("conv_backend", "auto"))
-    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
     dataset = spec["dataset"]
     prepare_dataset(dataset)
     classes = dataset_kind(dataset["name"]).classes
@@ -92,13 +102,24 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
                                             "split": {k: split_record[k] for k in ("split", "source", "hash")}}},
                        "config.json")
     recorder.log_dict(split_record, "split.json")
+    record_split_source(split_record, recorder, progress)
     recorder.log_metrics({"split/train_scenes": split_record["num_scenes"],
                           **({"split/labelled_points": split_record["labelled_points"]}
                              if "labelled_points" in split_record else {})})
 
-    steps = cfg.steps_per_epoch or max(len(train_set) // cfg.batch_size, 1)
+    plan = schedule(len(train_set), cfg)
+    recorder.log_metrics({f"schedule/{k}": v for k, v in plan.items()})
+    if progress:
+        progress(f"schedule: {describe(plan)}")
     peak = PeakMemory(device)
     trainer = Trainer(model, method, cfg, device, len(classes), seed)
+    follower = world is not None and not world.is_leader
+    if world is not None:
+        trainer.train_forward = distributed.wrap(model, world)
+
+    def train_batches(epoch: int):
+        loader = batches(train_set, cfg.batch_size, True, seed, epoch, True, cfg.num_workers, cfg.mix_prob)
+        return distributed.shard(loader, world) if world is not None else loader
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         recorder.log_epoch(epoch + 1, metrics)  # step = epochs completed, as the progress lines count
@@ -106,26 +127,83 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
             report({**metrics, "epoch": epoch + 1})
 
     start = time.perf_counter()
-    trainer.fit(lambda e: batches(train_set, cfg.batch_size, True, seed, e, True, cfg.num_workers, cfg.mix_prob),
-                steps, val_loader, on_epoch, progress)
+    # Micro-batches of batch_size / accumulate scenes; Mix3D merges pairs within each, as Pointcept per GPU.
+    # Under data parallel each rank takes its slice of every micro-batch.
+    def micro_batches(epoch: int):
+        loader = batches(train_set, cfg.micro_batch, True, seed, epoch, True, cfg.num_workers, cfg.mix_prob)
+        return distributed.shard(loader, world) if world is not None else loader
+
+    train_batches = EpochBatches(micro_batches, plan["steps_per_epoch"] * cfg.accumulate, cfg.epochs, device,
+                                 cfg.num_workers > 0)
+    trainer.fit(train_batches, plan["steps_per_epoch"], None if follower else val_loader, on_epoch, progress)
     train_s = time.perf_counter() - start
+    if follower:  # rank 0 tests and records
+        return {}
+    tested_epoch = trainer.restore_best() if cfg.test_checkpoint == "best" else trainer.epoch
+    if progress:
+        progress(f"testing the weights of epoch {tested_epoch} ({cfg.test_checkpoint} of {trainer.epoch})")
     if cfg.test_protocol == "voting":  # Sonata's 13-augmentation fragment voting on every point
         scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,
                                             prevoxel=dataset_kind(dataset["name"]).recipe.test_prevoxel,
-                                            device=device, seed=seed, amp=cfg.amp, progress=progress)
-    else:  # the fast single pass: the last epoch's validation (deterministic), not run twice
+                                            device=device, seed=seed, amp=cfg.amp, amp_dtype=trainer.amp_dtype,
+                                            progress=progress)
+    elif cfg.test_checkpoint == "best" and trainer.best:  # the fast single pass: that epoch's validation
+        scores, confusion = trainer.best.scores, trainer.best.confusion
+    else:  # the last epoch's validation (deterministic), not run twice
         scores, confusion = trainer.last_evaluation or trainer.evaluate(val_loader)
     final = {"test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
              **{f"test/iou/{name}": iou for name, iou in zip(classes, scores["iou"])},
-             **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),
+             "test/checkpoint_epoch": tested_epoch, **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),
              "eff/latency_ms": trainer.latency_ms(next(iter(val_loader))), "time/train_s": train_s}
     recorder.log_metrics(final)
     recorder.log_dict({"classes": list(classes), "matrix": confusion.tolist()}, "confusion_matrix.json")
     if is_pretrain:
         save_sonata_checkpoint(spec["checkpoint"], model.backbone_config, model.backbone.state_dict())
-    else:
+    else:  # the weights that were tested (best or last)
         recorder.log_bytes(method_state_bytes(model), "method_weights.pt")
     return final
+
+
+def record_split_source(record: dict[str, Any], recorder: Any, progress: Callable[[str], None] | None) -> None:
+    """Tag the run ``peftbench.split_source`` = ``seeded`` (no official split file: a seeded subset
+    was drawn, and the console says so) or ``official`` (the benchmark's file, or every scene)."""
+    seeded = record.get("source") == "seeded subset"
+    recorder.set_tags({"peftbench.split_source": "seeded" if seeded else "official"})
+    if seeded:
+        message = (f"split {record['split']}: no official split file under the dataset's tasks/ folder; "
+                   f"training on a seeded subset (split seed {record['split_seed']}), not the benchmark's split")
+        (progress or log.warning)(message)
+
+
+class _Discard:
+    """The recorder of a data-parallel follower: rank 0 records the trial."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | None, progress: Callable | None,
+                       size: int) -> dict[str, float]:
+    port = distributed.free_port()
+    followers = distributed.spawn_followers(_follow, size, port, spec)
+    try:
+        world = distributed.join(0, size, port)
+        final = run_trial(spec, recorder, report, progress, world)
+        distributed.wait_followers(followers)
+        return final
+    except BaseException:
+        distributed.stop_followers(followers)  # they would wait for rank 0 until the group times out
+        raise
+    finally:
+        distributed.leave()
+
+
+def _follow(rank: int, size: int, port: int, spec: dict[str, Any]) -> None:
+    world = distributed.join(rank, size, port)
+    try:
+        run_trial(spec, _Discard(), world=world)
+    finally:
+        distributed.leave()
 
 
 def ensure_pretrained(spec: dict[str, Any], recorder_factory: Callable[[], Any],

@@ -26,6 +26,7 @@ import torch
 from peftbench.data.collate import collate_points
 from peftbench.data.transforms import CenterShift, Collect, GridSample, NormalizeColor, ToTensor
 from peftbench.errors import PeftbenchError
+from peftbench.progress import report_progress
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.trainer import model_inputs, to_device
 
@@ -67,9 +68,9 @@ def test_augmentations() -> list[RotateScale]:
 test_augmentations.__test__ = False  # not a pytest test
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp: bool, dtype: torch.dtype = torch.float16):
     if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -77,7 +78,8 @@ def _autocast(device: torch.device, amp: bool):
 def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int, *, grid_size: float = 0.02,
                prevoxel: float | None = None, augmentations: Sequence[Callable] | None = None,
                device: torch.device | str = "cpu", generator: torch.Generator | None = None,
-               rng: np.random.Generator | None = None, amp: bool = False) -> torch.Tensor:
+               rng: np.random.Generator | None = None, amp: bool = False,
+               amp_dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Summed softmax probabilities (N, K) for every original point of a raw scene ``data``
     (coord, color, normal as read from disk). ``rng`` orders points within voxels (fragments) and
     picks the pre-voxelisation points; ``generator`` goes to the model (serialisation shuffles)."""
@@ -100,7 +102,7 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
                 fragment = t(fragment, rng)
             batch = collate_points([fragment])
             inputs = model_inputs(to_device(batch, device))
-            with _autocast(device, amp):
+            with _autocast(device, amp, amp_dtype):
                 logits = model(inputs, generator)
             probs.index_add_(0, batch["index"].to(device), logits.float().softmax(dim=-1))
     return probs if inverse is None else probs[inverse.to(device)]
@@ -109,8 +111,8 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
 @torch.no_grad()
 def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_size: float = 0.02,
                     prevoxel: float | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                    amp: bool = False, augmentations: Sequence[Callable] | None = None,
-                    progress: Callable[[str], None] | None = None) -> tuple[dict, torch.Tensor]:
+                    amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+                    augmentations: Sequence[Callable] | None = None, progress: Callable[[str], None] | None = None) -> tuple[dict, torch.Tensor]:
     """Vote every scene of ``dataset`` (raw scenes: ``load_scene(i)`` or items without transform)
     and score against the original labels. Returns (scores, confusion (K, K))."""
     device = torch.device(device)
@@ -125,11 +127,11 @@ def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_s
             data = dataset.load_scene(i) if hasattr(dataset, "load_scene") else dataset[i]
             rng = np.random.default_rng([seed, i])
             probs = vote_scene(model, data, num_classes, grid_size=grid_size, prevoxel=prevoxel,
-                               augmentations=augmentations, device=device, generator=generator, rng=rng, amp=amp)
+                               augmentations=augmentations, device=device, generator=generator, rng=rng, amp=amp,
+                               amp_dtype=amp_dtype)
             target = torch.as_tensor(data["segment"]).to(device)
             confusion += confusion_matrix(probs.argmax(dim=-1), target, num_classes)
-            if progress and (i + 1) % max(count // 10, 1) == 0:
-                progress(f"voting test: {i + 1}/{count} scenes")
+            report_progress(progress, "voting test (scenes)", i + 1, count)
     finally:
         if was_training and hasattr(model, "train"):
             model.train()

@@ -1,0 +1,81 @@
+"""GPU-hours: expected by ``run --dry-run`` (MLflow runs, else bench records, else unknown) and spent per run."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from peftbench import cost
+from peftbench.cli import main
+from tests.conftest import MICRO
+
+SUITE = {
+    "name": "priced",
+    "backbone": {"config": "tiny", "overrides": {k: list(v) if isinstance(v, tuple) else v for k, v in MICRO.items()}},
+    "datasets": [{"name": "synthetic", "domain": "target", "root": "data/tgt", "scenes": {"train": 4, "val": 1},
+                  "points_per_m2": 15}],
+    "methods": ["linear"],
+    "seeds": [0, 1],
+    "train": {"epochs": 3, "batch_size": 2, "grid_size": 0.1},
+}
+BIG_EPOCHS = 50000  # priced, never run: makes the expected hours large enough to compare
+STEPS = 2 * BIG_EPOCHS * (4 // 2)  # seeds x epochs x steps per epoch
+
+
+def _total_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith("total"))
+
+
+def test_gpu_hours_spent_is_train_time_times_gpus_held():
+    assert cost.gpu_hours({"time/train_s": 7200.0, "cost/gpus": 0.5}) == 1.0
+    assert cost.gpu_hours({"time/train_s": 7200.0, "cost/gpus": 0.0}) == 0.0
+    assert pd.isna(cost.gpu_hours({"time/train_s": 7200.0}))
+    runs = pd.DataFrame([{"method": "gem", "time/train_s": 3600.0, "cost/gpus": 8.0},
+                         {"method": "gem", "time/train_s": 1800.0, "cost/gpus": 8.0},
+                         {"method": "linear", "time/train_s": 3600.0, "cost/gpus": float("nan")}])
+    table = cost.gpu_hours_by_method(runs).set_index("method")
+    assert table.loc["gem", "gpu_hours"] == 12.0 and table.loc["gem", "runs"] == 2
+    assert table.loc["linear", "unknown"] == 1 and table.loc["total", "gpu_hours"] == 12.0
+
+
+@pytest.mark.slow
+def test_dry_run_prices_from_bench_records_then_from_finished_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(SUITE))
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump({**SUITE, "train": {**SUITE["train"], "epochs": BIG_EPOCHS}}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    assert main(["run", "s.yaml", "--dry-run", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "unknown: no step time" in out and "unknown" in _total_line(out)
+    assert not (tmp_path / "mlflow.db").exists()  # pricing does not create a database
+
+    assert main(["bench", "--backbone", "tiny", "--methods", "linear", "--points", "1500", "--batch-size", "2",
+                 "--steps", "1", "--grid-size", "0.1", "--out", "bench.json"]) == 0
+    bench_ms = json.loads((tmp_path / "bench.json").read_text())["rows"][0]["train_ms"]
+    capsys.readouterr()
+    assert main(["run", "big.yaml", "--dry-run", "--tracking-uri", uri, "--bench", "bench.json"]) == 0
+    out = capsys.readouterr().out
+    assert "bench records (bench.json on cpu)" in out and f"{STEPS} steps" in out
+    hours = float(re.search(r"([\d.]+) h", _total_line(out)).group(1))
+    assert hours == pytest.approx(STEPS * bench_ms / 3.6e6, abs=0.006) and hours > 0.5
+
+    assert main(["run", "s.yaml", "--sequential", "--tracking-uri", uri]) == 0
+    from peftbench.report import load_runs
+
+    runs = load_runs(uri, "priced")
+    assert (runs["cost/gpus"] == 0).all()  # CPU runs hold no GPU
+    assert cost.gpu_hours_by_method(runs).set_index("method").loc["total", "gpu_hours"] == 0.0
+    capsys.readouterr()
+    assert main(["run", "big.yaml", "--dry-run", "--tracking-uri", uri, "--bench", "bench.json"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "MLflow (2 finished runs on cpu)" in out  # finished runs come before bench records
+    step_ms = runs["eff/step_time_ms"].median()
+    assert f"{step_ms:.0f} ms/step" in out
+    hours = float(re.search(r"([\d.]+) h", _total_line(out)).group(1))
+    assert hours == pytest.approx(STEPS * step_ms / 3.6e6, abs=0.006)

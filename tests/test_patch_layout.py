@@ -1,0 +1,57 @@
+"""The full-patches-first layout gives the reference flash-path attention, patch for patch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftbench.backbone.attention import SerializedAttention
+from peftbench.backbone.patch_layout import cached_patch_layout, patch_layout
+from peftbench.backbone.patching import patch_padding
+from peftbench.backbone.serialization import serialize
+from peftbench.backbone.structure import Point
+
+
+def _reference_attention(attn: SerializedAttention, point: Point, feat: torch.Tensor, k: int) -> torch.Tensor:
+    """The reference flash path written out: pad, one attention per cu_seqlens sequence, unpad."""
+    pad, unpad, cu = patch_padding(point.offset, k)
+    order = point.serialized_order[attn.order_index][pad]
+    inverse = unpad[point.serialized_inverse[attn.order_index]]
+    h, d = attn.num_heads, attn.channels // attn.num_heads
+    qkv = attn.qkv(feat)[order].view(-1, 3, h, d)
+    out = torch.empty(len(qkv), h, d)
+    bounds = cu.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        q, kk, v = qkv[s:e].permute(1, 2, 0, 3)  # (H, L, d) each
+        out[s:e] = F.scaled_dot_product_attention(q, kk, v, scale=attn.scale).transpose(0, 1)
+    return attn.proj(out.reshape(-1, attn.channels)[inverse])
+
+
+@pytest.mark.parametrize("counts", [[5, 12], [3, 11], [8, 10], [4, 4, 1], [20], [2, 30, 7]])
+def test_layout_is_a_permutation_of_the_reference_padding(counts: list[int]) -> None:
+    k = 4
+    offset = torch.tensor(counts).cumsum(0)
+    layout = patch_layout(counts, k, "cpu")
+    pad, unpad, _ = patch_padding(offset, k)
+    assert sorted(layout.pad.tolist()) == sorted(pad.tolist())          # same slots, reordered
+    assert (layout.pad[layout.unpad] == torch.arange(sum(counts))).all()  # unpad finds each point
+    full = layout.pad[: layout.num_full * k].view(-1, k)
+    scene = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    assert (scene[full] == scene[full[:, :1]]).all()                    # a patch never straddles scenes
+    assert [n for _, n in layout.shorts] == [n for n in counts if n < k]
+
+
+@pytest.mark.parametrize("counts,k", [([70, 33, 129], 32), ([10, 64], 16), ([9, 9], 16), ([64], 16)])
+def test_attention_matches_reference_flash_path(counts: list[int], k: int) -> None:
+    torch.manual_seed(0)
+    n = sum(counts)
+    grid = torch.randint(0, 16, (n, 3))
+    point = Point(grid_coord=grid, offset=torch.tensor(counts).cumsum(0), feat=torch.randn(n, 32))
+    serialize(point, ("z", "hilbert"), shuffle_orders=False)
+    attn = SerializedAttention(32, 4, k, order_index=1).eval()
+    with torch.no_grad():
+        ours = attn(point, point.feat)
+        ref = _reference_attention(attn, point, point.feat, k)
+    assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
+    assert cached_patch_layout(point, k) is point["patch_layouts"][k]  # built once per level

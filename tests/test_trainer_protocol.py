@@ -1,0 +1,116 @@
+"""The training protocol: total batch by gradient accumulation, best-validation state, settings."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from peftbench.backbone import backbone_config
+from peftbench.errors import PeftbenchError
+from peftbench.model import Segmentor
+from peftbench.registry import build_method
+from peftbench.train.config import TrainConfig
+from peftbench.train.trainer import Trainer
+from tests.conftest import MICRO, random_scene_batch
+
+
+def _trainer(config: TrainConfig, method: str = "gem") -> Trainer:
+    torch.manual_seed(0)
+    # No order shuffling: a forward of one scene then equals its part of a two-scene forward.
+    model = Segmentor(backbone_config("tiny", **{**MICRO, "shuffle_orders": False}), 5)
+    build_method(method, {"rank": 4} if method == "gem" else None).apply(model)
+    for name, p in model.named_parameters():
+        if "gem_" in name and name.endswith("up.weight"):
+            torch.nn.init.normal_(p, std=0.05)
+    return Trainer(model, build_method(method), config, torch.device("cpu"), 5)
+
+
+def _scenes_with_ignored_points() -> tuple[dict, dict, dict]:
+    """One batch of two scenes of unequal size, some points unlabelled, and its two halves."""
+    both = random_scene_batch(sizes=(300, 220), seed=3)
+    both["segment"][::7] = -1
+    n0 = int(both["offset"][0])
+    first = {**both, **{k: both[k][:n0] for k in ("coord", "grid_coord", "feat", "segment")},
+             "offset": both["offset"][:1]}
+    second = {**both, **{k: both[k][n0:] for k in ("coord", "grid_coord", "feat", "segment")},
+              "offset": both["offset"][1:] - n0}
+    return both, first, second
+
+
+@pytest.mark.parametrize("method", ["gem", "full"])
+def test_accumulating_two_micro_batches_equals_one_batch_of_two(method):
+    both, first, second = _scenes_with_ignored_points()
+    settings = dict(epochs=1, batch_size=2, lovasz_weight=0.0, lr=0.01, backbone_lr=0.01, lr_groups="role")
+    whole = _trainer(TrainConfig(**settings, accumulate=1), method)
+    split = _trainer(TrainConfig(**settings, accumulate=2), method)
+    whole.fit(lambda epoch: [both], steps_per_epoch=1)
+    split.fit(lambda epoch: [first, second], steps_per_epoch=1)
+    assert len(whole.step_times) == len(split.step_times) == 1  # one optimizer (and OneCycle) step each
+    params = dict(split.model.named_parameters())
+    moved = 0
+    for name, p in whole.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
+            moved += 1
+    assert moved and split.scheduler.last_epoch == whole.scheduler.last_epoch == 1
+
+
+def test_accumulation_steps_per_total_batch():
+    """Four micro-batches at accumulate 2: two optimizer steps, the schedule counts two."""
+    _, first, second = _scenes_with_ignored_points()
+    trainer = _trainer(TrainConfig(epochs=1, batch_size=2, accumulate=2, lovasz_weight=0.0))
+    trainer.fit(lambda epoch: [first, second, second, first], steps_per_epoch=2)
+    assert len(trainer.step_times) == 2 and trainer.scheduler.last_epoch == 2 and trainer.epoch == 1
+
+
+def test_batch_must_divide_into_micro_batches():
+    with pytest.raises(PeftbenchError, match="accumulate .* divides"):
+        TrainConfig(batch_size=24, accumulate=5)
+    assert TrainConfig(batch_size=24, accumulate=8).micro_batch == 3
+
+
+@pytest.mark.parametrize("settings, key", [({"amp_dtype": "fp16"}, "amp_dtype"), ({"lr_groups": "paper"}, "lr_groups"),
+                                           ({"test_checkpoint": "final"}, "test_checkpoint"),
+                                           ({"method_lr": 0.01}, "method_lr")])
+def test_bad_protocol_settings_say_how_to_fix(settings, key):
+    with pytest.raises(PeftbenchError, match=f"train.{key}"):
+        TrainConfig(**settings)
+
+
+def test_best_validation_state_is_kept_and_restored():
+    _, first, second = _scenes_with_ignored_points()
+    trainer = _trainer(TrainConfig(epochs=3, batch_size=1, lovasz_weight=0.0, lr=0.05))
+    scores = iter([0.2, 0.6, 0.4])
+    trainer.evaluate = lambda loader: ({"mIoU": next(scores), "mAcc": 0.0, "allAcc": 0.0, "iou": []},
+                                       torch.zeros(5, 5, dtype=torch.long))
+    snapshots = {}
+
+    def on_epoch(epoch, metrics):
+        snapshots[epoch + 1] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    trainer.fit(lambda epoch: [first, second], steps_per_epoch=2, val_loader=[None], on_epoch=on_epoch)
+    assert trainer.best.epoch == 2 and trainer.best.scores["mIoU"] == 0.6
+    last = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(last[n], snapshots[2][n]) for n in last)
+    assert trainer.restore_best() == 2
+    for name, p in trainer.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.detach(), snapshots[2][name], rtol=0, atol=0)
+    # Frozen weights are not part of the kept state (it stays method-sized).
+    assert set(trainer.best.weights) == set(last)
+
+
+def test_fp16_asks_for_a_grad_scaler_bf16_does_not():
+    for dtype, scaled in (("float16", True), ("bfloat16", False)):
+        trainer = _trainer(TrainConfig(amp_dtype=dtype))
+        trainer.use_amp = True  # as on CUDA
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.prepare(1)
+        assert trainer.amp_dtype == getattr(torch, dtype)
+        if torch.cuda.is_available():
+            assert trainer.scaler.is_enabled() == scaled
+        else:  # a scaler asked for without CUDA warns and disables itself
+            assert any("GradScaler" in str(w.message) for w in caught) == scaled

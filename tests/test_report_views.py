@@ -130,8 +130,13 @@ def test_compare_suffixes_shared_methods(report: dict) -> None:
     assert rows["gem@bench"]["seeds"] == "3" and rows["gem@bench-b"]["seeds"] == "1"  # same fingerprints, both kept
     assert rows["gem@bench-b"]["mIoU"] == "72.0" and rows["sa"]["mIoU"] == "72.5"    # only in bench-b: no suffix
     assert "gem" not in rows and "linear" not in rows
+    assert rows["sa"]["seeds"] == "1"                              # the two search runs are not seeds
+    search = table(report["cmp"], "### Search: chosen settings")
+    assert (search["sa"]["chosen setting"], search["sa"]["search runs"]) == ("lr = 0.002", "2 finished")
     h100 = table(report["cmp"], "### scannet — NVIDIA H100")
     assert h100["gem@bench-b"]["Δ#8"] == "+15 %"                  # against linear@bench-b, its own experiment
+    assert h100["gem@bench-b"]["GPU-h (all runs)"] == "0.50"      # 1 h at cost/gpus = 0.5
+    assert h100["sa"]["runs"] == "1" and h100["sa"]["GPU-h (all runs)"] == "0.50"  # search runs not counted
     assert "gem@bench-b vs linear@bench-b on scannet (full): +1.0 points on one seed" in report["cmp"]
     rows = table(report["cmp"], "### Override — scannet")  # the --suite layout, one row per experiment
     assert [(name, r["method"]) for name, r in rows.items()] == [

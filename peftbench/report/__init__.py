@@ -24,6 +24,7 @@ from peftbench.report.figures_views import plot_cross_dataset, plot_significance
 from peftbench.report.folds import add_fold_rows
 from peftbench.report.frame import class_names, histories_of, load_histories, load_runs
 from peftbench.report.html import markdown_to_html
+from peftbench.report.search_view import search_table, split_stages
 from peftbench.report.significance import significance_tables, verdicts
 from peftbench.report.stats import significance
 from peftbench.report.style import method_colors
@@ -68,7 +69,11 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
     """
     uri = resolve_tracking_uri(uri)
     experiments = [experiment] if isinstance(experiment, str) else list(experiment)
-    runs = add_fold_rows(uri, load_experiments(uri, experiments))
+    runs, search = split_stages(load_experiments(uri, experiments))
+    if runs.empty:
+        raise PeftbenchError(f"{' + '.join(experiments)} has search runs only; report it once the final runs "
+                             "have started (peftbench run SUITE continues the suite)")
+    runs = add_fold_rows(uri, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -91,7 +96,8 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         (out_dir / name).write_text(content, encoding="utf-8")
         written.append(out_dir / name)
 
-    sections = [page.Section("Results", notes, render.results_tables(summary)),
+    searched = search_table(runs, search, methods)
+    sections = [page.Section("Results", notes, render.results_tables(summary) + ([searched] if searched else [])),
                 _significance_section(diffs, methods, baseline, out_dir, colors, written)]
     sections += _paper_views(runs, summary, diffs, layout, methods, out_dir, colors, written)
     sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [],

@@ -169,7 +169,7 @@ def test_every_figure_is_referenced(report: dict) -> None:
         assert (out / name).with_suffix(".svg").is_file()
     assert "<table>" in html and "<b>74.0 ± 0.9</b>" in html
     tex = (out / "summary.tex").read_text()
-    assert r"\multicolumn{3}{c}{Limited Reconstructions}" in tex and r"\textbf{45.5 $\pm$ 0.7†}" in tex
+    assert r"\multicolumn{3}{c}{Limited Reconstructions}" in tex and r"\textbf{45.5 $\pm$ 0.7$^\dagger$}" in tex
 
 
 def test_pure_helpers() -> None:

@@ -198,7 +198,9 @@ def per_class_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        # Unicode the tables use, for pdflatex without extra packages.
+        "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": r"$-$", "·": r"$\cdot$"}
 
 
 def tex_escape(s: object) -> str:

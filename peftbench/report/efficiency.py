@@ -126,7 +126,9 @@ def efficiency_tables(frame: pd.DataFrame, methods: Sequence[str], baseline: str
                 cells.append(_fmt("{:.2f}", r["gpu_hours"]))
             cells.append(str(r["runs"]))
             rows.append(cells)
-        notes = [f"Measured on {hardware}; mean over the finished runs of split `{group['split'].iloc[0]}`.",
+        notes = [f"Measured on {hardware}; mean over the finished runs of split `{group['split'].iloc[0]}`. "
+                 "Peak memory: the CUDA allocator's peak on a GPU, the sampled resident set on a CPU; latency: "
+                 "inference on one validation scene; train step: mean after warm-up.",
                  f"Δ: relative to `{baseline}` on the same hardware and dataset."]
         if missing_base:
             notes.append(f"No `{baseline}` run here, so no ratio (\"—\").")

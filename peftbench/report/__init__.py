@@ -16,7 +16,7 @@ from peftbench.report import figures, render, summary as page, tables
 from peftbench.report.ablation import ablation_tables, layout_of
 from peftbench.report.compare import combine
 from peftbench.report.cross_dataset import cross_dataset_table, points_of
-from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency
+from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency, split_amount
 from peftbench.report.efficiency import efficiency_frame, efficiency_tables
 from peftbench.report.figures_data import plot_data_efficiency
 from peftbench.report.figures_tradeoff import plot_tradeoff
@@ -97,7 +97,10 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         written.append(out_dir / name)
 
     searched = search_table(runs, search, methods)
-    sections = [page.Section("Results", notes, render.results_tables(summary) + ([searched] if searched else [])),
+    # A data-efficiency suite has a results table per split: its pivot comes first, the rest at the end.
+    limited = summary["split"].map(lambda sp: split_amount(sp) is not None)
+    first, rest = (summary[~limited], summary[limited]) if (~limited).any() else (summary, summary.iloc[:0])
+    sections = [page.Section("Results", notes, render.results_tables(first) + ([searched] if searched else [])),
                 _significance_section(diffs, methods, baseline, out_dir, colors, written)]
     sections += _paper_views(runs, summary, diffs, layout, methods, out_dir, colors, written)
     sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [],
@@ -107,6 +110,8 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
                        for d, g in per_class.groupby("dataset", sort=False)]
     sections.append(page.Section("Per-class IoU", [], [t for t in per_class_views if len(t.headers) > 1],
                                  [("per_class_iou", "Per-class test IoU (%)")]))
+    if not rest.empty:
+        sections.append(page.Section("Results of the limited splits", [], render.results_tables(rest)))
     sections.append(page.Section("Training curves", [], [], [("curves", "Validation mIoU per epoch")]))
     written += figures.plot_per_class_iou(per_class, out_dir / "per_class_iou")
     written += figures.plot_curves(histories, out_dir / "curves", methods, colors)

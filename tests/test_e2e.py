@@ -49,6 +49,7 @@ def test_suite_runs_tracks_resumes_and_reports(suite_file, tmp_path, capsys, exe
     assert all(r.info.status == "FINISHED" for r in runs) and len(runs) == 3  # + pretraining stage
     gem = next(r for r in trials if r.data.tags["peftbench.method"] == "gem")
     assert gem.data.params["method.settings.rank"] == "2"
+    assert all(r.data.tags.get("peftbench.hardware") for r in trials)  # reports group ratios by it
     assert 0 <= gem.data.metrics["test/mIoU"] <= 1 and gem.data.metrics["params/trainable"] > 0
     assert len(client.get_metric_history(gem.info.run_id, "train/loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(gem.info.run_id)}
@@ -65,3 +66,5 @@ def test_suite_runs_tracks_resumes_and_reports(suite_file, tmp_path, capsys, exe
     summary = (report / "summary.md").read_text()
     assert "| gem |" in summary and "| linear |" in summary
     assert (report / "miou_vs_params.png").stat().st_size > 5000
+    kinds = sorted(r.data.tags["peftbench.kind"] for r in _runs(uri, "e2e")[1])
+    assert kinds == ["pretrain", "report", "trial", "trial"]  # the report is logged as its own run

@@ -161,7 +161,8 @@ def test_write_report(logged: dict, tmp_path: Path) -> None:
     out = tmp_path / "report"
     paths = write_report(logged["uri"], EXP, out)
     names = {p.name for p in paths}
-    stems = ["miou_vs_params", "miou_vs_latency", "miou_vs_memory", "curves", "per_class_iou"]
+    stems = ["miou_vs_params", "miou_vs_latency", "miou_vs_memory", "curves", "per_class_iou", "significance",
+             "cross_dataset"]
     expected = {"summary.md", "summary.csv", "summary.tex", "runs.csv", "index.html", "efficiency.csv",
                 "significance.csv"}
     expected |= {f"{s}.{ext}" for s in stems for ext in ("png", "svg")}

@@ -15,14 +15,16 @@ from peftbench.errors import PeftbenchError
 from peftbench.report import figures, render, summary as page, tables
 from peftbench.report.ablation import ablation_tables, layout_of
 from peftbench.report.compare import combine
-from peftbench.report.cross_dataset import cross_dataset_table
-from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency
+from peftbench.report.cross_dataset import cross_dataset_table, points_of
+from peftbench.report.data_efficiency import curve_frame, data_efficiency_tables, has_data_efficiency, split_amount
 from peftbench.report.efficiency import efficiency_frame, efficiency_tables
 from peftbench.report.figures_data import plot_data_efficiency
 from peftbench.report.figures_tradeoff import plot_tradeoff
+from peftbench.report.figures_views import plot_cross_dataset, plot_significance
 from peftbench.report.folds import add_fold_rows
 from peftbench.report.frame import class_names, histories_of, load_histories, load_runs
 from peftbench.report.html import markdown_to_html
+from peftbench.report.search_view import search_table, split_stages
 from peftbench.report.significance import significance_tables, verdicts
 from peftbench.report.stats import significance
 from peftbench.report.style import method_colors
@@ -67,7 +69,11 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
     """
     uri = resolve_tracking_uri(uri)
     experiments = [experiment] if isinstance(experiment, str) else list(experiment)
-    runs = add_fold_rows(uri, load_experiments(uri, experiments))
+    runs, search = split_stages(load_experiments(uri, experiments))
+    if runs.empty:
+        raise PeftbenchError(f"{' + '.join(experiments)} has search runs only; report it once the final runs "
+                             "have started (peftbench run SUITE continues the suite)")
+    runs = add_fold_rows(uri, runs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -90,26 +96,22 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         (out_dir / name).write_text(content, encoding="utf-8")
         written.append(out_dir / name)
 
-    sections = [page.Section("Results", notes, render.results_tables(summary))]
-    sections.append(page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
-                                 significance_tables(diffs, methods)))
-    cross = cross_dataset_table(summary, runs, methods)
-    if cross is not None:
-        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross]))
-    if has_data_efficiency(runs):
-        curves = curve_frame(runs)
-        written += plot_data_efficiency(curves, out_dir / "data_efficiency", methods, colors)
-        sections.append(page.Section("Data efficiency (the paper's Table 2 layout)", [],
-                                     data_efficiency_tables(summary, runs, methods),
-                                     [("data_efficiency", "Test mIoU vs. training data, mean ± std over seeds")]))
-    ablations = ablation_tables(summary, diffs, layout)
-    if ablations:
-        sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
-    sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [], efficiency_tables(eff, methods, baseline),
+    searched = search_table(runs, search, methods)
+    # A data-efficiency suite has a results table per split: its pivot comes first, the rest at the end.
+    limited = summary["split"].map(lambda sp: split_amount(sp) is not None)
+    first, rest = (summary[~limited], summary[limited]) if (~limited).any() else (summary, summary.iloc[:0])
+    sections = [page.Section("Results", notes, render.results_tables(first) + ([searched] if searched else [])),
+                _significance_section(diffs, methods, baseline, out_dir, colors, written)]
+    sections += _paper_views(runs, summary, diffs, layout, methods, out_dir, colors, written)
+    sections.append(page.Section("Efficiency (the paper's Table 7 layout)", [],
+                                 efficiency_tables(eff, methods, baseline),
                                  _tradeoff_figures(summary, eff, out_dir, colors, written)))
-    sections.append(page.Section("Per-class IoU", [], [
-        render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g)) for d, g in
-        per_class.groupby("dataset", sort=False)], [("per_class_iou", "Per-class test IoU (%)")]))
+    per_class_views = [render.Table(f"{d} — split `{g['split'].iloc[0]}`", *tables.per_class_rows(g))
+                       for d, g in per_class.groupby("dataset", sort=False)]
+    sections.append(page.Section("Per-class IoU", [], [t for t in per_class_views if len(t.headers) > 1],
+                                 [("per_class_iou", "Per-class test IoU (%)")]))
+    if not rest.empty:
+        sections.append(page.Section("Results of the limited splits", [], render.results_tables(rest)))
     sections.append(page.Section("Training curves", [], [], [("curves", "Validation mIoU per epoch")]))
     written += figures.plot_per_class_iou(per_class, out_dir / "per_class_iou")
     written += figures.plot_curves(histories, out_dir / "curves", methods, colors)
@@ -137,6 +139,34 @@ def write_report(uri: str, experiment: str | Sequence[str], out_dir: Path,
         if say:
             say(f"logged the report to MLflow: experiment {experiments[0]!r}, run {run_id} (kind report)")
     return written
+
+
+def _significance_section(diffs: dict, methods: list[str], baseline: str, out_dir: Path, colors: dict[str, Any],
+                          written: list[Path]) -> page.Section:
+    written += plot_significance(diffs, out_dir / "significance", colors)
+    return page.Section(f"Significance against `{baseline}`", page.significance_intro(verdicts(diffs), baseline),
+                        significance_tables(diffs, methods),
+                        [("significance", "Paired difference to the baseline with its 95 % interval")])
+
+
+def _paper_views(runs: pd.DataFrame, summary: pd.DataFrame, diffs: dict, layout: dict[str, Any] | None,
+                 methods: list[str], out_dir: Path, colors: dict[str, Any], written: list[Path]) -> list[page.Section]:
+    """The views that appear when the runs have their shape: Tables 1 and 2, ablation tables."""
+    sections = []
+    cross = cross_dataset_table(summary, runs, methods)
+    if cross is not None:
+        written += plot_cross_dataset(*points_of(runs), out_dir / "cross_dataset", methods, colors)
+        sections.append(page.Section("Across datasets (the paper's Table 1 layout)", [], [cross],
+                                     [("cross_dataset", "Test mIoU across datasets, std over seeds as error bars")]))
+    if has_data_efficiency(runs):
+        written += plot_data_efficiency(curve_frame(runs), out_dir / "data_efficiency", methods, colors)
+        sections.append(page.Section("Data efficiency (the paper's Table 2 layout)", [],
+                                     data_efficiency_tables(summary, runs, methods),
+                                     [("data_efficiency", "Test mIoU vs. training data, mean ± std over seeds")]))
+    ablations = ablation_tables(summary, diffs, layout)
+    if ablations:
+        sections.append(page.Section("Ablations (the suite's `report:` tables)", [], ablations))
+    return sections
 
 
 def _tradeoff_figures(summary: pd.DataFrame, eff: pd.DataFrame, out_dir: Path, colors: dict[str, Any],

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from peftbench.report.compare import SEP
 from peftbench.report.render import Table, best_cells
 from peftbench.report.stats import Paired
 from peftbench.report.tables import DASH, ordered, reference_split
@@ -53,18 +54,29 @@ def _table(title: str, labels: Sequence[str], names: dict[str, str], cell: pd.Da
            diffs: dict[str, Paired], split: str) -> Table:
     headers = ["row", "method", "params", "trainable %", "mIoU", "mAcc", "allAcc", "Δ mIoU (95 % CI)", "seeds"]
     rows, means = [], []
-    for label in labels:
+    for label, shown in _expand(labels, cell.index):
+        name = names.get(label, label) + shown[len(label):]
+        label = shown
         if label in cell.index:
             r = cell.loc[label]
             failed = f", {r['failed']} failed" if r["failed"] else ""
-            rows.append([names.get(label, label), label, r["trainable_params_h"], r["trainable_pct_h"],
+            rows.append([name, label, r["trainable_params_h"], r["trainable_pct_h"],
                          str(r["mIoU"]), str(r["mAcc"]), str(r["allAcc"]),
                          diffs[label].cell() if label in diffs else DASH, f"{r['seeds']}{failed}"])
             means.append(float(r["mIoU_mean"]))
         else:
-            rows.append([names.get(label, label), label, DASH, DASH, DASH, DASH, DASH, DASH, "0"])
+            rows.append([name, label, DASH, DASH, DASH, DASH, DASH, DASH, "0"])
             means.append(float("nan"))
     base = next(iter({p.baseline for p in diffs.values()}), None)
     notes = [f"Test metrics (%) at split `{split}`, mean ± std over seeds; best mIoU in bold."
              + (f" Δ against `{base}`, as in the significance section." if base else "")]
     return Table(title, headers, rows, notes, bold=best_cells(means, 4))
+
+
+def _expand(labels: Sequence[str], present: Sequence[str]) -> list[tuple[str, str]]:
+    """(declared label, shown method) pairs: in a comparison a label becomes one row per experiment."""
+    out = []
+    for label in labels:
+        suffixed = [m for m in present if m.split(SEP, 1)[0] == label and SEP in m]
+        out += [(label, m) for m in suffixed] if label not in present and suffixed else [(label, label)]
+    return out

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from peftbench.report.render import Table, best_cells
-from peftbench.report.tables import DASH, ordered, reference_split
+from peftbench.report.tables import DASH, latest_finished, ordered, reference_split
 
 
 def columns_of(runs: pd.DataFrame) -> list[tuple[str, bool]]:
@@ -68,3 +68,13 @@ def cross_dataset_table(summary: pd.DataFrame, runs: pd.DataFrame, methods: Sequ
              "\"failed (k)\": no seed finished and k failed; \"—\": no run (a fold group's score needs every "
              "fold finished)."]
     return Table("Test mIoU across datasets", headers, rows, notes, bold=bold)
+
+
+def points_of(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Finished runs of the table's columns at their reference split (dataset, method, mIoU in %)."""
+    cols = [d for d, _ in columns_of(runs)]
+    done = latest_finished(runs)
+    done = done[done["dataset"].isin(cols)].dropna(subset=["test/mIoU"]) if "test/mIoU" in done else done.iloc[:0]
+    keep = [g[g["split"] == reference_split(ordered(g["split"].tolist()))] for _, g in done.groupby("dataset")]
+    done = pd.concat(keep) if keep else done
+    return pd.DataFrame({"dataset": done["dataset"], "method": done["method"], "mIoU": 100 * done["test/mIoU"]}), cols

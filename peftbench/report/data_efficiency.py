@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from peftbench.data.efficiency import parse_split
+from peftbench.errors import PeftbenchError
+
 from peftbench.report.render import Table, best_cells
 from peftbench.report.tables import DASH, latest_finished
 
@@ -17,13 +20,11 @@ SEEDED = "†"
 
 def split_amount(split: str) -> tuple[str, float] | None:
     """``scenes-10`` -> ("scenes", 10.0); ``points-20`` -> ("points", 20.0); others None."""
-    kind, _, amount = str(split).partition("-")
-    if kind in KINDS and amount:
-        try:
-            return kind, float(amount)
-        except ValueError:
-            return None
-    return None
+    try:
+        kind, amount = parse_split(split)
+    except PeftbenchError:  # a run logged by hand with a split of its own: not a data-efficiency cell
+        return None
+    return (kind, float(amount)) if amount is not None else None
 
 
 def has_data_efficiency(runs: pd.DataFrame) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from peftbench import cost
 from peftbench.hardware import is_gpu
 from peftbench.report.compare import baseline_for
 from peftbench.report.render import Table
@@ -24,8 +25,12 @@ MEASURES = [
 
 
 def gpus_per_run(runs: pd.DataFrame) -> pd.Series:
-    """GPUs a run held: its Ray GPU ids if recorded, else 1 on a GPU, 0 on a CPU or unknown."""
-    def one(row: pd.Series) -> int:
+    """GPUs a run held: metric ``cost/gpus`` (fractions included), else its Ray GPU ids, else 1 on a
+    GPU and 0 on a CPU or unknown hardware (runs from before either was logged)."""
+    def one(row: pd.Series) -> float:
+        logged = row.get(cost.GPUS_METRIC)
+        if logged is not None and pd.notna(logged):
+            return float(logged)
         ids = row.get("gpu_ids")
         if isinstance(ids, str) and ids.strip():
             return len([i for i in ids.split(",") if i.strip()])
@@ -35,9 +40,11 @@ def gpus_per_run(runs: pd.DataFrame) -> pd.Series:
 
 
 def gpu_hours(runs: pd.DataFrame) -> pd.Series:
-    """GPU-hours per run = training wall time (``time/train_s``) × GPUs held; 0 for CPU runs."""
-    train_s = runs["time/train_s"] if "time/train_s" in runs else pd.Series(float("nan"), index=runs.index)
-    return train_s / 3600.0 * gpus_per_run(runs)
+    """GPU-hours per run (``cost.gpu_hours``: ``time/train_s`` × GPUs held); 0 for CPU runs."""
+    if runs.empty:
+        return pd.Series(dtype=float)
+    with_gpus = runs.assign(**{cost.GPUS_METRIC: gpus_per_run(runs)})
+    return with_gpus.apply(lambda r: cost.gpu_hours(r.to_dict()), axis=1)
 
 
 def relative(value: float, base: float) -> str:
@@ -70,7 +77,7 @@ def efficiency_frame(runs: pd.DataFrame, methods: Sequence[str], miou: dict[tupl
                    "runs": len(ref), "trainable": _first(mine, "params/trainable"),
                    "total": _first(mine, "params/total"), "trainable_pct": _first(mine, "params/trainable_pct"),
                    "train_min": _mean(ref, "time/train_s") / 60.0, "gpu_hours": mine["gpu_hours"].sum(),
-                   "gpus": int(gpus_per_run(ref).max()) if len(ref) else 0,
+                   "gpus": float(gpus_per_run(ref).max()) if len(ref) else 0.0,
                    "mIoU": miou.get((dataset, split, method), float("nan"))}
             row.update({metric: _mean(ref, metric) for metric, _, _ in MEASURES})
             rows.append(row)
@@ -109,14 +116,19 @@ def efficiency_tables(frame: pd.DataFrame, methods: Sequence[str], baseline: str
             cells = [method, human_count(r["trainable"]), human_count(r["total"]), human_pct(r["trainable_pct"]),
                      _fmt("{:.1f}", r["mIoU"])]
             for metric, _, fmt in MEASURES:
-                rel = DASH if base is None else ("baseline" if base_name == method else relative(r[metric], base[metric]))
+                if base is None:
+                    rel = DASH
+                else:
+                    rel = "baseline" if base_name == method else relative(r[metric], base[metric])
                 cells += [_fmt(fmt, r[metric]), rel]
             cells.append(_fmt("{:.1f}", r["train_min"]))
             if show_gpu:
                 cells.append(_fmt("{:.2f}", r["gpu_hours"]))
             cells.append(str(r["runs"]))
             rows.append(cells)
-        notes = [f"Measured on {hardware}; mean over the finished runs of split `{group['split'].iloc[0]}`.",
+        notes = [f"Measured on {hardware}; mean over the finished runs of split `{group['split'].iloc[0]}`. "
+                 "Peak memory: the CUDA allocator's peak on a GPU, the sampled resident set on a CPU; latency: "
+                 "inference on one validation scene; train step: mean after warm-up.",
                  f"Δ: relative to `{baseline}` on the same hardware and dataset."]
         if missing_base:
             notes.append(f"No `{baseline}` run here, so no ratio (\"—\").")
@@ -124,8 +136,9 @@ def efficiency_tables(frame: pd.DataFrame, methods: Sequence[str], baseline: str
             notes.append(f"The runs were measured on {kinds} kinds of hardware: one table each, never one ratio "
                          "across them.")
         if show_gpu:
-            notes.append("GPU-h = training wall time × GPUs held, summed over all finished runs of the method "
-                         "on this hardware and dataset (every split and seed).")
+            notes.append("GPU-h = training wall time × GPUs held (metric `cost/gpus`, fractions included; "
+                         "older runs: their Ray GPU ids), summed over all finished runs of the method on this "
+                         "hardware and dataset (every split and seed).")
         tables.append(Table(f"{dataset} — {hardware}", headers, rows, notes))
     return tables
 

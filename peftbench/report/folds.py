@@ -44,7 +44,9 @@ def add_fold_rows(uri: str, runs: pd.DataFrame) -> pd.DataFrame:
             classes = matrices[0][0]
             scores = scores_from_confusion(sum(m for _, m in matrices))
             row = done.iloc[-1].to_dict()
+            # Its own fingerprint: with the last fold's, de-duplication would drop that fold's run.
             row.update({"kind": "combined", "dataset": group, "run_name": f"{method}/{group}/{split}/s{seed}",
+                        "fingerprint": f"{group}/{method}/{split}/s{seed}",
                         "test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
                         **{f"test/iou/{c}": v for c, v in zip(classes, scores["iou"])}})
             rows.append(row)

@@ -16,7 +16,7 @@ from peftbench.errors import PeftbenchError
 RUN_COLUMNS = [
     "run_id", "run_name", "status", "kind", "suite", "method", "dataset", "group", "split", "seed",
     "fingerprint", "start_time", "end_time", "duration_s", "error", "hardware", "gpu_ids",
-    "split_source", "report_layout",
+    "split_source", "report_layout", "stage", "search_choice",
 ]
 HISTORY_COLUMNS = ["run_id", "status", "method", "dataset", "split", "seed", "step", "value"]
 # Metric column order: what a reader wants first.
@@ -79,14 +79,21 @@ def _row(run: Any) -> dict[str, Any]:
         "end_time": pd.to_datetime(end, unit="ms", utc=True) if end else pd.NaT,
         "duration_s": (end - start) / 1000.0 if start and end else float("nan"),
         "error": tags.get(_TAG + "error"),
-        # Older runs lack the hardware tag; Ray's placement tag still names the GPU.
-        "hardware": tags.get(_TAG + "hardware") or tags.get(_TAG + "gpu_name"),
+        # Older runs lack the hardware tag; the device model or Ray's placement tag still name the GPU.
+        "hardware": tags.get(_TAG + "hardware") or _gpu_name(tags.get(_TAG + "device_model"))
+        or tags.get(_TAG + "gpu_name"),
         "gpu_ids": tags.get(_TAG + "gpu_ids"),
         "split_source": tags.get(_TAG + "split_source"),  # seeded | official (absent on older runs)
         "report_layout": tags.get(_TAG + "report"),        # the suite's `report:` block as JSON
+        "stage": tags.get(_TAG + "stage"),                  # search | final (absent: no search)
+        "search_choice": tags.get(_TAG + "search_choice"),  # a final run's chosen setting (JSON)
     }
     row.update(run.data.metrics)
     return row
+
+
+def _gpu_name(device_model: str | None) -> str | None:
+    return None if device_model in (None, "", "cpu") else device_model  # "cpu" says less than nothing
 
 
 def _runs(uri: str, experiment: str, kind: str | None) -> list[Any]:

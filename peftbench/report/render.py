@@ -6,8 +6,8 @@ import dataclasses
 
 import pandas as pd
 
-from peftbench.report.tables import SUMMARY_HEADERS, best_rows, display_rows, markdown_table, metric_label, \
-    REPORT_METRICS, tex_escape
+from peftbench.report.tables import (REPORT_METRICS, SUMMARY_HEADERS, best_rows, display_rows, markdown_table,
+                                     metric_label, tex_escape)
 
 
 @dataclasses.dataclass
@@ -79,6 +79,6 @@ def results_tables(summary: pd.DataFrame) -> list[Table]:
     for (dataset, split), group in summary.groupby(["dataset", "split"], sort=False):
         group = group.reset_index(drop=True)
         best = best_rows(group, f"{metric_label(REPORT_METRICS[0])}_mean")
-        out.append(Table(f"{dataset} — split `{split}`", SUMMARY_HEADERS, display_rows(group, "{}"),
+        out.append(Table(f"{dataset} — split `{split}`", SUMMARY_HEADERS, display_rows(group),
                          bold={(i, 3) for i in best}))
     return out

@@ -17,7 +17,7 @@ def significance_tables(diffs: dict[tuple[str, str, str], Paired], methods: Sequ
     for (dataset, split), pairs in cells.items():
         pairs.sort(key=lambda p: list(methods).index(p.method))
         rows = [[p.method, p.baseline, p.cell(), p.interval(), str(p.n)] for p in pairs]
-        tables.append(Table(f"{dataset} — split `{split}`",
+        tables.append(Table(f"Δ to `{pairs[0].baseline}`: {dataset}, split `{split}`",
                             ["method", "baseline", "Δ mIoU (points)", "95 % CI", "paired seeds"], rows))
     return tables
 

@@ -155,6 +155,7 @@ def per_class_table(
 
 
 def best_rows(table: pd.DataFrame, col: str) -> set[int]:
+    """Index labels of the rows with the highest ``col`` (ties all win; all-NaN: none)."""
     if col not in table or table[col].isna().all():
         return set()
     best = table[col].max()
@@ -172,16 +173,14 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def display_rows(table: pd.DataFrame, bold: str) -> list[list[str]]:
+def display_rows(table: pd.DataFrame) -> list[list[str]]:
+    """Cells of a results table (``SUMMARY_HEADERS``), one row per summary row."""
     labels = [metric_label(m) for m in REPORT_METRICS]
-    best = best_rows(table, f"{metric_label(REPORT_METRICS[0])}_mean")
     rows = []
-    for i, r in table.iterrows():
+    for _, r in table.iterrows():
         seeds = str(r["seeds"]) + (f", {r['failed']} failed" if r["failed"] else "") + (
             f", {r['running']} running" if r["running"] else "")
         cells = [str(r[label]) if label in r else DASH for label in labels]
-        if i in best:
-            cells[0] = bold.format(cells[0])
         rows.append([r["method"], r["trainable_params_h"], r["trainable_pct_h"], *cells, seeds])
     return rows
 
@@ -199,7 +198,9 @@ def per_class_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+        # Unicode the tables use, for pdflatex without extra packages.
+        "†": r"$^\dagger$", "Δ": r"$\Delta$", "−": r"$-$", "·": r"$\cdot$"}
 
 
 def tex_escape(s: object) -> str:

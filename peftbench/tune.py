@@ -355,8 +355,6 @@ def _progress_callback(total: int, say: Say):
             if self.done == self.total:
                 self.bar.close()
 
-        def __reduce__(self):  # Tune pickles its callbacks for a restore; the console (a lock) cannot be
-            return tune.Callback, ()
 
     return Progress(total, say)
 

@@ -24,6 +24,7 @@ RUN_EXAMPLES = """examples:
   peftbench run my.yaml --sequential                    one trial after another in this process, no Ray
   peftbench run my.yaml --rerun                         run trials already FINISHED in MLflow again
   peftbench run my.yaml --tracking-uri http://mlflow:5000   track on an MLflow server
+  peftbench run paper --address auto                    submit to a running Ray cluster (`ray start --head` first)
   peftbench run my.yaml --methods-dir plugins/          load method plugins from a folder
   peftbench run demo --quiet                            only one line per finished trial and the summary
   peftbench run my.yaml --debug                         a user error's traceback besides its one line

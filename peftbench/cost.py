@@ -189,11 +189,14 @@ def expected_cost(specs: list[dict[str, Any]], gpus_per_trial: float, sources: l
         key = _key(spec["method"]["name"], spec["backbone"]["config"],
                    _per_pass(int(train["batch_size"]), accumulate, int(train.get("data_parallel", 1))))
         found = next(((s.times[key], s.source) for s in sources if key in s.times), None)
+        if steps is not None and row["steps"] is not None:  # steps are known without a step time
+            row["steps"] += steps
+        else:
+            row["steps"] = None
         if steps is None or found is None or row["hours"] is None:
             row["hours"] = None
             row["source"] = row["source"] or ("unknown: no step time" if found is None else "unknown: no data")
             continue
-        row["steps"] += steps
         row["step_ms"], row["source"] = found[0] * accumulate, found[1]  # per optimizer step
         row["hours"] += steps * row["step_ms"] / 3.6e6 * (gpus_per_trial or 1)
     return list(rows.values())
@@ -207,7 +210,8 @@ def format_cost(rows: list[dict], gpus_per_trial: float, device: str) -> str:
     for r in rows:
         hours = "unknown" if r["hours"] is None else f"{r['hours']:.2f}"
         step = f"{r['step_ms']:.0f} ms/step" if r["step_ms"] is not None else "-"
-        lines.append(f"  {r['method']:<12} {r['trials']:>3} trials {r['steps']:>8} steps  {step:>14}  "
+        steps = "?" if r["steps"] is None else r["steps"]
+        lines.append(f"  {r['method']:<12} {r['trials']:>3} trials {steps:>8} steps  {step:>14}  "
                      f"{hours:>9} {unit}  ({r['source']})")
     unknown = [r["method"] for r in rows if r["hours"] is None]
     total = sum(r["hours"] for r in rows if r["hours"] is not None)

@@ -82,3 +82,12 @@ def test_a_step_of_accumulated_passes_is_priced_from_the_per_pass_time():
     spec["train"]["data_parallel"], spec["train"]["accumulate"] = 8, 1  # 8 GPUs x 3 scenes: one pass per step
     row = cost.expected_cost([spec], 8.0, [times])[0]
     assert row["step_ms"] == 450.0 and row["hours"] == pytest.approx(5000 * 0.45 * 8 / 3600)
+
+
+def test_steps_are_counted_even_without_a_step_time():
+    """The dry run printed "0 steps" for every method of a suite that had never run (no step time)."""
+    spec = {"method": {"name": "gem", "label": "gem"}, "backbone": {"config": "tiny"}, "dataset": {},
+            "train": {"epochs": 28, "steps_per_epoch": 4, "batch_size": 2}}
+    row = cost.expected_cost([spec, spec], 0.0, [])[0]
+    assert row["steps"] == 2 * 28 * 4 and row["hours"] is None
+    assert f"{2 * 28 * 4} steps" in cost.format_cost([row], 0.0, "cpu")

@@ -3,7 +3,7 @@ checkpoints through Tune's checkpoint API, resume from them, and user errors tha
 
 A checkpoint (``peftbench.train.checkpointing``: what trains, optimizer, scheduler, scaler, RNG,
 epoch, best validation, plus the MLflow run id) goes to ``tune.report(..., checkpoint=...)``, so Ray
-persists it under the suite's Ray storage (``<tuner>/<trial id>/epoch-NNNN``) and hands it back
+persists it under the suite's Ray storage (``<tuner>/<trial id>/checkpoint_NNNNNN``) and hands it back
 through ``tune.get_checkpoint()`` when it retries a crashed trial. A new ``peftbench run`` after the
 driver died finds the same folder through the run's ``peftbench.checkpoints`` tag (``run_state``).
 Either way the trial continues at the next epoch in the same MLflow run.
@@ -131,8 +131,7 @@ def _tune_report(where: dict[str, Any]) -> Report:
             return
         with tempfile.TemporaryDirectory(prefix="peftbench-checkpoint-") as folder:
             checkpointing.write_folder(folder, state, {"run_id": state["run_id"]})
-            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder),
-                        checkpoint_dir_name=f"epoch-{state['epoch']:04d}")
+            tune.report({**metrics, **where}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     return report
 

@@ -15,6 +15,7 @@ import yaml
 from peftbench import run_state, tracking
 from peftbench.cli import main
 from peftbench.owner import Owner, this_process
+from peftbench.train import checkpointing
 from peftbench.tune_trial import RESUMED_TAG, RESUMES_TAG
 from tests.conftest import micro_suite
 
@@ -63,7 +64,7 @@ def test_crashed_trials_resume_from_their_checkpoint_and_a_user_error_is_not_ret
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert main(["run", suite, "--tracking-uri", uri]) == 1  # the user error
     out = capsys.readouterr().out
-    assert "FAILED wrong/synthetic-target/full/s0: flaky: a user error; fix the suite" in out
+    assert "FAILED wrong/synthetic-target/full/s0: flaky: a user error; fix the suite" in out, out
     runs = _runs(uri)
     assert set(runs) == {"whole", "killed", "crashed", "wrong"}
     whole = runs["whole"]
@@ -75,7 +76,8 @@ def test_crashed_trials_resume_from_their_checkpoint_and_a_user_error_is_not_ret
     assert wrong.info.status == "FAILED" and "a user error" in wrong.data.tags["peftbench.error"]
     assert RESUMED_TAG not in wrong.data.tags
     folder = Path(runs["killed"].data.tags[tracking.CHECKPOINTS_TAG])
-    assert sorted(p.name for p in folder.glob("epoch-*")) == ["epoch-0003", "epoch-0004"]  # Ray keeps two
+    kept = sorted(checkpointing.read_meta(p)["epoch"] for p in folder.glob("checkpoint_*"))
+    assert kept == [3, 4]  # Ray keeps the newest two
 
 
 @pytest.mark.slow
@@ -89,9 +91,9 @@ def test_an_unfinished_trial_continues_at_the_next_run_and_is_not_counted_meanwh
     assert killed.info.status == "FAILED" and "process died" in killed.data.tags["peftbench.error"]
     assert [s for s, _ in _history(uri, killed, "train/loss")] == [1, 2]
     from peftbench.report import load_runs
-    from peftbench.report.tables import finished_runs
+    from peftbench.report.tables import latest_finished
 
-    assert list(finished_runs(load_runs(uri, "resume"))["method"]) == ["whole"]  # never counted half-done
+    assert list(latest_finished(load_runs(uri, "resume"))["method"]) == ["whole"]  # never counted half-done
     # As after `kill -9` of the driver: RUNNING, its owner and driver gone (the next run marks it KILLED).
     c = tracking.client(uri)
     c.update_run(killed.info.run_id, status="RUNNING")

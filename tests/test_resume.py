@@ -111,3 +111,17 @@ def test_an_unfinished_trial_continues_at_the_next_run_and_is_not_counted_meanwh
     runs = _runs(uri)
     assert runs["killed"].info.run_id == killed.info.run_id  # the same run, continued
     _same_as_uninterrupted(uri, runs["killed"], runs["whole"])
+
+
+def test_checkpoints_come_every_n_epochs_else_at_each_validation(tmp_path, monkeypatch):
+    from peftbench.suite import parse_suite, trial_specs
+    from peftbench.train.trial import _Discard, run_trial
+
+    monkeypatch.chdir(tmp_path)
+    raw = micro_suite("every", train={"epochs": 4, "batch_size": 2, "grid_size": 0.1, "eval_every": 2})
+    spec = trial_specs(parse_suite(raw, str(tmp_path / "s.yaml")))[0]
+    for every, expected in ((None, [2, 4]), (3, [3])):
+        saved: list[int] = []
+        run_trial(spec, _Discard(), lambda metrics, state: state and saved.append(state["epoch"]),
+                  checkpoint_every=every)
+        assert saved == expected, every

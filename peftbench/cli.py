@@ -307,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: RAY_ADDRESS, else a private Ray on this host)")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
                    help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
-    p.add_argument("--device-model", help="--dry-run: price on this hardware, as runs record it in the peftbench.hardware "
-                   "tag (default: this machine's GPU, or its CPU)")
+    p.add_argument("--device-model", help="--dry-run: price on this hardware, named as runs record it (tag "
+                   "peftbench.hardware; default: this machine's GPU, or its CPU)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 

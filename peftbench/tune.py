@@ -178,7 +178,8 @@ def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, stora
                                     trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=tuner_name, storage_path=str(storage), verbose=0,
-                                  callbacks=[callback], failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                                  callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=res.max_failures),
                                   # the newest two: a kill while Ray writes one leaves the one before
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )

@@ -163,10 +163,11 @@ def ray_trainable(config: dict[str, Any]) -> None:
             ray_cluster.check_visible(config["spec"])
         # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
         tags = {f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)}
-        folder = Path(config["ray_dir"]) / tune.get_context().get_trial_id()
+        tags[tracking.DRIVER_TAG] = config["driver"]
+        tags[tracking.CHECKPOINTS_TAG] = str(Path(config["ray_dir"]) / tune.get_context().get_trial_id())
         final = tracked_trial(config["spec"], config["uri"], config["experiment"], report=_tune_report(where),
-                              extra_tags={**tags, tracking.DRIVER_TAG: config["driver"], tracking.CHECKPOINTS_TAG: str(folder)},
-                              gpus=config["gpus"], resume=_restored(config), checkpoint_every=config["checkpoint_every"])
+                              extra_tags=tags, gpus=config["gpus"], resume=_restored(config),
+                              checkpoint_every=config["checkpoint_every"])
     except PeftbenchError as err:
         tune.report({"error": str(err).strip().splitlines()[0], **where})
         return

@@ -65,7 +65,8 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
     return model
 
 
-def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, float], dict | None], None] | None = None,
+def run_trial(spec: dict[str, Any], recorder: Any,
+              report: Callable[[dict[str, float], dict | None], None] | None = None,
               progress: Callable[[str], None] | None = None, world: distributed.World | None = None,
               resume: dict[str, Any] | None = None, checkpoint_every: int | None = None) -> dict[str, float]:
     """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder).

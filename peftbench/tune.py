@@ -1,4 +1,5 @@
-"""Ray Tune orchestration: one trial per spec, resources from the suite, resume from MLflow."""
+"""Ray Tune orchestration: one trial per spec, resources from the suite, resume from MLflow and from
+trial checkpoints, retries for crashes (``peftbench.tune_trial`` is what runs inside a trial)."""
 
 from __future__ import annotations
 

@@ -108,15 +108,16 @@ def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds
 
 
 def _expected_cost(suite, specs, args: argparse.Namespace) -> str:
-    """``--dry-run``'s price: step times from MLflow runs on this device model, else ``--bench`` records."""
+    """``--dry-run``'s price: step times from MLflow runs on this hardware, else ``--bench`` records."""
     from peftbench import cost, tracking
+    from peftbench.hardware import hardware_name, is_gpu
 
     gpus = suite.resources.gpus_per_trial
-    device = args.device_model or cost.device_model()
+    device = args.device_model or hardware_name()
     sources = [cost.step_times_from_mlflow(tracking.resolve_tracking_uri(args.tracking_uri), device)]
     sources.append(cost.step_times_from_bench(args.bench, device))
     text = cost.format_cost(cost.expected_cost(specs, gpus, sources), gpus, device)
-    if gpus and device == "cpu":
+    if gpus and not is_gpu(device):
         text += "\n  (no GPU here: pass --device-model with the GPU's name as torch/nvidia-smi print it)"
     return text
 
@@ -205,7 +206,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile)
         rows += new
         _say("\n".join(format_rows(new).splitlines()[0 if len(rows) == len(new) else 1:]))
+    from peftbench.hardware import hardware_name
+
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "hardware": hardware_name(device),  # what `run --dry-run` matches, as runs record it
               "torch": torch.__version__, "args": vars(args) | {"func": None}, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=str))
@@ -303,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: RAY_ADDRESS, else a private Ray on this host)")
     p.add_argument("--bench", action="append", default=[], metavar="JSON",
                    help="--dry-run: step times from `peftbench bench --out` records (after MLflow's)")
-    p.add_argument("--device-model", help="--dry-run: price on this device (default: this machine's GPU, or cpu)")
+    p.add_argument("--device-model", help="--dry-run: price on this hardware, named as runs record it (tag "
+                   "peftbench.hardware; default: this machine's GPU, or its CPU)")
     add_common(p)
     p.set_defaults(func=cmd_run)
 

@@ -5,8 +5,8 @@ Spent: a run's ``time/train_s`` × the GPUs it held (metric ``cost/gpus``: the s
 
 Expected: optimizer steps × step time × GPUs per trial, a step being ``train.accumulate`` passes of
 ``batch_size / accumulate / data_parallel`` scenes per process. Pass times come, in this order, from FINISHED
-runs in MLflow on the same device model (metric ``eff/step_time_ms``, tag
-``peftbench.device_model``), or from ``peftbench bench --out`` JSON records of that device; the
+runs in MLflow on the same hardware (metric ``eff/step_time_ms``, tag ``peftbench.hardware``:
+``peftbench.hardware.hardware_name``), or from ``peftbench bench --out`` JSON records of it; the
 estimate names its source, and says "unknown" when neither has the method. Only training steps
 are counted (validation and the final test add to it).
 """
@@ -22,21 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from peftbench.errors import PeftbenchError
+from peftbench.hardware import HARDWARE_TAG, is_gpu
 
-DEVICE_TAG = "peftbench.device_model"
 GPUS_METRIC = "cost/gpus"
-
-
-def device_model() -> str:
-    """This process's compute device as runs are matched by: the CUDA device name, or ``cpu``."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except Exception:  # noqa: BLE001 - no usable CUDA: a CPU run
-        pass
-    return "cpu"
 
 
 def gpu_hours(run: Mapping[str, Any]) -> float:
@@ -87,7 +75,7 @@ def _key(method: str, backbone: str, batch: int) -> tuple[str, str, int]:
 
 
 def step_times_from_mlflow(uri: str, device: str) -> StepTimes:
-    """From FINISHED trial runs of every experiment at ``uri`` whose device model is ``device``."""
+    """From FINISHED trial runs of every experiment at ``uri`` whose hardware (``hardware_name``) is ``device``."""
     from peftbench import tracking
 
     uri = tracking.resolve_tracking_uri(uri)
@@ -97,7 +85,7 @@ def step_times_from_mlflow(uri: str, device: str) -> StepTimes:
     c = tracking.client(uri)
     found: dict[tuple[str, str, int], list[float]] = {}
     flt = (f"attributes.status = 'FINISHED' and tags.`peftbench.kind` = 'trial' "
-           f"and tags.`{DEVICE_TAG}` = '{device}'")
+           f"and tags.`{HARDWARE_TAG}` = '{device}'")
     for exp in c.search_experiments():
         for run in tracking.iter_runs(c, exp.experiment_id, flt):
             step = run.data.metrics.get("eff/step_time_ms")
@@ -124,11 +112,12 @@ def step_times_from_bench(paths: list[str], device: str) -> StepTimes:
         try:
             record = json.loads(Path(path).read_text())
             args = record["args"]
-            measured_on = record.get("gpu") or "cpu"
+            # ``hardware`` since hardware names were unified; older records name only a GPU (None: CPU).
+            measured_on = record.get("hardware") or record.get("gpu")
             rows = record["rows"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise PeftbenchError(f"--bench {path}: not a `peftbench bench --out` record ({err})") from err
-        if measured_on != device:
+        if measured_on != device and not (measured_on is None and not is_gpu(device)):
             continue
         used.append(Path(path).name)
         for row in rows:

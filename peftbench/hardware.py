@@ -6,6 +6,7 @@ import platform
 from pathlib import Path
 
 CPU_PREFIX = "CPU: "
+HARDWARE_TAG = "peftbench.hardware"  # every run's hardware_name(): reports group by it, cost prices by it
 
 
 def cpu_model() -> str:
@@ -19,12 +20,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def hardware_name() -> str:
-    """The GPU a trial uses ("NVIDIA H200"), or "CPU: <model> (<n> threads)" on CPU-only runs."""
+def hardware_name(device: object = None) -> str:
+    """The GPU a trial uses ("NVIDIA H200"), or "CPU: <model> (<n> threads)" on CPU-only runs.
+    ``device``: a torch device (or its name) to name instead of this process's default."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.cuda.current_device())
+    kind = None if device is None else torch.device(device).type
+    if kind in (None, "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device() if device is None else device)
     threads = torch.get_num_threads()
     return f"{CPU_PREFIX}{cpu_model()} ({threads} thread{'s' if threads != 1 else ''})"
 

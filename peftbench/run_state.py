@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from peftbench.owner import Owner, this_process
-from peftbench.tracking import DRIVER_TAG, OWNER_TAG, client, iter_runs
+from peftbench.tracking import CHECKPOINTS_TAG, DRIVER_TAG, OWNER_TAG, client, iter_runs
 
 NOTE_TAG = "peftbench.note"
 
@@ -35,9 +35,11 @@ def _is_orphan(run: Any, me: Owner) -> bool:
     return driver is not None and driver.is_local() and not driver.is_alive()
 
 
-def _kill(c: Any, run: Any, note: str) -> None:
+def _kill(c: Any, run: Any, note: str, status: str = "KILLED") -> None:
     c.set_tag(run.info.run_id, NOTE_TAG, note)
-    c.set_terminated(run.info.run_id, status="KILLED", end_time=int(time.time() * 1000))
+    if status == "FAILED":  # reports list a failed run with its cause
+        c.set_tag(run.info.run_id, "peftbench.error", note)
+    c.set_terminated(run.info.run_id, status=status, end_time=int(time.time() * 1000))
 
 
 def close_orphans(uri: str, experiment: str) -> list[str]:
@@ -55,15 +57,34 @@ def close_orphans(uri: str, experiment: str) -> list[str]:
     return closed
 
 
-def close_session(uri: str, experiment: str, driver: str, note: str) -> int:
-    """After an interruption: mark this driver's runs that are still RUNNING KILLED."""
+def close_session(uri: str, experiment: str, driver: str, note: str, status: str = "KILLED") -> int:
+    """After an interruption (or once Ray is done): mark this driver's runs that are still RUNNING
+    ``status`` (KILLED: interrupted; FAILED: their process died)."""
     c, exp_id = _experiment_id(uri, experiment)
     if exp_id is None:
         return 0
     runs = iter_runs(c, exp_id, f"attributes.status = 'RUNNING' and tags.`{DRIVER_TAG}` = '{driver}'")
     for run in runs:
-        _kill(c, run, note)
+        _kill(c, run, note, status)
     return len(runs)
+
+
+def checkpoints_to_resume(uri: str, experiment: str) -> dict[str, str]:
+    """Fingerprint -> the last checkpoint folder of its newest unfinished run (KILLED, FAILED) that
+    wrote one (tag ``peftbench.checkpoints``, kept by Ray's storage); the trial continues in that run.
+    A checkpoint whose run id is another run's is not used (a folder is one run's)."""
+    from peftbench.train.checkpointing import latest_folder, read_meta
+
+    c, exp_id = _experiment_id(uri, experiment)
+    if exp_id is None:
+        return {}
+    found: dict[str, str] = {}
+    for run in iter_runs(c, exp_id, "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'"):
+        fp, folder = run.data.tags.get("peftbench.fingerprint"), run.data.tags.get(CHECKPOINTS_TAG)
+        latest = latest_folder(folder) if fp and folder else None
+        if latest is not None and read_meta(latest).get("run_id") == run.info.run_id:
+            found[fp] = str(latest)  # oldest first: the newest run wins
+    return found
 
 
 def session_statuses(uri: str, experiment: str, driver: str) -> dict[str, str]:

@@ -76,6 +76,8 @@ class Resources:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
+    checkpoint_every: int | None = None       # epochs between trial checkpoints; None: at each validation
+    max_failures: int = 2                     # Ray retries of a trial that crashed (never of a user error)
 
 
 @dataclasses.dataclass
@@ -176,6 +178,7 @@ def _validate(suite: Suite, where: str) -> None:
             raise PeftbenchError(f"{where}: splits[{i}]: {split!r} is not a split; use full, scenes-<percent> "
                                  "or points-<labelled points per scene>")
     _validate_report(suite, labels, where)
+    _validate_resources(suite.resources, where)
     if suite.backbone.checkpoint == "pretrain" and suite.pretrain is None:
         raise PeftbenchError(f"{where}: backbone.checkpoint: 'pretrain' needs a `pretrain` section")
     if suite.pretrain is not None:
@@ -194,6 +197,14 @@ def _validate_report(suite: Suite, labels: set[str], where: str) -> None:
     for key, label in named:
         if label not in labels:
             raise PeftbenchError(f"{where}: {key}: {label!r} is not a method label of this suite (labels: {known})")
+
+
+def _validate_resources(res: Resources, where: str) -> None:
+    if res.checkpoint_every is not None and res.checkpoint_every < 1:
+        raise PeftbenchError(f"{where}: resources.checkpoint_every: {res.checkpoint_every} is not a number of epochs; "
+                             "use 1 or more, or leave it out to checkpoint at each validation")
+    if res.max_failures < 0:
+        raise PeftbenchError(f"{where}: resources.max_failures: {res.max_failures}; use 0 (no retry) or more")
 
 
 def _check_data_parallel(processes: int, resources: Resources, where: str) -> None:

@@ -38,6 +38,7 @@ _METRICS_PER_BATCH = 1000
 _SERVER_SCHEMES = ("http://", "https://")
 OWNER_TAG = "peftbench.owner"    # host:pid:start of the process that holds the run open
 DRIVER_TAG = "peftbench.driver"  # the same for the `peftbench run` that started the trial
+CHECKPOINTS_TAG = "peftbench.checkpoints"  # the folder of the trial's checkpoints (Ray's storage)
 # SQLAlchemy backends MLflow supports besides sqlite; passed through untouched.
 _DB_SCHEMES = ("postgresql", "mysql", "mssql")
 
@@ -251,13 +252,18 @@ class TrialRun:
     ``with TrialRun(...) as run:`` creates the run (tags, run name, flattened params); leaving the
     block marks it FINISHED, FAILED on an exception (error message as tag ``peftbench.error`` and a
     ``traceback.txt`` artifact) or KILLED on KeyboardInterrupt. Exceptions are never swallowed.
+    With ``run_id`` it continues that run instead (a trial resumed from its checkpoint).
     """
 
     def __init__(
         self, uri: str, experiment: str, run_name: str, tags: dict[str, str],
-        params: dict[str, Any],
+        params: dict[str, Any], run_id: str | None = None,
     ) -> None:
         self.uri = resolve_tracking_uri(uri)
+        self.reopen = run_id            # an unfinished run to continue (a resume from a checkpoint)
+        self.was_finished = False       # the reopened run had already FINISHED (killed after it ended)
+        self._logged: set[tuple[str, int]] = set()  # (metric, step) already in a reopened run
+        self.previous: Any = None       # the reopened run as it was (mlflow Run)
         self.experiment = experiment
         self.run_name = run_name
         self.tags = {str(k): _truncate(str(v), _MAX_TAG_VALUE) for k, v in tags.items()}
@@ -269,6 +275,8 @@ class TrialRun:
         exp_id = ensure_experiment(self.uri, self.experiment)
         self._client = client(self.uri)
         tags = {OWNER_TAG: this_process().token, **self.tags}
+        if self.reopen:
+            return self._reopen(tags)
         run = self._client.create_run(exp_id, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
         try:
@@ -287,6 +295,8 @@ class TrialRun:
         tb: TracebackType | None,
     ) -> bool:
         c = self._require()
+        if self.was_finished:
+            return False  # nothing of it was run again
         if exc_type is None:
             status = "FINISHED"
         elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or Ray stopping the worker
@@ -304,6 +314,24 @@ class TrialRun:
         c.set_terminated(self.run_id, status=status, end_time=_now_ms())
         return False
 
+    def _reopen(self, tags: dict[str, str]) -> TrialRun:
+        """Continue run ``self.reopen``: RUNNING again, owned by this process, its earlier error tag
+        dropped; metrics it already holds (epochs before the kill) are not logged twice."""
+        c = self._require()
+        run = self.previous = c.get_run(self.reopen)
+        self.run_id = run.info.run_id
+        if run.info.status == "FINISHED":
+            self.was_finished = True
+            return self
+        for key in ("peftbench.error", "peftbench.note"):
+            if key in run.data.tags:
+                c.delete_tag(self.run_id, key)
+        for key, value in tags.items():
+            c.set_tag(self.run_id, key, value)
+        self._logged = {(key, m.step) for key in run.data.metrics for m in c.get_metric_history(self.run_id, key)}
+        c.update_run(self.run_id, status="RUNNING")
+        return self
+
     def _require(self) -> MlflowClient:
         if self._client is None:
             raise RuntimeError("TrialRun used outside its `with` block")
@@ -313,7 +341,8 @@ class TrialRun:
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        items = [Metric(str(k), float(v), ts, int(step)) for k, v in metrics.items()]
+        items = [Metric(str(k), float(v), ts, int(step)) for k, v in metrics.items()
+                 if (str(k), int(step)) not in self._logged]
         for i in range(0, len(items), _METRICS_PER_BATCH):
             self._require().log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_BATCH])
 

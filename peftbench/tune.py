@@ -1,4 +1,5 @@
-"""Ray Tune orchestration: one trial per spec, resources from the suite, resume from MLflow."""
+"""Ray Tune orchestration: one trial per spec, resources from the suite, resume from MLflow and from
+trial checkpoints, retries for crashes (``peftbench.tune_trial`` is what runs inside a trial)."""
 
 from __future__ import annotations
 
@@ -10,74 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peftbench import cost, ray_cluster, run_state, tracking
+from peftbench import ray_cluster, run_state, tracking
 from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
-from peftbench.hardware import hardware_name
 from peftbench.hub import hub_reference
 from peftbench.owner import this_process
 from peftbench.preflight import check_resources
 from peftbench.progress import as_console
 from peftbench.store_lock import experiment_lock, store_lock
 from peftbench.suite import Suite, pretrain_spec
-from peftbench.train.trial import ensure_pretrained, run_trial
+from peftbench.train.trial import ensure_pretrained
+from peftbench.tune_trial import ray_trainable, tracked_trial, trial_tags
 
 Say = Callable[[str], None]
-
-
-def trial_tags(spec: dict[str, Any]) -> dict[str, str]:
-    tags = {"peftbench.fingerprint": spec["fingerprint"], "peftbench.kind": spec["kind"]}
-    if spec["kind"] == "trial":
-        tags.update({"peftbench.suite": spec["suite"], "peftbench.method": spec["method"]["label"],
-                     "peftbench.dataset": spec["dataset"]["label"], "peftbench.split": spec["split"],
-                     "peftbench.seed": str(spec["seed"])})
-        if spec["dataset"].get("group"):
-            tags["peftbench.dataset_group"] = spec["dataset"]["group"]
-        if spec.get("report"):  # the suite's `report:` layout, read back by `peftbench report`
-            tags["peftbench.report"] = json.dumps(spec["report"], sort_keys=True)
-        if spec.get("stage"):  # search, then final (peftbench.search)
-            tags["peftbench.stage"] = spec["stage"]
-        for key in ("search_point", "search_choice"):
-            if key in spec:
-                tags[f"peftbench.{key}"] = json.dumps(spec[key], sort_keys=True)
-    return tags
-
-
-class StoppedEarly(Exception):
-    """The scheduler (ASHA) stopped this trial: Ray's ``tune.report`` raised SystemExit(0) in it."""
-
-
-def _stoppable(report: Callable[[dict], None] | None) -> Callable[[dict], None] | None:
-    if report is None:
-        return None
-
-    def wrapped(metrics: dict) -> None:
-        try:
-            report(metrics)
-        except SystemExit as stop:
-            raise StoppedEarly from stop
-
-    return wrapped
-
-
-def tracked_trial(spec: dict[str, Any], uri: str, experiment: str, report=None, progress: Say | None = None,
-                  extra_tags: dict[str, str] | None = None, gpus: float | None = None) -> dict | None:
-    """Run one trial inside its MLflow run (FINISHED, or FAILED with the error); None if a scheduler stopped it.
-
-    ``gpus``: what the trial holds, for GPU-hours (``peftbench.cost``); None = its processes' GPUs here.
-    """
-    params = tracking.flatten_config({k: v for k, v in spec.items() if k not in ("fingerprint", "run_name")})
-    device = cost.device_model()
-    tags = {**trial_tags(spec), "peftbench.hardware": hardware_name(), cost.DEVICE_TAG: device, **(extra_tags or {})}
-    if gpus is None:
-        gpus = 0.0 if device == "cpu" else float(spec.get("train", {}).get("data_parallel", 1))
-    with tracking.TrialRun(uri, experiment, spec["run_name"], tags, params) as run:
-        run.log_metrics({cost.GPUS_METRIC: gpus})
-        try:
-            return run_trial(spec, run, _stoppable(report), progress)
-        except StoppedEarly:  # a complete answer for a search: FINISHED, tagged, not rerun
-            run.set_tag("peftbench.stopped_early", "scheduler")
-            return None
 
 
 def _absolute(spec: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +99,13 @@ def _run_todo(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         return {"ran": 0, "failed": []}
     if sequential:
         return _run_sequential(todo, uri, experiment, say, driver)
-    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler, address)
+    # Unfinished runs with a checkpoint (a driver killed, a trial Ray gave up on) continue from it.
+    fingerprints = {s["fingerprint"] for s in todo}
+    resume = {} if rerun else {fp: path for fp, path in run_state.checkpoints_to_resume(uri, experiment).items()
+                               if fp in fingerprints}
+    if resume:
+        say(f"resume: {len(resume)} unfinished trial(s) continue from their last checkpoint in their MLflow run")
+    return _run_ray(suite, todo, uri, experiment, say, driver, scheduler, address, resume)
 
 
 def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, Any]:
@@ -176,49 +128,8 @@ def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, A
     return {"ran": len(todo), "failed": failed}
 
 
-def _worker_placement() -> dict[str, Any]:
-    """Where this trial process runs: Ray's GPU ids, CUDA_VISIBLE_DEVICES, the GPU's UUID, pid, host."""
-    import socket
-
-    import ray
-
-    info: dict[str, Any] = {"placement/gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
-                            "placement/cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                            "placement/pid": os.getpid(), "placement/host": socket.gethostname(),
-                            "placement/node_id": ray.get_runtime_context().get_node_id()}
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            info["placement/gpu_uuid"] = str(getattr(props, "uuid", ""))
-            info["placement/gpu_name"] = props.name
-    except Exception as err:  # noqa: BLE001 - placement is a record, never a reason to fail the trial
-        info["placement/gpu_uuid"] = f"unknown ({type(err).__name__})"
-    return info
-
-
-def _ray_trainable(config: dict[str, Any]) -> None:
-    from ray import tune
-
-    if config["cwd"]:
-        os.chdir(config["cwd"])
-    else:  # on a cluster: the worker runs in Ray's copy of the code; data must be on shared storage
-        ray_cluster.check_visible(config["spec"])
-    where = _worker_placement()
-    # Every result carries the GPU ids (numbers-only loggers skip the strings); the MLflow run gets them as tags.
-    tags = {f"peftbench.{k.split('/', 1)[1]}": str(v) for k, v in where.items() if str(v)}
-    final = tracked_trial(config["spec"], config["uri"], config["experiment"],
-                          report=lambda metrics: tune.report({**metrics, **where}),
-                          extra_tags={**tags, tracking.DRIVER_TAG: config["driver"]}, gpus=config["gpus"])
-    if final is None:  # stopped early by the scheduler: nothing more to report
-        return
-    # One last result with the trial's final metrics (peak GPU memory, step time, test mIoU) for Ray's records.
-    tune.report({**{k: v for k, v in final.items() if not k.startswith("test/iou/")}, **where, "final": 1})
-
-
 def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, scheduler: Any = None,
-             address: str | None = None) -> dict[str, Any]:
+             address: str | None = None, resume: dict[str, str] | None = None) -> dict[str, Any]:
     try:
         from peftbench.ray_local import local_ray
     except ImportError as err:
@@ -229,17 +140,22 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, schedul
         with ray_cluster.joined(address, suite.resources.gpus_per_trial, say) as storage:
             # The code ships with the job; methods folders inside it are found in the workers' copy.
             todo = [{**s, "methods_dir": [ray_cluster.shipped_path(p) for p in s["methods_dir"]]} for s in todo]
-            return _run_tuner(suite, todo, uri, experiment, say, driver, storage, None, scheduler, cwd=None)
+            return _run_tuner(suite, todo, uri, experiment, say, driver, storage, None, scheduler, cwd=None,
+                              resume=resume)
     gpus = check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial)
     with local_ray(gpus) as storage:
-        return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler)
+        return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler, resume=resume)
 
 
 def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, storage: Path,
-               gpus: int | None, scheduler: Any = None, cwd: str | None = "") -> dict[str, Any]:
+               gpus: int | None, scheduler: Any = None, cwd: str | None = "",
+               resume: dict[str, str] | None = None) -> dict[str, Any]:
     """One Tune experiment over ``todo`` on the Ray cluster this process is connected to.
 
     ``cwd``: the trials' working directory ("" = this one; None = Ray's copy of the code, on a cluster).
+    ``resume``: fingerprint -> checkpoint folder to continue from. A trial that crashes is retried
+    ``resources.max_failures`` times from its last checkpoint; a user error ends it at once (an
+    ``error`` result, see ``tune_trial.ray_trainable``).
     """
     import ray
     from ray import tune
@@ -249,23 +165,31 @@ def _run_tuner(suite: Suite, todo, uri, experiment, say: Say, driver: str, stora
         say(f"Ray resources: {ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus} GPUs; per trial "
             f"{res.cpus_per_trial:g} CPUs, {res.gpus_per_trial:g} GPU")
     callback = _progress_callback(len(todo), say)
-    trainable = tune.with_resources(_ray_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+    trainable = tune.with_resources(ray_trainable, {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
     tuner_name = f"{suite.name}-{int(time.time())}"
     tuner = tune.Tuner(
         trainable,
         param_space={"spec": tune.grid_search(todo), "uri": uri, "experiment": experiment,
-                     "cwd": os.getcwd() if cwd == "" else cwd,
-                     "driver": driver, "gpus": res.gpus_per_trial},
+                     "cwd": os.getcwd() if cwd == "" else cwd, "driver": driver, "gpus": res.gpus_per_trial,
+                     "ray_dir": str(storage / tuner_name), "checkpoint_every": res.checkpoint_every,
+                     "resume": resume or {}},
         # reuse_actors: a finished trial's worker (torch, MLflow imported) takes the next trial,
         # saving ~6 s of process start per trial; every trial re-seeds and rebuilds its state.
         tune_config=tune.TuneConfig(max_concurrent_trials=res.max_concurrent, reuse_actors=True, scheduler=scheduler,
                                     trial_name_creator=lambda t: t.config["spec"]["run_name"].replace("/", "_"),
                                     trial_dirname_creator=lambda t: t.trial_id),
         run_config=tune.RunConfig(name=tuner_name, storage_path=str(storage), verbose=0,
-                                  callbacks=[callback], failure_config=tune.FailureConfig(max_failures=0)),
+                                  callbacks=[callback],
+                                  failure_config=tune.FailureConfig(max_failures=res.max_failures),
+                                  # the newest two: a kill while Ray writes one leaves the one before
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
     results = tuner.fit()
-    failed = [(r.config["spec"]["run_name"], _last_line(r.error)) for r in results if r.error]
+    failed = [(r.config["spec"]["run_name"], _last_line(r.error) if r.error else r.metrics["error"])
+              for r in results if r.error or (r.metrics or {}).get("error")]
+    # A trial whose process died (and Ray gave up on) left its run RUNNING: not a live run any more.
+    run_state.close_session(uri, experiment, driver, "its trial process died; Ray gave up on it (see the Ray "
+                            "experiment folder); rerun to continue from its last checkpoint", status="FAILED")
     folder = storage / tuner_name
     _write_placement(folder, callback.placement, say)
     return {"ran": len(todo), "failed": failed, "placement": callback.placement, "ray_dir": str(folder)}
@@ -325,6 +249,8 @@ def _progress_callback(total: int, say: Say):
             self.bar.tick()  # elapsed and ETA move between trial events
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("error"):
+                return  # the trial ends on it: shown by on_trial_complete
             if result.get("final"):
                 self.console.detail(
                     f"  final {_name(trial)}: test mIoU {result.get('test/mIoU', float('nan')):.3f}, "
@@ -335,7 +261,7 @@ def _progress_callback(total: int, say: Say):
             self.bar.epoch(_name(trial), result.get("epoch", "?"), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._finish(trial, "done")
+            self._finish(trial, "FAILED" if (trial.last_result or {}).get("error") else "done")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self._finish(trial, "FAILED")
@@ -350,7 +276,7 @@ def _progress_callback(total: int, say: Say):
                 "start_epoch": self.started.get(trial.trial_id, (None, None))[1], "end_epoch": time.time(),
                 **{k: v for k, v in last.items()
                    if k.startswith("placement/") or k in _FINAL_KEYS}}
-            error = None if status == "done" else _last_error_line(trial)
+            error = None if status == "done" else last.get("error") or _last_error_line(trial)
             self.bar.finished_trial(_name(trial), last.get("test/mIoU"), error=error)
             if self.done == self.total:
                 self.bar.close()

@@ -11,6 +11,7 @@ import yaml
 
 from peftbench import cost
 from peftbench.cli import main
+from peftbench.hardware import hardware_name
 from tests.conftest import micro_suite
 
 SUITE = micro_suite("priced", train_scenes=4, seeds=[0, 1], train={"epochs": 3, "batch_size": 2, "grid_size": 0.1})
@@ -52,7 +53,8 @@ def test_dry_run_prices_from_bench_records_then_from_finished_runs(tmp_path, mon
     capsys.readouterr()
     assert main(["run", "big.yaml", "--dry-run", "--tracking-uri", uri, "--bench", "bench.json"]) == 0
     out = capsys.readouterr().out
-    assert "bench records (bench.json on cpu)" in out and f"{STEPS} steps" in out
+    here = hardware_name()  # one name for the hardware, as runs record it and bench records it
+    assert f"bench records (bench.json on {here})" in out and f"{STEPS} steps" in out
     hours = float(re.search(r"([\d.]+) h", _total_line(out)).group(1))
     assert hours == pytest.approx(STEPS * bench_ms / 3.6e6, abs=0.006) and hours > 0.5
 
@@ -66,7 +68,8 @@ def test_dry_run_prices_from_bench_records_then_from_finished_runs(tmp_path, mon
     assert main(["run", "big.yaml", "--dry-run", "--tracking-uri", uri, "--bench", "bench.json"]) == 0
     out = capsys.readouterr().out
     print(out)
-    assert "MLflow (2 finished runs on cpu)" in out  # finished runs come before bench records
+    assert f"MLflow (2 finished runs on {here})" in out  # finished runs come before bench records
+    assert set(runs["hardware"]) == {here}
     step_ms = runs["eff/step_time_ms"].median()
     assert f"{step_ms:.0f} ms/step" in out
     hours = float(re.search(r"([\d.]+) h", _total_line(out)).group(1))
@@ -91,3 +94,16 @@ def test_steps_are_counted_even_without_a_step_time():
     row = cost.expected_cost([spec, spec], 0.0, [])[0]
     assert row["steps"] == 2 * 28 * 4 and row["hours"] is None
     assert f"{2 * 28 * 4} steps" in cost.format_cost([row], 0.0, "cpu")
+
+
+def test_bench_records_match_by_hardware_name_and_older_cpu_records_match_any_cpu(tmp_path):
+    rows = [{"method": "gem", "train_ms": 100.0}]
+    args = {"backbone": "tiny", "batch_size": 2}
+    records = {"h200.json": {"hardware": "NVIDIA H200", "gpu": "NVIDIA H200", "args": args, "rows": rows},
+               "old-cpu.json": {"gpu": None, "args": args, "rows": rows}}  # before the hardware key
+    for name, record in records.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    paths = [str(tmp_path / name) for name in records]
+    assert cost.step_times_from_bench(paths, "NVIDIA H200").source == "bench records (h200.json on NVIDIA H200)"
+    cpu = "CPU: AMD EPYC (2 threads)"
+    assert cost.step_times_from_bench(paths, cpu).source == f"bench records (old-cpu.json on {cpu})"

@@ -81,14 +81,14 @@ def test_an_interrupted_trial_is_killed_not_failed(store, stop):
 def test_ctrl_c_exits_130_and_says_what_finished_was_killed_and_did_not_start(store, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def trial(spec, recorder, report=None, progress=None):  # the first trial finishes, Ctrl-C in the second
+    def trial(spec, recorder, report=None, progress=None, **resume):  # the first finishes, Ctrl-C in the second
         calls.append(spec["run_name"])
         if len(calls) == 2:
             raise KeyboardInterrupt
         recorder.log_metrics({"test/mIoU": 0.5})
         return {"test/mIoU": 0.5}
 
-    monkeypatch.setattr("peftbench.tune.run_trial", trial)
+    monkeypatch.setattr("peftbench.tune_trial.run_trial", trial)
     suite = write_suite(tmp_path, methods=["linear", "bitfit", "gem"])
     assert main(["run", str(suite), "--sequential", "--tracking-uri", store]) == 130
     assert "interrupted: 1 finished, 1 killed, 1 not started" in capsys.readouterr().err

@@ -9,7 +9,8 @@ import yaml
 
 from peftbench.cli import main
 from peftbench.errors import PeftbenchError
-from peftbench.suite import load_suite, trial_specs
+from peftbench.suite import load_suite, parse_suite, trial_specs
+from tests.conftest import micro_suite
 
 BASE = {
     "name": "t",
@@ -82,3 +83,12 @@ def test_dry_run_lists_trials(tmp_path, capsys):
     assert main(["run", str(_write(tmp_path, BASE)), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 trials" in out and "gem/synthetic-target/full/s1" in out
+
+
+@pytest.mark.parametrize("resources, key", [({"checkpoint_every": 0}, "resources.checkpoint_every"),
+                                            ({"max_failures": -1}, "resources.max_failures")])
+def test_checkpoint_and_retry_settings_are_checked(resources, key):
+    with pytest.raises(PeftbenchError, match=key):
+        parse_suite(micro_suite("checked", resources=resources), "s.yaml")
+    defaults = parse_suite(micro_suite("checked"), "s.yaml").resources
+    assert defaults.checkpoint_every is None and defaults.max_failures == 2

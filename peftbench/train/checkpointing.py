@@ -101,3 +101,38 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         raise PeftbenchError(f"cannot read the trainer checkpoint {path} ({err}); delete it to start the trial "
                              "over") from err
+
+
+# ---- a trial's checkpoint folder: what Ray Tune persists, and what a restarted driver finds ----------
+
+STATE_FILE = "trainer.pt"
+META_FILE = "meta.json"  # epoch and MLflow run id, readable without loading the state
+
+
+def write_folder(folder: str | os.PathLike[str], state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """``trainer.pt`` (the state) and ``meta.json`` (``epoch``, ``run_id``, ...) in ``folder``; meta last,
+    so a folder with a meta file holds a complete state."""
+    import json
+
+    folder = Path(folder)
+    save_checkpoint(folder / STATE_FILE, state)
+    partial = folder / (META_FILE + ".partial")
+    partial.write_text(json.dumps({**meta, "epoch": int(state["epoch"])}))
+    partial.replace(folder / META_FILE)
+    return folder
+
+
+def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads((Path(folder) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def latest_folder(trial_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint folder with the most epochs under ``trial_dir`` (Ray's ``checkpoint_*`` folders)."""
+    found = [(meta["epoch"], sub) for sub in Path(trial_dir).glob("*/")
+             if (meta := read_meta(sub)) is not None and (sub / STATE_FILE).is_file()]
+    return max(found)[1] if found else None

@@ -24,7 +24,7 @@ from peftbench.method import count_parameters, method_state_bytes
 from peftbench.model import Segmentor
 from peftbench.registry import build_method, discover
 from peftbench.schema import build
-from peftbench.train import distributed
+from peftbench.train import checkpointing, distributed
 from peftbench.train.config import TrainConfig
 from peftbench.train.efficiency import PeakMemory
 from peftbench.train.schedule import describe, schedule
@@ -65,18 +65,22 @@ def build_model(spec: dict[str, Any], num_classes: int) -> Segmentor:
     return model
 
 
-def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, float]], None] | None = None,
-              progress: Callable[[str], None] | None = None,
-              world: distributed.World | None = None) -> dict[str, float]:
+def run_trial(spec: dict[str, Any], recorder: Any,
+              report: Callable[[dict[str, float], dict | None], None] | None = None,
+              progress: Callable[[str], None] | None = None, world: distributed.World | None = None,
+              resume: dict[str, Any] | None = None, checkpoint_every: int | None = None) -> dict[str, float]:
     """Run one trial and record everything in ``recorder`` (a TrialRun or LocalRecorder).
 
+    ``report(metrics, state)`` after each epoch; ``state`` is a checkpoint
+    (``checkpointing.trainer_state`` and ``train_s``) every ``checkpoint_every`` epochs, or at each
+    validation when None. ``resume``: such a state to continue from (same spec).
     With ``train.data_parallel`` > 1 this process becomes rank 0 of the trial's data-parallel
     group (``world``); the other ranks train on their slices and return ``{}``.
     """
     discover(spec.get("methods_dir", []))
     cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
     if world is None and cfg.data_parallel > 1:
-        return _run_data_parallel(spec, recorder, report, progress, cfg.data_parallel)
+        return _run_data_parallel(spec, recorder, report, progress, cfg.data_parallel, resume, checkpoint_every)
     seed = int(spec["seed"])
     seed_everything(seed)
     device = world.device if world else pick_device()
@@ -116,11 +120,22 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     follower = world is not None and not world.is_leader
     if world is not None:
         trainer.train_forward = distributed.wrap(model, world)
+    trained_before = 0.0  # seconds of training before the checkpoint resumed from
+    if resume is not None:
+        checkpointing.load_trainer_state(trainer, resume, plan["steps_per_epoch"])
+        trained_before = float(resume.get("train_s", 0.0))
+        if progress:
+            progress(f"resumed from the checkpoint of epoch {trainer.epoch}")
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         recorder.log_epoch(epoch + 1, metrics)  # step = epochs completed, as the progress lines count
         if report:
-            report({**metrics, "epoch": epoch + 1})
+            due = "val/mIoU" in metrics if checkpoint_every is None else (epoch + 1) % checkpoint_every == 0
+            state = None
+            if due:  # taken here, between epochs: the next epoch's batches and RNG start from it
+                state = {**checkpointing.trainer_state(trainer),
+                         "train_s": trained_before + time.perf_counter() - start}
+            report({**metrics, "epoch": epoch + 1}, state)
 
     start = time.perf_counter()
     # Micro-batches of batch_size / accumulate scenes; Mix3D merges pairs within each, as Pointcept per GPU.
@@ -132,7 +147,7 @@ def run_trial(spec: dict[str, Any], recorder: Any, report: Callable[[dict[str, f
     train_batches = EpochBatches(micro_batches, plan["steps_per_epoch"] * cfg.accumulate, cfg.epochs, device,
                                  cfg.num_workers > 0)
     trainer.fit(train_batches, plan["steps_per_epoch"], None if follower else val_loader, on_epoch, progress)
-    train_s = time.perf_counter() - start
+    train_s = trained_before + time.perf_counter() - start
     if follower:  # rank 0 tests and records
         return {}
     tested_epoch = trainer.restore_best() if cfg.test_checkpoint == "best" else trainer.epoch
@@ -179,12 +194,12 @@ class _Discard:
 
 
 def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | None, progress: Callable | None,
-                       size: int) -> dict[str, float]:
+                       size: int, resume: dict[str, Any] | None, checkpoint_every: int | None) -> dict[str, float]:
     port = distributed.free_port()
-    followers = distributed.spawn_followers(_follow, size, port, spec)
+    followers = distributed.spawn_followers(_follow, size, port, spec, resume)  # every rank resumes the same state
     try:
         world = distributed.join(0, size, port)
-        final = run_trial(spec, recorder, report, progress, world)
+        final = run_trial(spec, recorder, report, progress, world, resume, checkpoint_every)
         distributed.wait_followers(followers)
         return final
     except BaseException:
@@ -194,10 +209,10 @@ def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | N
         distributed.leave()
 
 
-def _follow(rank: int, size: int, port: int, spec: dict[str, Any]) -> None:
+def _follow(rank: int, size: int, port: int, spec: dict[str, Any], resume: dict[str, Any] | None) -> None:
     world = distributed.join(rank, size, port)
     try:
-        run_trial(spec, _Discard(), world=world)
+        run_trial(spec, _Discard(), world=world, resume=resume)
     finally:
         distributed.leave()
 

@@ -381,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peftbench.stdout import quiet_when_reader_leaves
+
+    return quiet_when_reader_leaves(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     from peftbench.errors import PeftbenchError
 
     args = build_parser().parse_args(argv)

@@ -3,6 +3,7 @@ flag of `run`, and `peftbench doctor` saying what a bug report needs."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,25 @@ def test_doctor_reports_versions_backends_and_paths(tmp_path, monkeypatch, capsy
     assert "scaled_dot_product_attention" in attention
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out
     assert str(tmp_path / "hf") in out and "not cached" in out
+
+
+@pytest.mark.parametrize("command", [["methods"], ["--help"]])  # an error in a command; in argparse
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path, command):
+    # `peftbench methods | head -1`: the reader closes the pipe before the output ends. Its read
+    # end is closed here before the command starts, so every write meets EPIPE (no race).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    try:
+        out = subprocess.run([sys.executable, "-m", "peftbench", *command], cwd=tmp_path, env=env,
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert out.stderr == "" and out.returncode == 141, (out.returncode, out.stderr)
+
+
+def test_head_reads_one_line_without_a_traceback(tmp_path):
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(f"'{sys.executable}' -m peftbench methods | head -1", shell=True, cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr

@@ -42,3 +42,18 @@ def test_trial_logs_schedule_best_epoch_and_seeded_split(tmp_path, monkeypatch, 
     history = [json.loads(line) for line in next((tmp_path / "out").glob("*/history.jsonl")).read_text().splitlines()]
     best = max(history, key=lambda h: h["val/mIoU"])
     assert metrics["test/checkpoint_epoch"] == best["step"] and metrics["test/mIoU"] == best["val/mIoU"]
+
+
+@pytest.mark.slow
+def test_fewer_training_scenes_than_a_batch_still_train(tmp_path, monkeypatch):
+    # `scenes-25` of 4 training scenes is one scene, batch 2: the schedule plans one step per epoch,
+    # and that step must be taken (it used to be dropped as a partial batch: loss 0, nothing learnt).
+    monkeypatch.chdir(tmp_path)
+    suite = {**SUITE, "splits": ["scenes-25"], "methods": ["linear"],
+             "train": {"epochs": 2, "batch_size": 2, "grid_size": 0.1}}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(suite))
+    assert main(["train", "suite.yaml", "--method", "linear", "--seed", "0", "--out", "out"]) == 0
+    result = json.loads(next((tmp_path / "out").glob("*/result.json")).read_text())
+    assert result["metrics"]["schedule/scenes"] == 1 and result["metrics"]["schedule/total_steps"] == 2
+    history = [json.loads(line) for line in next((tmp_path / "out").glob("*/history.jsonl")).read_text().splitlines()]
+    assert all(h["train/loss"] > 0 for h in history), history

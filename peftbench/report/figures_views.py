@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from peftbench.report import style
+from peftbench.report.compare import SEP
 from peftbench.report.stats import Paired
 
 
@@ -48,6 +49,8 @@ def plot_significance(diffs: dict[tuple[str, str, str], Paired], stem: Path, col
                         color=colors[p.method], mfc=colors[p.method] if p.significant else "white")
         ax.axvline(0.0, color="0.3", lw=0.8, ls="--")
         ax.set_yticks(range(len(rows)), [label for label, _ in reversed(rows)], fontsize="x-small")
-        ax.set_xlabel(f"Δ test mIoU vs {rows[0][1].baseline} (points); filled: interval excludes 0")
+        baselines = {p.baseline for _, p in rows}  # several with `report A B`: each experiment's own
+        against = baselines.pop() if len(baselines) == 1 else f"{rows[0][1].baseline.split(SEP)[0]} of each experiment"
+        ax.set_xlabel(f"Δ test mIoU vs {against} (points); filled: interval excludes 0")
         ax.set_title(title, fontsize="small")
         return style.save(fig, stem)

@@ -111,6 +111,8 @@ class Trainer:
             for step in range(steps_per_epoch):
                 step_batches = list(itertools.islice(micro_batches, cfg.accumulate))
                 if not step_batches:
+                    if step == 0:  # a FINISHED run must have trained
+                        raise RuntimeError(f"epoch {epoch + 1} gave no training batch (planned {steps_per_epoch} steps)")
                     break
                 loss = self.train_step(step_batches)
                 if loss is not None:

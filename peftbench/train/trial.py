@@ -138,10 +138,14 @@ def run_trial(spec: dict[str, Any], recorder: Any,
             report({**metrics, "epoch": epoch + 1}, state)
 
     start = time.perf_counter()
+    # The last partial batch is dropped (Pointcept's drop_last), unless it is the only one: fewer
+    # training scenes than a batch (one scene of `scenes-25` of 4) still make the one step planned.
+    drop_last = len(train_set) >= cfg.batch_size
+
     # Micro-batches of batch_size / accumulate scenes; Mix3D merges pairs within each, as Pointcept per GPU.
     # Under data parallel each rank takes its slice of every micro-batch.
     def micro_batches(epoch: int):
-        loader = batches(train_set, cfg.micro_batch, True, seed, epoch, True, cfg.num_workers, cfg.mix_prob)
+        loader = batches(train_set, cfg.micro_batch, True, seed, epoch, drop_last, cfg.num_workers, cfg.mix_prob)
         return distributed.shard(loader, world) if world is not None else loader
 
     train_batches = EpochBatches(micro_batches, plan["steps_per_epoch"] * cfg.accumulate, cfg.epochs, device,

@@ -52,7 +52,7 @@ def test_suites_command_lists_trials_and_needs(empty_folder, capsys):
     out = capsys.readouterr().out
     assert set(builtin_suites()) >= {"demo", "paper"}
     demo = next(line for line in out.splitlines() if line.strip().startswith("demo "))
-    assert "20 trials" in demo and "CPU" in demo and "nothing to download" in demo
+    assert "16 trials" in demo and "CPU" in demo and "nothing to download" in demo
     paper = next(line for line in out.splitlines() if line.strip().startswith("paper "))
     assert "$SONATA_CHECKPOINT" in paper and "$SCANNET_ROOT" in paper and "GPU" in paper
 
@@ -63,7 +63,7 @@ def test_suites_command_lists_trials_and_needs(empty_folder, capsys):
 
 def test_run_demo_dry_run_from_an_empty_folder(empty_folder, capsys):
     assert main(["run", "demo", "--dry-run"]) == 0
-    assert "20 trials in suite 'demo'" in capsys.readouterr().out
+    assert "16 trials in suite 'demo'" in capsys.readouterr().out
 
 
 def test_a_searched_suite_counts_search_and_final_trials(empty_folder):

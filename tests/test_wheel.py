@@ -100,7 +100,7 @@ def test_wheel_works_from_an_empty_folder(tmp_path):
     assert {"linear", "gem", "lora", "full"} <= {line.split()[0] for line in methods.splitlines() if line[:1].strip()}
     params = _run([exe, "params", "--backbone", "tiny"], work, env)
     assert "gem" in params and "linear" in params
-    assert "20 trials" in _run([exe, "run", "demo", "--dry-run"], work, env)  # the shipped suite
+    assert "16 trials" in _run([exe, "run", "demo", "--dry-run"], work, env)  # the shipped suite
 
     one_trial_suite(work)
     out = _run([exe, "run", "one.yaml", "--sequential"], work, env, timeout=600)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv with everything peftbench needs on a CPU machine (about a minute on a fresh clone).
-# --no-compile: byte-compiling torch, Ray and MLflow at install took ~90 of 115 s on 2 cores; Python
+# --no-compile: byte-compiling torch, Ray and MLflow at install took ~60 of 115 s on 2 cores; Python
 # compiles the modules actually imported on first use instead.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Why a real trial's step is slower than the bench's: the trainer's own ``train_step`` on real
+trial batches held in memory (no loader), in regimes that separate the suspects.
+
+* ``fixed``: one batch over and over (what ``peftbench bench`` times, plus Lovász, scaler, clip);
+* ``new``: every batch once, each with a new point count;
+* ``again``: the same batches a second time (sizes seen before: per-size caches are warm);
+* ``again_nolovasz``: as ``again`` without the Lovász term.
+
+Per regime: median trainer step, CUDA allocator counters (cudaMalloc/cudaFree calls, retries) and
+spconv tuning calls; plus the host-sync sites of one step (``torch.cuda.set_sync_debug_mode``).
+
+    python scripts/shape_probe.py suites/gpu_smoke.yaml --method gem --batches 16 --json shape.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from peftbench.backbone.sparse_conv import set_default_backend, spconv_available  # noqa: E402
+from peftbench.data.sources import batches, build_train_set, dataset_kind, prepare_dataset  # noqa: E402
+from peftbench.registry import build_method  # noqa: E402
+from peftbench.schema import build  # noqa: E402
+from peftbench.suite import load_suite, trial_specs  # noqa: E402
+from peftbench.train.config import TrainConfig  # noqa: E402
+from peftbench.train.trainer import Trainer  # noqa: E402
+from peftbench.train.trial import build_model, seed_everything  # noqa: E402
+
+TUNES = collections.Counter()
+
+
+def _count_tuning() -> None:
+    try:
+        import spconv.algo as algo
+    except ImportError:  # CPU builds have no tuner
+        return
+
+    for cls in (algo.SimpleConv, algo.SimpleGemm):
+        original = cls.tune_and_cache
+
+        def counted(self, *args, _original=original, _name=cls.__name__, **kwargs):
+            TUNES[_name] += 1
+            return _original(self, *args, **kwargs)
+        cls.tune_and_cache = counted
+
+
+def _alloc_counters() -> dict[str, int]:
+    stats = torch.cuda.memory_stats() if torch.cuda.is_available() else {}
+    return {k: int(stats.get(k, 0)) for k in ("num_device_alloc", "num_device_free", "num_alloc_retries",
+                                              "num_sync_all_streams")}
+
+
+def _sync_sites(trainer: Trainer, batch: dict) -> dict[str, int]:
+    """``file:line`` of every host sync of one step (CUDA only)."""
+    if not torch.cuda.is_available():
+        return {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.train_step([batch])
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                                if "synchroniz" in str(w.message))
+    return dict(sites.most_common())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("suite")
+    parser.add_argument("--method", default="gem")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    spec = next(s for s in trial_specs(load_suite(args.suite))
+                if s["method"]["label"] == args.method and s["seed"] == args.seed)
+    spec["backbone"]["conv_backend"] = "auto"
+    cfg: TrainConfig = build(TrainConfig, spec["train"], "train")
+    seed_everything(args.seed)
+    set_default_backend("auto")
+    prepare_dataset(spec["dataset"])
+    train_set, _ = build_train_set(spec["dataset"], "full", cfg.grid_size, cfg.point_max, args.seed, cfg.augment)
+    held: list[dict] = []
+    for epoch in range(100):
+        for batch in batches(train_set, cfg.micro_batch, True, args.seed, epoch, True, args.workers, cfg.mix_prob):
+            held.append(batch)
+        if len(held) >= args.batches:
+            break
+    held = held[:args.batches]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classes = dataset_kind(spec["dataset"]["name"]).classes
+    model = build_model(spec, len(classes))
+    method = build_method(spec["method"]["name"], spec["method"].get("settings"))
+    method.apply(model)
+    trainer = Trainer(model, method, cfg, device, len(classes), args.seed)
+    trainer.prepare(1000)
+    trainer.model.train()
+    _count_tuning()
+    out: dict = {"suite": args.suite, "method": args.method, "points": [int(b["coord"].shape[0]) for b in held],
+                 "regimes": {}}
+
+    def regime(name: str, items: list[dict]) -> None:
+        TUNES.clear()
+        before = _alloc_counters()
+        trainer.step_times.clear()
+        start = time.perf_counter()
+        for b in items:
+            trainer.train_step([b])
+        wall = time.perf_counter() - start
+        after = _alloc_counters()
+        ms = [1000 * t for t in trainer.step_times]
+        out["regimes"][name] = {"median_ms": float(np.median(ms)), "mean_ms": float(np.mean(ms)), "ms": ms,
+                                "wall_s": wall, "alloc": {k: after[k] - before[k] for k in after},
+                                "spconv_tunes": dict(TUNES)}
+        print(f"{name:>16}: median {np.median(ms):7.1f} ms, mean {np.mean(ms):7.1f} ms, "
+              f"alloc {out['regimes'][name]['alloc']}, tunes {dict(TUNES)}", flush=True)
+
+    regime("warmup", [held[0]] * 3)
+    regime("fixed", [held[0]] * 8)
+    regime("new", held[1:])
+    regime("again", held[1:])
+    lovasz = cfg.lovasz_weight
+    cfg.lovasz_weight = 0.0
+    regime("again_nolovasz", held[1:])
+    cfg.lovasz_weight = lovasz
+    out["sync_sites"] = _sync_sites(trainer, held[1])
+    print("sync sites:", json.dumps(out["sync_sites"]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -78,6 +78,14 @@ def _sync_sites(trainer: Trainer, batch: dict) -> dict[str, int]:
     return dict(sites.most_common())
 
 
+def _top_ops(trainer: Trainer, batch: dict, count: int = 15) -> list[list]:
+    """``[op, calls, host ms]`` of the ``count`` ops with the most self host time in one step."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.train_step([batch])
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:count]
+    return [[e.key, e.count, round(e.self_cpu_time_total / 1000, 2)] for e in ops]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("suite")
@@ -85,6 +93,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--blas", nargs="*", default=[],
+                        help="then new/again on unseen batches with torch.backends.cuda.preferred_blas_library(each)")
     parser.add_argument("--json")
     args = parser.parse_args()
     spec = next(s for s in trial_specs(load_suite(args.suite))
@@ -130,14 +140,24 @@ def main() -> int:
         print(f"{name:>16}: median {np.median(ms):7.1f} ms, mean {np.mean(ms):7.1f} ms, "
               f"alloc {out['regimes'][name]['alloc']}, tunes {dict(TUNES)}", flush=True)
 
+    part = (len(held) - 2) // (1 + len(args.blas))  # new / again on part 0, each --blas on its own part
+    half = 1 + part
     regime("warmup", [held[0]] * 3)
     regime("fixed", [held[0]] * 8)
-    regime("new", held[1:])
-    regime("again", held[1:])
+    regime("new", held[1:half])
+    regime("again", held[1:half])
     lovasz = cfg.lovasz_weight
     cfg.lovasz_weight = 0.0
-    regime("again_nolovasz", held[1:])
+    regime("again_nolovasz", held[1:half])
     cfg.lovasz_weight = lovasz
+    out["ops_new"], out["ops_again"] = _top_ops(trainer, held[-1]), _top_ops(trainer, held[-1])
+    for key in ("ops_new", "ops_again"):
+        print(key, json.dumps(out[key]), flush=True)
+    out["blas_default"] = str(torch.backends.cuda.preferred_blas_library()) if device.type == "cuda" else None
+    for i, blas in enumerate(args.blas, start=1):
+        torch.backends.cuda.preferred_blas_library(blas)
+        regime(f"new_{blas}", held[1 + i * part:1 + (i + 1) * part])
+        regime(f"again_{blas}", held[1 + i * part:1 + (i + 1) * part])
     out["sync_sites"] = _sync_sites(trainer, held[1])
     print("sync sites:", json.dumps(out["sync_sites"]), flush=True)
     if args.json:

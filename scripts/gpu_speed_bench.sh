@@ -3,7 +3,8 @@
 # the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
 # GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), the reference
 # (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
-# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size).
+# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). PROBE=0 skips
+# the shape probe, TRIALS="gem" picks the trials (short on device time).
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -15,10 +16,9 @@ LOG=$OUT/log.txt; F="USDT|is_fx_tracing|_warn_once|acc_events"; T0=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$LOG"; }
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
-stamp "shape probe"
-timeout 150 python3 scripts/shape_probe.py /tmp/gpu_speed.yaml --batches 12 --workers 12 --json "$OUT/shape.json" 2>&1 \
+[ "${PROBE:-1}" = 1 ] && stamp "shape probe" && timeout 150 python3 scripts/shape_probe.py /tmp/gpu_speed.yaml --batches 12 --workers 12 --json "$OUT/shape.json" 2>&1 \
   | grep -Ev "$F" | grep -v "^ops_" | tee -a "$LOG"
-for method in gem lora; do
+for method in ${TRIALS:-gem lora}; do
   stamp "trial $method"
   nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader -lms 500 > /tmp/smi.csv &
   SMI=$!

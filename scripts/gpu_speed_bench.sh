@@ -14,6 +14,9 @@ python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall('/tmp/site
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 LOG=$OUT/log.txt; F="USDT|is_fx_tracing|_warn_once|acc_events"; T0=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$LOG"; }
+stamp identity
+timeout 100 python3 scripts/reference_identity.py --reference "$REF" --configs tiny sonata --device cuda --flash \
+  --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
 [ "${PROBE:-1}" = 1 ] && stamp "shape probe" && timeout 150 python3 scripts/shape_probe.py /tmp/gpu_speed.yaml --batches 12 --workers 12 --json "$OUT/shape.json" 2>&1 \
@@ -38,7 +41,4 @@ if [ -n "${BF16:-}" ]; then
   timeout 90 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes bf16 --methods frozen gem full \
     --out /tmp/bench_bf16.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 fi
-stamp identity
-timeout 100 python3 scripts/reference_identity.py --reference "$REF" --configs tiny sonata --device cuda --flash \
-  --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 stamp done

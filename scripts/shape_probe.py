@@ -7,8 +7,10 @@ trial batches held in memory (no loader), in regimes that separate the suspects.
 * ``again``: the same batches a second time (sizes seen before: per-size caches are warm);
 * ``again_nolovasz``: as ``again`` without the Lovász term.
 
-Per regime: median trainer step, CUDA allocator counters (cudaMalloc/cudaFree calls, retries) and
-spconv tuning calls; plus the host-sync sites of one step (``torch.cuda.set_sync_debug_mode``).
+Per regime: median trainer step and CUDA allocator counters (cudaMalloc/cudaFree calls, retries);
+then the ops with the most host time in one step of an unseen size and of the same batch again,
+new/again under each ``--blas`` library, and the host-sync sites of one step
+(``torch.cuda.set_sync_debug_mode``). (spconv's tuner is not counted: spconv 2.3 tunes in C++.)
 
     python scripts/shape_probe.py suites/gpu_smoke.yaml --method gem --batches 16 --json shape.json
 """
@@ -29,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peftbench.backbone.sparse_conv import set_default_backend, spconv_available  # noqa: E402
+from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
 from peftbench.data.sources import batches, build_train_set, dataset_kind, prepare_dataset  # noqa: E402
 from peftbench.registry import build_method  # noqa: E402
 from peftbench.schema import build  # noqa: E402
@@ -37,24 +39,6 @@ from peftbench.suite import load_suite, trial_specs  # noqa: E402
 from peftbench.train.config import TrainConfig  # noqa: E402
 from peftbench.train.trainer import Trainer  # noqa: E402
 from peftbench.train.trial import build_model, seed_everything  # noqa: E402
-
-TUNES = collections.Counter()
-
-
-def _count_tuning() -> None:
-    try:
-        import spconv.algo as algo
-    except ImportError:  # CPU builds have no tuner
-        return
-
-    for cls in (algo.SimpleConv, algo.SimpleGemm):
-        original = cls.tune_and_cache
-
-        def counted(self, *args, _original=original, _name=cls.__name__, **kwargs):
-            TUNES[_name] += 1
-            return _original(self, *args, **kwargs)
-        cls.tune_and_cache = counted
-
 
 def _alloc_counters() -> dict[str, int]:
     stats = torch.cuda.memory_stats() if torch.cuda.is_available() else {}
@@ -137,12 +121,10 @@ def main() -> int:
     trainer = Trainer(model, method, cfg, device, len(classes), args.seed)
     trainer.prepare(1000)
     trainer.model.train()
-    _count_tuning()
     out: dict = {"suite": args.suite, "method": args.method, "points": [int(b["coord"].shape[0]) for b in held],
                  "regimes": {}}
 
     def regime(name: str, items: list[dict]) -> None:
-        TUNES.clear()
         before = _alloc_counters()
         trainer.step_times.clear()
         start = time.perf_counter()
@@ -152,10 +134,9 @@ def main() -> int:
         after = _alloc_counters()
         ms = [1000 * t for t in trainer.step_times]
         out["regimes"][name] = {"median_ms": float(np.median(ms)), "mean_ms": float(np.mean(ms)), "ms": ms,
-                                "wall_s": wall, "alloc": {k: after[k] - before[k] for k in after},
-                                "spconv_tunes": dict(TUNES)}
+                                "wall_s": wall, "alloc": {k: after[k] - before[k] for k in after}}
         print(f"{name:>16}: median {np.median(ms):7.1f} ms, mean {np.mean(ms):7.1f} ms, "
-              f"alloc {out['regimes'][name]['alloc']}, tunes {dict(TUNES)}", flush=True)
+              f"alloc {out['regimes'][name]['alloc']}", flush=True)
 
     part = (len(held) - 2) // (1 + len(args.blas))  # new / again on part 0, each --blas on its own part
     half = 1 + part

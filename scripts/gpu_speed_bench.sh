@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Speed measurements on one GPU (issue 12), from the repository root; results under $OUT (8 files):
-# the reference (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side,
-# fp16 (with the profiler breakdown) and bf16, then one GPU-smoke trial with nvidia-smi sampling.
+# Speed measurements on one GPU (issue 12), from the repository root; results under $OUT (7 files):
+# the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
+# GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), the reference
+# (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
+# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). PROBE=0 skips
+# the shape probe, TRIALS="gem" picks the trials (short on device time).
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -11,21 +14,31 @@ python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall('/tmp/site
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 LOG=$OUT/log.txt; F="USDT|is_fx_tracing|_warn_once|acc_events"; T0=$(date +%s)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$LOG"; }
-COMMON="--points 102400 --batch-sizes 1 3 --steps 5"
-stamp reference
-timeout 150 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 bf16 --json "$OUT/ref.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-stamp "bench fp16"
-timeout 240 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
-  --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference "$OUT/ref.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-stamp "bench bf16"
-timeout 90 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes bf16 --methods frozen gem full \
-  --out "$OUT/bench_bf16.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-stamp trial
+stamp identity
+timeout 100 python3 scripts/reference_identity.py --reference "$REF" --configs tiny sonata --device cuda --flash \
+  --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$OUT/smi.csv" &
-SMI=$!
-timeout 100 python3 -m peftbench.cli train /tmp/gpu_speed.yaml --method gem --seed 0 --out /tmp/trial 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-kill "$SMI"
-cp /tmp/trial/*/result.json "$OUT/trial.json"
+[ "${PROBE:-1}" = 1 ] && stamp "shape probe" && timeout 150 python3 scripts/shape_probe.py /tmp/gpu_speed.yaml --batches 12 --workers 12 --json "$OUT/shape.json" 2>&1 \
+  | grep -Ev "$F" | grep -v "^ops_" | tee -a "$LOG"
+for method in ${TRIALS:-gem lora}; do
+  stamp "trial $method"
+  nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader -lms 500 > /tmp/smi.csv &
+  SMI=$!
+  timeout 100 python3 scripts/trial_probe.py /tmp/gpu_speed.yaml --method $method --seed 0 --json "$OUT/probe_$method.json" 2>&1 \
+    | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/" | tee -a "$LOG"
+  kill "$SMI"
+  awk -F", " '{s+=$2; n++} END {print "smi busy mean", s/n, "% over", n, "samples"}' /tmp/smi.csv | tee -a "$LOG"
+done
+COMMON="--points 102400 --batch-sizes 1 3 --steps 5"
+stamp reference
+timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+stamp "bench fp16"
+timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
+  --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+if [ -n "${BF16:-}" ]; then
+  stamp "bench bf16"
+  timeout 90 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes bf16 --methods frozen gem full \
+    --out /tmp/bench_bf16.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+fi
 stamp done

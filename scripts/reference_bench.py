@@ -44,8 +44,10 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __version__ = "bench stand-in"
+_FLASH = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # FA2, as flash-attn
 _bounds = {}
 
 
@@ -59,7 +61,8 @@ def _host_bounds(cu_seqlens):
 
 def _attend(qkv, dropout_p, scale):
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (S, H, L, d)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale).transpose(1, 2)
+    with sdpa_kernel(_FLASH):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale).transpose(1, 2)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None,

@@ -249,6 +249,33 @@ def test_torch_backend_matches_spconv_cpu() -> None:
     assert torch.get_num_threads() == threads  # the one-thread guard around CPU spconv restores it
 
 
+@pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
+def test_spconv_index_pairs_built_once_per_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Convs sharing an indice key (the CPE, GEM's SA at rank r) reuse the first one's pairs:
+    spconv leaves them on its output tensor only, which we do not keep."""
+    import spconv.pytorch.ops as ops
+
+    builds = []
+    for name in ("get_indice_pairs", "get_indice_pairs_implicit_gemm"):
+        original = getattr(ops, name)
+
+        def counted(*args, _original=original, **kwargs):
+            builds.append(1)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(ops, name, counted)
+    point = _two_scenes(n=200, side=10, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    convs = [SubMConv3d(8, 8, 3, indice_key="s", backend=b) for b in ("spconv", "torch")]
+    rank = [SubMConv3d(4, 4, 3, indice_key="s", backend=b) for b in ("spconv", "torch")]
+    rank[0].load_state_dict(rank[1].state_dict())
+    convs[0].load_state_dict(convs[1].state_dict())
+    feat, low = torch.randn(400, 8, generator=gen), torch.randn(400, 4, generator=gen)
+    outs = [(c(point, feat), r(point, low), c(point, feat)) for c, r in zip(convs, rank)]
+    assert len(builds) == 1
+    for ours, ref in zip(outs[0], outs[1]):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config) -> None:
     """Each finest site gets, per level, the features of the cell it pooled into (parent first)."""
     from peftbench.backbone import PointTransformerV3, hypercolumn

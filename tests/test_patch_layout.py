@@ -55,3 +55,22 @@ def test_attention_matches_reference_flash_path(counts: list[int], k: int) -> No
         ref = _reference_attention(attn, point, point.feat, k)
     assert torch.allclose(ours, ref, atol=1e-6, rtol=1e-5)
     assert cached_patch_layout(point, k) is point["patch_layouts"][k]  # built once per level
+
+
+def test_attention_never_asks_for_cudnn_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's SDPA plans per shape (0.5 s a step with a new point count every batch): kept off."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    counts = [40, 9]
+    point = Point(grid_coord=torch.randint(0, 16, (49, 3)), offset=torch.tensor(counts).cumsum(0),
+                  feat=torch.randn(49, 32))
+    serialize(point, ("z",), shuffle_orders=False)
+    SerializedAttention(32, 4, 16)(point, point.feat).sum().backward()
+    assert seen and all(not cudnn and flash for cudnn, flash in seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # the process-wide setting is restored

@@ -12,9 +12,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from peftbench.backbone.patch_layout import cached_patch_layout, scene_counts
 from peftbench.backbone.structure import Point
+
+# cuDNN's SDPA (torch's first choice on Hopper) builds an execution plan per new shape: ~0.5 s of
+# host time per training step when every batch has a new point count (the number of full patches
+# and short-patch lengths change), measured on an H200 (reports/bench/notes.md). Flash (FA2) and
+# mem-efficient kernels have no per-shape setup; math is the fp32 / CPU fallback.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class SerializedAttention(nn.Module):
@@ -74,5 +81,6 @@ class SerializedAttention(nn.Module):
             k = torch.cat([pk.transpose(0, 1).unsqueeze(0).expand(shape).to(k.dtype), k], dim=2)
             v = torch.cat([pv.transpose(0, 1).unsqueeze(0).expand(shape).to(v.dtype), v], dim=2)
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        with sdpa_kernel(SDPA_BACKENDS):  # the backward follows the kernel picked here
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         return out.transpose(1, 2)

@@ -224,6 +224,18 @@ def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
     return base.replace_feature(feat)
 
 
+def keep_index_pairs(point: Point, out: Any) -> None:
+    """Keep the index pairs a conv built for the level's next convs.
+
+    spconv stores new pairs in a *copy* of the input's indice dict, on the output tensor only; we
+    keep the output's features, so without this every conv of a level (CPE, GEM's SA) rebuilt its
+    pairs (48 builds per Sonata-size GEM step, where the reference, passing its output on, has 5).
+    """
+    shared = point["sparse_conv_feat"].indice_dict
+    if len(out.indice_dict) != len(shared):
+        shared.update(out.indice_dict)
+
+
 class SubMConv3d(nn.Module):
     """Submanifold sparse conv on a ``Point``; state-dict keys exactly ``weight``, ``bias``.
 
@@ -282,7 +294,9 @@ class SubMConv3d(nn.Module):
 
         def run(f: Tensor, w: Tensor) -> Tensor:
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            return conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None).features
+            out = conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None)
+            keep_index_pairs(point, out)
+            return out.features
 
         if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
             feat = feat.float()

@@ -15,6 +15,7 @@ from peftbench import ray_cluster, run_state, tracking
 from peftbench.data.sources import expand_path, prepare_dataset, resolve_file
 from peftbench.errors import PeftbenchError
 from peftbench.hub import hub_reference
+from peftbench.interrupt import interrupt_on_sigterm, sigterm_interrupts
 from peftbench.owner import this_process
 from peftbench.preflight import check_resources
 from peftbench.progress import as_console
@@ -43,12 +44,12 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
     ``address``: an existing Ray cluster to run on (``peftbench.ray_cluster``); None: a private Ray here.
 
     Holds the experiment's lock throughout: a second run of the same experiment waits, then skips
-    what this one finished. A Ctrl-C ends it with the interrupted runs KILLED ("interrupted" in
+    what this one finished. A Ctrl-C or SIGTERM ends it with the interrupted runs KILLED ("interrupted" in
     the summary) instead of raising.
     """
     experiment = suite.experiment_name
     driver = this_process().token
-    with experiment_lock(uri, experiment, say):
+    with sigterm_interrupts(), experiment_lock(uri, experiment, say):
         for dataset in {s["dataset"]["root"]: s["dataset"] for s in specs}.values():
             prepare_dataset(dataset, as_console(say).task("  "))  # in the driver, locked: no race on the data
         with store_lock(uri):  # two runs on a fresh store must not both create (migrate) it
@@ -63,7 +64,7 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         except KeyboardInterrupt:
             summary = {"ran": 0, "failed": [], "interrupted": True}
         if summary.get("interrupted"):
-            run_state.close_session(uri, experiment, driver, "interrupted (Ctrl-C) while running")
+            run_state.close_session(uri, experiment, driver, "interrupted (Ctrl-C or SIGTERM) while running")
             status = run_state.session_statuses(uri, experiment, driver)
             counts = Counter(status.get(s["fingerprint"], "not started") for s in todo)
             summary["counts"] = {"finished": counts["FINISHED"], "failed": counts["FAILED"],
@@ -138,12 +139,14 @@ def _run_ray(suite: Suite, todo, uri, experiment, say: Say, driver: str, schedul
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C raises here; the run then marks its trials KILLED
     if address is not None:
         with ray_cluster.joined(address, suite.resources.gpus_per_trial, say) as storage:
+            interrupt_on_sigterm()  # after ray.init, which installs Ray's aborting handler
             # The code ships with the job; methods folders inside it are found in the workers' copy.
             todo = [{**s, "methods_dir": [ray_cluster.shipped_path(p) for p in s["methods_dir"]]} for s in todo]
             return _run_tuner(suite, todo, uri, experiment, say, driver, storage, None, scheduler, cwd=None,
                               resume=resume)
     gpus = check_resources(suite.resources.cpus_per_trial, suite.resources.gpus_per_trial)
     with local_ray(gpus) as storage:
+        interrupt_on_sigterm()  # after ray.init, which installs Ray's aborting handler
         return _run_tuner(suite, todo, uri, experiment, say, driver, storage, gpus, scheduler, resume=resume)
 
 

@@ -60,11 +60,17 @@ def _start_long_run(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "peftbench.cli", "run", str(suite), "--tracking-uri", uri],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_signals)
     for line in proc.stdout:
         if line.startswith("  epoch 1 "):
             return proc, uri
     raise AssertionError(f"the run ended before its first epoch (exit {proc.wait()})")
+
+
+def _default_signals() -> None:
+    """A shell without job control starts background jobs (`cmd &`, CI runners, nohup) with SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler: a terminal's driver has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
@@ -114,4 +120,18 @@ def test_ctrl_c_exits_130_with_the_trial_killed_and_ray_gone(tmp_path, cleanup):
     assert proc.returncode == 130, out
     assert "interrupted: 0 finished, 1 killed, 0 not started" in out
     assert [r.info.status for r in runs(uri)] == ["KILLED"]
+    assert _wait_gone(ray) == []
+
+
+def test_sigterm_of_the_driver_ends_the_run_as_ctrl_c_does(tmp_path, cleanup):
+    """`kill PID` (or a scheduler's SIGTERM) hit Ray's fatal-signal handler: abort, exit 134, run left RUNNING."""
+    proc, uri = _start_long_run(tmp_path)
+    cleanup.append(proc)
+    ray = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGTERM)  # the driver only, as `kill PID` does
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out
+    assert "interrupted: 0 finished, 1 killed, 0 not started" in out
+    [run] = runs(uri)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags[run_state.NOTE_TAG]
     assert _wait_gone(ray) == []

@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     report: dict[str, Any] = {
         "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "torch": torch.__version__, "args": vars(args), "tolerance": TOLERANCE, "sweep": []}
+        "torch": torch.__version__, "args": {**vars(args), "out": Path(args.out).name}, "tolerance": TOLERANCE, "sweep": []}
     out = Path(args.out)
 
     def save() -> None:

@@ -121,12 +121,17 @@ def step_functions(model: torch.nn.Module, head_params: list[torch.nn.Parameter]
 
 def bench_method(backbone: str, method: str, batches: dict[int, dict], device: torch.device, steps: int,
                  dtypes: list[str], settings: dict | None = None, overrides: dict | None = None,
-                 profile: bool = False, modes: tuple[str, ...] = ("infer", "train")) -> list[dict[str, Any]]:
+                 profile: bool = False, modes: tuple[str, ...] = ("infer", "train"), compile: bool = False
+                 ) -> list[dict[str, Any]]:
     """One row per (batch size, dtype) of ``batches`` x ``dtypes`` for ``method`` (or ``frozen``)."""
     torch.manual_seed(0)
     model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
     build_method("linear" if method == FROZEN else method, settings).apply(model)
     model.to(device)
+    if compile:  # the first (warm-up) steps pay the compile
+        from peftbench.backbone.compiled import compile_blocks
+
+        compile_blocks(model)
     trainable, total = count_parameters(model)
     rows = []
     for batch_size, batch in batches.items():
@@ -135,7 +140,7 @@ def bench_method(backbone: str, method: str, batches: dict[int, dict], device: t
         for dtype in dtypes:
             infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, dtype),
                                           grad_to_input=method == FROZEN)
-            row: dict[str, Any] = {"impl": "peftbench", "method": method, "batch_size": batch_size,
+            row: dict[str, Any] = {"impl": "peftbench", "method": method, "batch_size": batch_size, "compiled": compile,
                                    "dtype": dtype, "points": len(target), "trainable": trainable, "total": total}
             for name, fn, train_mode in (("infer", infer, False), ("train", train, True)):
                 if name not in modes:

@@ -317,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-amp", dest="amp", action="store_false")
     p.add_argument("--profile", action="store_true", help="add a per-stage time breakdown (torch profiler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the blocks (as train.compile; the "
+                   "warm-up steps pay the compile)")
     p.add_argument("--report", help="write bench.json, bench.md and bench.png into this folder")
     p.add_argument("--reference", help="JSON of scripts/reference_bench.py, shown side by side in --report")
     p.add_argument("--out", help="write the rows as JSON")

@@ -25,7 +25,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
           f"dtypes {dtypes}, median of {args.steps} steps", flush=True)
     rows = []
     for method in args.methods:
-        new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile)
+        new = bench_method(args.backbone, method, batches, device, args.steps, dtypes, profile=args.profile,
+                           compile=args.compile)
         rows += new
         print("\n".join(format_rows(new).splitlines()[0 if len(rows) == len(new) else 1:]), flush=True)
     from peftbench.hardware import hardware_name

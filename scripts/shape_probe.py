@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peftbench.backbone.compiled import compile_blocks  # noqa: E402
 from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
 from peftbench.data.sources import batches, build_train_set, dataset_kind, prepare_dataset  # noqa: E402
 from peftbench.registry import build_method  # noqa: E402
@@ -118,6 +119,8 @@ def main() -> int:
     model = build_model(spec, len(classes))
     method = build_method(spec["method"]["name"], spec["method"].get("settings"))
     method.apply(model)
+    if cfg.compile:
+        compile_blocks(model)
     trainer = Trainer(model, method, cfg, device, len(classes), args.seed)
     trainer.prepare(1000)
     trainer.model.train()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from peftbench.backbone.patch_layout import cached_patch_layout, scene_counts
+from peftbench.backbone.patch_layout import PatchLayout, cached_patch_layout, scene_counts
 from peftbench.backbone.structure import Point
 
 # cuDNN's SDPA (torch's first choice on Hopper) builds an execution plan per new shape: ~0.5 s of
@@ -54,23 +54,34 @@ class SerializedAttention(nn.Module):
         return min(min(scene_counts(point)), self.patch_size)
 
     def forward(self, point: Point, feat: torch.Tensor) -> torch.Tensor:
-        patch = self.effective_patch_size(point)
-        layout = cached_patch_layout(point, patch)
-        gather, scatter = layout.order(point, self.order_index)
+        gather, scatter, layout = self.layout(point)
         heads, head_dim = self.num_heads, self.channels // self.num_heads
         # index_select, not x[idx]: 3-4x faster on CPU, forward and backward
         qkv = self.qkv(feat).index_select(0, gather).view(-1, 3, heads, head_dim)
-        # Full patches are contiguous slots: one fused SDPA call on a view (no copy, no sync);
-        # short patches (scenes smaller than a patch) follow, one call each.
-        full = layout.num_full * patch
+        out = self.attend_patches(qkv, layout)
+        feat = out.reshape(-1, self.channels).index_select(0, scatter)
+        return self.proj_drop(self.proj(feat))
+
+    @torch.compiler.disable  # host ints and dict caches: eager under train.compile (graph break)
+    def layout(self, point: Point) -> tuple[torch.Tensor, torch.Tensor, PatchLayout]:
+        """``(gather, scatter, layout)`` of this block's order (cached on the level's point)."""
+        layout = cached_patch_layout(point, self.effective_patch_size(point))
+        return (*layout.order(point, self.order_index), layout)
+
+    @torch.compiler.disable  # a Python loop over short patches and the SDPA backend choice: eager
+    def attend_patches(self, qkv: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
+        """(slots, 3, H, d) gathered rows -> (slots, H, d) attention output, patch by patch.
+
+        Full patches are contiguous slots: one fused SDPA call on a view (no copy, no sync);
+        short patches (scenes smaller than a patch) follow, one call each.
+        """
+        patch, full = layout.k, layout.num_full * layout.k
         parts = []
         if layout.num_full:
             parts.append(self._attend(qkv[:full].view(layout.num_full, patch, *qkv.shape[1:])).flatten(0, 1))
         for start, n in layout.shorts:
             parts.append(self._attend(qkv[start:start + n].unsqueeze(0))[0])
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        feat = out.reshape(-1, self.channels).index_select(0, scatter)
-        return self.proj_drop(self.proj(feat))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(S, L, 3, H, d) -> (S, L, H, d)."""

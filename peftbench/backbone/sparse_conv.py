@@ -262,6 +262,7 @@ class SubMConv3d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"bias={self.bias is not None}, indice_key={self.indice_key!r}, backend={self.backend!r}")
 
+    @torch.compiler.disable  # spconv's driver and host-side caches: eager under train.compile
     def forward(self, point: Point, feat: Tensor) -> Tensor:
         if feat.shape[0] != len(point["grid_coord"]) or feat.shape[-1] != self.in_channels:
             raise PeftbenchError(f"SubMConv3d: feat {tuple(feat.shape)} does not match "

@@ -15,6 +15,7 @@ import torch
 
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
+from peftbench.backbone.compiled import compile_blocks
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
 from peftbench.data.prefetch import EpochBatches
 from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
@@ -97,6 +98,8 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     model = build_model(spec, len(classes))
     method = build_method("full" if is_pretrain else spec["method"]["name"], spec.get("method", {}).get("settings"))
     method.apply(model)
+    if cfg.compile:
+        compile_blocks(model)
     trainable, total = count_parameters(model)
     recorder.log_metrics({"params/trainable": trainable, "params/total": total,
                           "params/trainable_pct": 100.0 * trainable / total})

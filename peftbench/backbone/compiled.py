@@ -1,0 +1,39 @@
+"""Opt-in ``torch.compile`` of the PTv3 blocks (``train.compile`` / ``peftbench bench --compile``).
+
+A Sonata-size step on a GPU is host-bound (the GPU is busy 15-60 % of a step: reports/bench): a
+block launches ~40 small ops. Compiled with dynamic shapes, the linear / norm / residual / MLP runs
+between a block's sparse conv and its patch attention become a few fused kernels whatever the
+batch's point count (no recompile per batch). The sparse conv (spconv's Python driver) and the
+patch attention (host-int patch layout, per-short-patch SDPA calls) stay eager (``torch.compiler.disable``
+on ``SubMConv3d.forward``, ``SerializedAttention.layout`` / ``attend_patches``; ~0.6 us a call in eager):
+the graph breaks there. Method branches are traced like the rest; their sparse convs stay eager too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from peftbench.backbone.block import Block
+
+# Blocks of every width, train and eval, with and without grad: each a separate graph of the one
+# Block.forward code object; dynamo's default limit (8) would silently fall back to eager.
+RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
+    """Compile every ``Block`` of ``model`` in place (state-dict keys unchanged); returns how many.
+
+    Call after the method is attached (branches are part of the traced graph).
+    """
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+    blocks = 0
+    for module in model.modules():
+        if isinstance(module, Block):
+            module.compile(dynamic=True, backend=backend)
+            blocks += 1
+    return blocks
+

@@ -19,6 +19,8 @@ stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$LOG"; }
 has() { case " ${STAGES:-identity probe trials reference bench} " in *" $1 "*) return 0;; esac; return 1; }
 has identity && stamp identity && timeout 100 python3 scripts/reference_identity.py --reference "$REF" --configs tiny sonata --device cuda --flash \
   --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
+has cidentity && stamp "identity, compiled" && timeout 300 python3 scripts/reference_identity.py --reference "$REF" --configs tiny \
+  --device cuda --backends spconv --compile --json "$OUT/ident_compiled.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
 sed -e 's/^  amp: true/  amp: true\n  compile: true/' /tmp/gpu_speed.yaml > /tmp/gpu_speed_c.yaml

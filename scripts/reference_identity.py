@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from peftbench.backbone import PointTransformerV3, backbone_config  # noqa: E402
 from peftbench.backbone.checkpoint import (  # noqa: E402
     load_backbone_state, read_backbone_checkpoint, save_sonata_checkpoint)
+from peftbench.backbone.compiled import compile_blocks  # noqa: E402
 from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
 
 TOL = 1e-4
@@ -408,6 +409,8 @@ def check_config(name: str, config: dict[str, Any], ref_model: types.ModuleType,
             set_default_backend(backend)
             ours, how = build_ours(cfg, ref_state, tmp, f"{name}-{case}")
             ours.to(device, DTYPES[args.dtype])
+            if args.compile:
+                compile_blocks(ours)
             for mode in modes:
                 train = mode == "train"
                 grad = args.grad and train and case == "fallback"
@@ -421,7 +424,7 @@ def check_config(name: str, config: dict[str, Any], ref_model: types.ModuleType,
                 _sync(device)
                 t2 = time.perf_counter()
                 levels = compare(o, r)
-                key = f"{case}/{backend}/{mode}"
+                key = f"{case}/{backend}{'+compiled' if args.compile else ''}/{mode}"
                 worst = max(v["rel"] for v in levels.values())
                 tol = args.flash_tol if case == "flash" else (TOL if args.dtype == "float32" else 1e-10)
                 res = {"levels": levels, "max_rel": worst, "tol": tol, "ok": worst <= tol and all(
@@ -534,6 +537,7 @@ def main() -> int:
                         help="voxels per scene (default: 3000 2000 for small configs, 45000 30000 for sonata)")
     parser.add_argument("--flash", action="store_true", help="also compare the flash paths (reported only)")
     parser.add_argument("--flash-tol", type=float, default=2e-2)
+    parser.add_argument("--compile", action="store_true", help="our blocks under torch.compile (train.compile)")
     parser.add_argument("--grad", action="store_true", help="compare parameter gradients in train mode")
     parser.add_argument("--grad-tol", type=float, default=1e-10, help="gradient tolerance (float64 only)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",

@@ -53,8 +53,10 @@ class SerializedAttention(nn.Module):
             return self.patch_size
         return min(min(scene_counts(point)), self.patch_size)
 
-    def forward(self, point: Point, feat: torch.Tensor) -> torch.Tensor:
-        gather, scatter, layout = self.layout(point)
+    def forward(self, point: Point, feat: torch.Tensor,
+                layout: tuple[torch.Tensor, torch.Tensor, PatchLayout] | None = None) -> torch.Tensor:
+        """``layout``: this block's ``self.layout(point)`` when the caller already has it."""
+        gather, scatter, layout = layout or self.layout(point)
         heads, head_dim = self.num_heads, self.channels // self.num_heads
         # index_select, not x[idx]: 3-4x faster on CPU, forward and backward
         qkv = self.qkv(feat).index_select(0, gather).view(-1, 3, heads, head_dim)

@@ -78,10 +78,13 @@ class Block(nn.Module):
         self.post_mlp = nn.ModuleDict()
 
     def forward(self, point: Point) -> Point:
+        # The patch layout first (host ints, eager): under train.compile one graph then runs from
+        # the CPE's conv to the attention's patches instead of breaking before the qkv projection.
+        layout = self.attn.layout(point)
         x = point.feat
         x = x + self.cpe(point, x) + _branches(self.cpe_branches, point, x)
         h = self.norm1(x)
-        x = x + self.drop_path(self.attn(point, h) + _branches(self.attn_branches, point, h))
+        x = x + self.drop_path(self.attn(point, h, layout) + _branches(self.attn_branches, point, h))
         h = self.norm2(x)
         x = x + self.drop_path(self.mlp(h) + _branches(self.mlp_branches, point, h))
         x = x + _branches(self.post_mlp, point, x)

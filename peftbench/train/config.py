@@ -50,7 +50,7 @@ class TrainConfig:
     test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
     test_checkpoint: str = "best"        # which weights the final test uses
     data_parallel: int = 1               # processes per trial sharing each step (batch_size is their total)
-    compile: bool = False                # torch.compile the blocks (dynamic shapes; GPU: fewer host launches)
+    compile: bool = False                # torch.compile the blocks; measured slower on an H200 (reports/bench/notes.md)
 
     def __post_init__(self) -> None:
         check_ranges(self)

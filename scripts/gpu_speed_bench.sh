@@ -3,8 +3,8 @@
 # the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
 # GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), the reference
 # (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
-# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks and
-# orders the parts (default: identity probe trials reference bench; `compile` adds the bench with
+# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks the
+# parts, run in this file's order (default: identity probe trials reference bench; `compile` adds the bench with
 # --compile, `cprobe` / `ctrials` the shape probe / trials with train.compile), TRIALS="gem" picks
 # the trials, METHODS / CMETHODS the bench's methods (short on device time).
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default

@@ -8,9 +8,8 @@ patch attention (host-int patch layout, per-short-patch SDPA calls) stay eager (
 on ``SubMConv3d.forward``, ``SerializedAttention.layout`` / ``attend_patches``; ~0.6 us a call in eager):
 the graph breaks there. Method branches are traced like the rest; their sparse convs stay eager too.
 
-Measured on an H200 (2026-12-03, reports/bench/notes.md): not a win yet. Compiling the frozen
-Sonata-size model took ~240 s; then inference 81.2 vs 40.6 ms eager at batch 1, 75.4 vs 87.2 ms
-at batch 3; train step 176.2 vs 99.1 ms (b1), 164.5 vs 147.7 ms (b3). Off by default.
+Measured on an H200 (reports/bench/notes.md, 2026-12-03): minutes of compiling, then slower
+than eager except batch-3 inference. Off by default.
 """
 
 from __future__ import annotations

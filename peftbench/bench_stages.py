@@ -23,7 +23,7 @@ PREFIX = "pb:"
 # Backward node name fragments -> kind (first match wins).
 _BACKWARD_KINDS = (
     (("ScaledDotProduct", "FlashAttention", "EfficientAttention"), "attention (SDPA)"),
-    (("SparseConv", "SubMConv", "_SingleThreaded", "ImplicitGemm", "_SubMConvFunction"), "sparse conv"),
+    (("SparseConv", "SubMConv", "_SpconvConv", "ImplicitGemm", "_SubMConvFunction"), "sparse conv"),
     (("Segment",), "pooling"),
     (("Softmax", "MaskedFill"), "softmax (GEM CA)"),
     (("Mm", "Addmm", "Linear", "Bmm"), "linear layers"),
@@ -69,12 +69,14 @@ def stage_ranges(model: nn.Module) -> Iterator[None]:
     import peftbench.backbone.pooling as pooling
     import peftbench.backbone.ptv3 as ptv3
     import peftbench.backbone.sparse_conv as sparse_conv
+    import peftbench.backbone.spconv_conv as spconv_conv
     import peftbench.model as segmentor
 
     patches: list[tuple[Any, str, Any]] = [
         (ptv3, "serialize", "serialization"), (pooling, "serialize", "serialization"),
         (attention, "cached_patch_layout", "patch layout"), (attention, "cached_patch_padding", "patch layout"),
-        (sparse_conv, "cached_neighbour_map", "neighbour maps"), (sparse_conv, "sparse_conv_tensor", "neighbour maps"),
+        (sparse_conv, "cached_neighbour_map", "neighbour maps"), (spconv_conv, "sparse_conv_tensor", "neighbour maps"),
+        (spconv_conv, "cached_neighbour_table", "neighbour maps"),
         (segmentor, "hypercolumn", "head + hypercolumn"),
     ]
     if sparse_conv.spconv_available():

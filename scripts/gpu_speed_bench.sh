@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Speed measurements on one GPU (issue 12), from the repository root; results under $OUT (7 files):
 # the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
-# GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), the reference
+# GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), spconv's backward against
+# ours per level (scripts/conv_backward_bench.py, stage `conv`), the reference
 # (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
 # BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks the
 # parts, run in this file's order (default: identity probe trials reference bench; `compile` adds the bench with
 # --compile, `cprobe` / `ctrials` the shape probe / trials with train.compile), TRIALS="gem" picks
-# the trials, METHODS / CMETHODS the bench's methods (short on device time).
+# the trials, METHODS / CMETHODS the bench's methods (short on device time), BS the batch sizes.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -31,19 +32,17 @@ probe() {  # $1: suite, $2: json suffix
 trials() {  # $1: suite, $2: json suffix
   for method in ${TRIALS:-gem lora}; do
     stamp "trial $method$2"
-    nvidia-smi --query-gpu=timestamp,utilization.gpu --format=csv,noheader -lms 500 > /tmp/smi.csv &
-    SMI=$!
-    timeout 200 python3 scripts/trial_probe.py "$1" --method $method --seed 0 --json "$OUT/probe_$method$2.json" 2>&1 \
-      | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/" | tee -a "$LOG"
-    kill "$SMI"
-    awk -F", " '{s+=$2; n++} END {print "smi busy mean", s/n, "% over", n, "samples"}' /tmp/smi.csv | tee -a "$LOG"
+    timeout 200 python3 scripts/trial_probe.py "$1" --method $method --seed 0 --smi --json "$OUT/probe_$method$2.json" 2>&1 \
+      | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/|_pct" | tee -a "$LOG"
   done
 }
 has probe && probe /tmp/gpu_speed.yaml ""
 has cprobe && probe /tmp/gpu_speed_c.yaml _compiled
 has trials && trials /tmp/gpu_speed.yaml ""
 has ctrials && trials /tmp/gpu_speed_c.yaml _compiled
-COMMON="--points 102400 --batch-sizes 1 3 --steps 5"
+has conv && stamp "conv backward" && timeout 120 python3 scripts/conv_backward_bench.py --json "$OUT/conv.json" 2>&1 \
+  | grep -Ev "$F" | tee -a "$LOG"
+COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps 5"
 has reference && stamp reference && timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
   --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"

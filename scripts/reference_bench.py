@@ -145,9 +145,9 @@ def main() -> int:
     install_flash_stand_in(Path(args.reference).resolve().parent / "shim-bench")
     ref_model = import_reference(Path(args.reference))
     if device.type == "cpu":  # CPU spconv: bias outside the conv, stream getter patched for backward
-        from peftbench.backbone.sparse_conv import _import_spconv
+        from peftbench.backbone.spconv_conv import import_spconv
 
-        _import_spconv()
+        import_spconv()
         patch_spconv_bias_for_cpu(ref_model)
     scenes = synthetic_scenes(args.points, max(args.batch_sizes))
     batches = {b: collate_points(scenes[:b]) for b in args.batch_sizes}

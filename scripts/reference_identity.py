@@ -558,8 +558,8 @@ def main() -> int:
     if device.type == "cpu":
         torch.set_num_threads(1)  # spconv's CPU kernels race on more threads (sparse_conv.py)
         patch_spconv_bias_for_cpu(ref_model)
-        from peftbench.backbone.sparse_conv import _import_spconv
-        _import_spconv()  # stream patch, for backward on CPU torch
+        from peftbench.backbone.spconv_conv import import_spconv
+        import_spconv()  # stream patch, for backward on CPU torch
 
     import importlib.util
     env = {"device": _device_name(device), "torch": str(torch.__version__), "python": platform.python_version(),

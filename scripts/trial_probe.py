@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -40,23 +42,49 @@ def _labelled(fn, stage: str):
     return wrapped
 
 
+def _start_smi() -> tuple[subprocess.Popen, Path]:
+    path = Path(tempfile.mkdtemp()) / "smi.csv"
+    cmd = ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
+    return subprocess.Popen(cmd, stdout=path.open("w"), stderr=subprocess.DEVNULL), path
+
+
+def _smi_busy(smi: tuple[subprocess.Popen, Path], window: list[float]) -> dict:
+    """Mean nvidia-smi utilisation over the step-end ``window`` (unix times) and over all samples."""
+    process, path = smi
+    process.terminate()
+    process.wait()
+    samples = []
+    for line in path.read_text().splitlines():
+        stamp, _, busy = line.partition(", ")
+        with contextlib.suppress(ValueError):
+            samples.append((datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp(), float(busy)))
+    inside = [b for t, b in samples if window and window[0] <= t <= window[-1]]
+    return {"train_pct": float(np.mean(inside)) if inside else None, "train_samples": len(inside),
+            "process_pct": float(np.mean([b for _, b in samples])) if samples else None,
+            "process_samples": len(samples)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("suite")
     parser.add_argument("--method")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--profile-step", type=int, default=20, help="profile the step after this many")
+    parser.add_argument("--smi", action="store_true", help="GPU busy %% from nvidia-smi, training steps only")
     parser.add_argument("--json")
     args = parser.parse_args()
+    smi = _start_smi() if args.smi else None
     spec = next(s for s in trial_specs(load_suite(args.suite))
                 if args.method in (None, s["method"]["label"]) and args.seed in (None, s["seed"]))
     ends: list[float] = []
+    wall_ends: list[float] = []
     state: dict = {}
     original_sync = trainer_module.Trainer._synchronize
 
     def synchronize(self) -> None:  # the end of every training step (and of latency passes)
         original_sync(self)
         ends.append(time.perf_counter())
+        wall_ends.append(time.time())
         state["trainer"] = self
         if len(ends) == args.profile_step:
             stack = contextlib.ExitStack()
@@ -84,6 +112,7 @@ def main() -> int:
            "trainer_step_ms_median": 1000 * float(np.median(trainer.step_times[3:])),
            "end_to_end_step_ms_median": float(np.median(gaps[3:])) if len(gaps) > 3 else None,
            "trainer_step_ms": [1000 * t for t in trainer.step_times], "end_to_end_step_ms": gaps.tolist(),
+           "gpu_busy": _smi_busy(smi, wall_ends[3:steps]) if smi else None,
            "profile": state.get("profile"), "final": {k: v for k, v in final.items() if k.startswith(("eff/", "time/"))}}
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_ms")}, indent=1))
     if args.json:

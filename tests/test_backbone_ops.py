@@ -250,6 +250,29 @@ def test_torch_backend_matches_spconv_cpu() -> None:
 
 
 @pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
+@pytest.mark.parametrize("channels,kernel", [((8, 6), 3), ((5, 5), 5)])
+def test_spconv_frozen_weight_input_gradient_is_the_mirrored_conv(channels, kernel) -> None:
+    """A frozen spconv weight (every PEFT method's CPE) gets its input gradient from one more
+    forward conv with the mirrored, channel-swapped weight: equal to the torch backend's."""
+    point = _two_scenes(n=200, side=10, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    ours = SubMConv3d(*channels, kernel, bias=True, indice_key="s", backend="spconv")
+    ref = SubMConv3d(*channels, kernel, bias=True, indice_key="s", backend="torch")
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(ours.weight.shape, generator=gen))
+    ref.load_state_dict(ours.state_dict())
+    feat, grad_out = torch.randn(400, channels[0], generator=gen), torch.randn(400, channels[1], generator=gen)
+    grads = []
+    for conv in (ours, ref):
+        conv.requires_grad_(False)
+        f = feat.clone().requires_grad_()
+        conv(point, f).backward(grad_out)
+        grads.append(f.grad)
+        assert conv.weight.grad is None
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
 def test_spconv_index_pairs_built_once_per_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """Convs sharing an indice key (the CPE, GEM's SA at rank r) reuse the first one's pairs:
     spconv leaves them on its output tensor only, which we do not keep."""

@@ -59,3 +59,17 @@ def test_spconv_backend_takes_bfloat16_features() -> None:
     feat = torch.randn(len(grid), 4)
     out = conv(point, feat.bfloat16())
     torch.testing.assert_close(out.float(), conv(point, feat.bfloat16().float()).float())
+
+
+def test_weight_grad_in_chunks_equals_one_chunk() -> None:
+    """The chunked weight gradient (a bounded temporary per chunk of sites) sums to the whole."""
+    from peftbench.backbone.gather_conv import gathered_weight_grad
+
+    grid, batch = _sites(90, 6, 2, seed=3)
+    table = neighbour_table(grid, batch, 3, side=6)
+    g = torch.Generator().manual_seed(2)
+    feat, grad = torch.randn(len(grid), 5, generator=g), torch.randn(len(grid), 4, generator=g)
+    shape = torch.Size([4, 3, 3, 3, 5])
+    whole = gathered_weight_grad(feat, grad, table, shape)
+    torch.testing.assert_close(gathered_weight_grad(feat, grad, table, shape, chunk_rows=7), whole)
+    assert whole.shape == shape and whole.abs().sum() > 0

@@ -11,11 +11,11 @@ from peftbench.train.losses import lovasz_softmax, segmentation_loss
 def _per_class_lovasz(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """The former implementation: one sort per class present."""
     valid = target != ignore_index
-    probs = logits[valid].float().softmax(dim=-1)
+    probs = logits[valid].double().softmax(dim=-1)
     target = target[valid]
     losses = []
     for c in torch.unique(target):
-        fg = (target == c).float()
+        fg = (target == c).double()
         errors_sorted, perm = torch.sort((fg - probs[:, c]).abs(), descending=True)
         fg_sorted = fg[perm]
         gts = fg_sorted.sum()

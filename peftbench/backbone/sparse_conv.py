@@ -6,15 +6,13 @@ sites contribute nothing. Weight layout is spconv 2.x KRSC ``[out, k, k, k, in]`
 Sonata checkpoints load unchanged.
 
 * ``torch``: pure torch (CPU or CUDA); neighbour pairs cached on the point per ``indice_key``.
-* ``spconv``: spconv 2.x (fast on GPU); imported lazily, bias added outside the conv
-  because the CPU build refuses it.
+* ``spconv``: spconv 2.x (fast on GPU; ``spconv_conv``); imported lazily, bias added outside
+  the conv because the CPU build refuses it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +24,6 @@ from peftbench.errors import PeftbenchError
 
 BACKENDS = ("auto", "torch", "spconv", "gather")  # gather: one gather + matmul (few channels)
 _default_backend = "auto"
-SPATIAL_PAD = 96  # reference ``sparsify(pad=96)``
 
 
 def set_default_backend(name: str) -> None:
@@ -181,61 +178,6 @@ def submconv_torch(feat: Tensor, weight: Tensor, nmap: NeighbourMap) -> Tensor:
     return _SubMConvFunction.apply(feat, weight, nmap)
 
 
-# ---------------------------------------------------------------------------- spconv backend
-
-
-@functools.lru_cache(maxsize=1)
-def _import_spconv() -> Any:
-    """Import spconv once; on CPU-only torch patch its stream getter so backward works.
-
-    spconv asks ``torch.cuda.current_stream()`` in backward, which asserts on CPU torch;
-    stream 0 is what its CPU kernels ignore anyway (environment.md §3.1).
-    """
-    import spconv.pytorch as spconv_pt
-    import spconv.pytorch.conv  # noqa: F401 - SparseConvolution (base class, takes device=)
-
-    if not torch.cuda.is_available():
-        from spconv.pytorch import cppcore, hash as sp_hash, ops
-
-        def _no_stream() -> int:
-            return 0
-
-        for module in (cppcore, ops, sp_hash):
-            if hasattr(module, "get_current_stream"):
-                module.get_current_stream = _no_stream
-    return spconv_pt
-
-
-def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
-    """The point's cached ``SparseConvTensor`` (reference ``sparsify``) carrying ``feat``.
-
-    Cached as ``point["sparse_conv_feat"]``; ``replace_feature`` shares its indice dict,
-    so spconv index pairs built by one conv are reused by the next with the same key.
-    """
-    spconv_pt = _import_spconv()
-    base = point.get("sparse_conv_feat")
-    if base is None:
-        grid_coord = point["grid_coord"]
-        indices = torch.cat([point["batch"].unsqueeze(-1), grid_coord], dim=1).int()
-        spatial_shape = (grid_coord.max(0).values + SPATIAL_PAD).tolist()
-        # detached: the cached carrier must not pin the first caller's autograd graph
-        base = spconv_pt.SparseConvTensor(feat.detach(), indices, spatial_shape, point.num_scenes)
-        point["sparse_conv_feat"] = base
-    return base.replace_feature(feat)
-
-
-def keep_index_pairs(point: Point, out: Any) -> None:
-    """Keep the index pairs a conv built for the level's next convs.
-
-    spconv stores new pairs in a *copy* of the input's indice dict, on the output tensor only; we
-    keep the output's features, so without this every conv of a level (CPE, GEM's SA) rebuilt its
-    pairs (48 builds per Sonata-size GEM step, where the reference, passing its output on, has 5).
-    """
-    shared = point["sparse_conv_feat"].indice_dict
-    if len(out.indice_dict) != len(shared):
-        shared.update(out.indice_dict)
-
-
 class SubMConv3d(nn.Module):
     """Submanifold sparse conv on a ``Point``; state-dict keys exactly ``weight``, ``bias``.
 
@@ -254,9 +196,7 @@ class SubMConv3d(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_channels, k, k, k, in_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         nn.init.trunc_normal_(self.weight, std=0.02)  # reference init; bias stays 0
-        # The spconv module only supplies index-pair logic; kept out of _modules so it adds
-        # no state-dict keys, its own weight lives on "meta" (no memory).
-        self._spconv: object | None = None
+        self._spconv: Any = None  # a SpconvRunner (plain attribute: no state-dict keys)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -283,60 +223,8 @@ class SubMConv3d(nn.Module):
         return out
 
     def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
-        spconv_pt = _import_spconv()
+        from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)
+
         if self._spconv is None:
-            # Key includes k: spconv would otherwise reuse pairs of another kernel size.
-            key = None if self.indice_key is None else f"{self.indice_key}:k{self.kernel_size}"
-            # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
-            conv = spconv_pt.conv.SparseConvolution(3, self.in_channels, self.out_channels, self.kernel_size,
-                                                    bias=False, subm=True, indice_key=key, device="meta")
-            object.__setattr__(self, "_spconv", conv)  # bypass nn.Module registration
-        conv, training = self._spconv, self.training
-
-        def run(f: Tensor, w: Tensor) -> Tensor:
-            # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            out = conv._conv_forward(training, sparse_conv_tensor(point, f), w.to(f.dtype), None)
-            keep_index_pairs(point, out)
-            return out.features
-
-        if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
-            feat = feat.float()
-        if feat.device.type == "cpu":
-            return _SingleThreaded.apply(feat, self.weight, run)
-        return run(feat, self.weight)
-
-
-class _SingleThreaded(torch.autograd.Function):
-    """Run a CPU spconv op (forward and, by recomputation, backward) on one torch thread.
-
-    Measured here: spconv 2.3.8's CPU kernels race with 2 threads (about 1 in 5 calls
-    drops a contribution to a site, in forward and in the input gradient); 1 thread is exact.
-    """
-
-    @staticmethod
-    def forward(ctx, feat: Tensor, weight: Tensor, run) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(feat, weight)
-        ctx.run = run
-        with _one_thread(), torch.no_grad():
-            return run(feat, weight)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, weight = ctx.saved_tensors
-        f = feat.detach().requires_grad_(ctx.needs_input_grad[0])
-        w = weight.detach().requires_grad_(ctx.needs_input_grad[1])
-        inputs = [t for t in (f, w) if t.requires_grad]
-        with _one_thread(), torch.enable_grad():
-            grads = iter(torch.autograd.grad(ctx.run(f, w), inputs, grad))
-        return (next(grads) if f.requires_grad else None, next(grads) if w.requires_grad else None, None)
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch (and spconv's CPU kernels) on one thread; the old count restored after."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
+            object.__setattr__(self, "_spconv", SpconvRunner(self.indice_key, self.kernel_size))
+        return spconv_submconv(self._spconv, point, feat, self.weight, self.training)

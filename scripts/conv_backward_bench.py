@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Sparse-conv forward + backward per encoder level: spconv's own backward against ours
+(``spconv_conv``: input gradient as a mirrored forward conv, weight gradient by gathered matmuls).
+
+The levels are those of a Sonata-size backbone on the bench's synthetic rooms (fp16 autocast);
+per level, a CPE-width conv (frozen and trainable) and a rank-r conv (GEM's Spatial Adapter,
+trainable) are timed with CUDA events, median of ``--steps``, and checked against each other.
+
+    python scripts/conv_backward_bench.py --points 102400 --batch-size 3 --json conv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import peftbench.backbone.spconv_conv as spconv_conv  # noqa: E402
+from peftbench.backbone.sparse_conv import SubMConv3d  # noqa: E402
+from peftbench.backbone.structure import Point  # noqa: E402
+from peftbench.bench import synthetic_batch  # noqa: E402
+from peftbench.backbone import backbone_config  # noqa: E402
+from peftbench.model import Segmentor  # noqa: E402
+from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
+
+
+def level_points(points: int, batch_size: int, device: torch.device) -> list[tuple[Point, int, str]]:
+    """(point, channels, indice key) of the first block of every encoder level, from one forward pass."""
+    model = Segmentor(backbone_config("sonata"), 20).to(device).train()  # train: spconv keeps backward pairs
+    seen: dict[str, tuple[Point, int, str]] = {}
+
+    def grab(block, args):
+        seen.setdefault(block.indice_key, (args[0], block.channels, block.indice_key))
+
+    hooks = [b.register_forward_pre_hook(grab) for _, b in model.backbone.encoder_blocks()]
+    with torch.no_grad(), torch.autocast(device.type, torch.float16 if device.type == "cuda" else torch.bfloat16):
+        model(model_inputs(to_device(synthetic_batch(points, batch_size), device)))
+    for h in hooks:
+        h.remove()
+    return list(seen.values())
+
+
+def timed(fn, steps: int, device: torch.device) -> float:
+    """Median ms of ``fn`` (CUDA events; wall time on CPU, for a dry run)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - begin))
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--points", type=int, default=102400)
+    parser.add_argument("--batch-size", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    amp = torch.float16
+    rows = []
+    for point, channels, key in level_points(args.points, args.batch_size, device):
+        n = len(point["grid_coord"])
+        for name, width, frozen in (("cpe frozen", channels, True), ("cpe trained", channels, False),
+                                    ("sa rank", args.rank, False)):
+            conv = SubMConv3d(width, width, 3, bias=False, indice_key=key, backend="spconv").to(device)
+            conv.train().requires_grad_(not frozen)
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            feat = torch.randn(n, width, device=device, dtype=dtype, requires_grad=True)
+            grad = torch.randn(n, width, device=device, dtype=dtype)
+            row = {"level_points": n, "channels": width, "conv": name}
+            results = {}
+            for mode in ("spconv", "gather"):
+                spconv_conv.WEIGHT_GRAD_BY = mode if not frozen else "spconv"
+                if frozen and mode == "spconv":  # the former frozen path: spconv's backward, both gradients
+                    conv.weight.requires_grad_(True)
+
+                def step():
+                    feat.grad = None
+                    conv.weight.grad = None
+                    with torch.autocast(device.type, amp, enabled=device.type == "cuda"):
+                        conv(point, feat).backward(grad)
+
+                row[f"{mode}_ms"] = timed(step, args.steps, device)
+                results[mode] = feat.grad.float().clone()
+                conv.weight.requires_grad_(not frozen)
+            spconv_conv.WEIGHT_GRAD_BY = "gather"
+            row["input_grad_max_rel_diff"] = float((results["spconv"] - results["gather"]).abs().max()
+                                                   / results["spconv"].abs().max())
+            rows.append(row)
+            print(json.dumps(row))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

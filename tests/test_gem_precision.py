@@ -17,10 +17,11 @@ _gem = sys.modules[get_method("gem").__module__]  # the plugin as the registry l
 ContextAdapter, LatentBank = _gem.ContextAdapter, _gem.LatentBank
 
 
-class _Point:
-    """The two things a Context Adapter reads from a point batch: scene index and scene state."""
+class _Point(dict):
+    """What a Context Adapter reads from a point batch: scene index and state, and its cache."""
 
     def __init__(self, batch: torch.Tensor, num_scenes: int) -> None:
+        super().__init__()
         self.batch, self.num_scenes, self.scene_state = batch, num_scenes, {}
 
 

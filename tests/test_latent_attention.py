@@ -51,3 +51,21 @@ def test_gradients_match() -> None:
     ref = torch.autograd.grad((out * w).sum() + upd.sum(), [*inputs, latents])
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_keys_as_values_and_a_kept_mask_give_the_same_result() -> None:
+    """``v=None`` (shared_qk) is ``v=k``; a level's kept ``off_scene`` mask is the one built inside."""
+    from peftbench.backbone.latent_attention import off_scene_mask
+
+    g = torch.Generator().manual_seed(3)
+    counts, m, r = [5, 9, 2], 4, 8
+    k = torch.randn(sum(counts), r, generator=g)
+    latents = torch.randn(len(counts), m, r, generator=g)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    ref = scene_latent_attention(k, k, None, latents, batch, 0.3)
+    mask = off_scene_mask(batch, len(counts), m)
+    assert mask.shape == (sum(counts), len(counts) * m) and int((~mask).sum()) == sum(counts) * m
+    for got in (scene_latent_attention(k, None, None, latents, batch, 0.3),
+                scene_latent_attention(k, None, None, latents, batch, 0.3, off_scene=mask)):
+        torch.testing.assert_close(got[0], ref[0])
+        torch.testing.assert_close(got[1], ref[1])

@@ -87,7 +87,7 @@ class SerializedAttention(nn.Module):
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(S, L, 3, H, d) -> (S, L, H, d)."""
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, H, L, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (S, H, L, d) each: two ops, not four
         if self.kv_prefix is not None:
             pk, pv = self.kv_prefix()
             shape = (k.shape[0], -1, -1, -1)

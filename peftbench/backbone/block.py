@@ -29,8 +29,8 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = x.new_empty(x.shape[0], 1).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        keep = x.new_empty(x.shape[0], 1).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * keep
 
 
 class MLP(nn.Module):
@@ -82,18 +82,20 @@ class Block(nn.Module):
         # the CPE's conv to the attention's patches instead of breaking before the qkv projection.
         layout = self.attn.layout(point)
         x = point.feat
-        x = x + self.cpe(point, x) + _branches(self.cpe_branches, point, x)
+        x = x + _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
         h = self.norm1(x)
-        x = x + self.drop_path(self.attn(point, h, layout) + _branches(self.attn_branches, point, h))
+        x = x + self.drop_path(_with_branches(self.attn(point, h, layout), self.attn_branches, point, h))
         h = self.norm2(x)
-        x = x + self.drop_path(self.mlp(h) + _branches(self.mlp_branches, point, h))
-        x = x + _branches(self.post_mlp, point, x)
+        x = x + self.drop_path(_with_branches(self.mlp(h), self.mlp_branches, point, h))
+        if self.post_mlp:
+            x = _with_branches(x, self.post_mlp, point, x)
         point.feat = x
         return point
 
 
-def _branches(slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor | float:
-    total: torch.Tensor | float = 0.0
+def _with_branches(out: torch.Tensor, slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor:
+    """``out`` plus every branch of ``slot`` called on ``x``; an empty slot adds no op (not even ``+ 0``:
+    each is a kernel and an autograd node in every block)."""
     for branch in slot.values():
-        total = total + branch(point, x)
-    return total
+        out = out + branch(point, x)
+    return out

@@ -17,43 +17,45 @@ import torch
 from torch import Tensor
 
 
-def scene_latent_attention(k: Tensor, v: Tensor, q: Tensor | None, latents: Tensor, batch: Tensor,
-                           scale: float, read_updated: bool = True) -> tuple[Tensor, Tensor]:
+def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latents: Tensor, batch: Tensor,
+                           scale: float, read_updated: bool = True,
+                           off_scene: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(out, updated latents)`` for points ``k``, ``v``, ``q`` (N, r) and ``latents`` (B, m, r).
+    ``v=None``: the keys double as values.
 
     Latents of scene b attend over the points of scene b (softmax over points, per latent) and
     are updated ``L <- L + context``. Each point then reads the updated latents of its scene with
     a softmax over the m latents of ``q . L_new`` (``read_updated``) or ``q . L_old``; ``q=None``
     means the keys double as queries, and with ``read_updated=False`` the read reuses the first
-    affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32.
+    affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32. ``off_scene``:
+    ``off_scene_mask(batch, B, m)``, passed by callers that keep it for every block of a level.
     """
     num_scenes, m, r = latents.shape
-    n = k.shape[0]
     with torch.autocast(device_type=k.device.type, enabled=False):
-        lat = latents.float()
-        scores = (k.float() @ lat.reshape(-1, r).T) * scale                       # (N, B*m)
-        if num_scenes > 1:
-            own = (batch.unsqueeze(1) == torch.arange(num_scenes, device=k.device)
-                   .repeat_interleave(m)).view(n, num_scenes, m)                   # (N, B, m)
-            exp, total = _exp_over_rows(scores.masked_fill(~own.view(n, -1), float("-inf")))
-        else:
-            own, (exp, total) = None, _exp_over_rows(scores)
+        lat = latents.float().reshape(-1, r)                                       # (B*m, r)
+        k = k.float()
+        keys = k * scale
+        scores = keys @ lat.T                                                       # (N, B*m)
+        if num_scenes > 1 and off_scene is None:
+            off_scene = off_scene_mask(batch, num_scenes, m)
+        exp, total = _exp_over_rows(scores if off_scene is None else scores.masked_fill(off_scene, float("-inf")))
         # softmax-weighted sum, normalised after the sum: a sum of exps <= 1 keeps more bits
         # than a sum of N weights of ~1/N (~1e-3 off at 150k points in float32 otherwise)
-        updated = lat + ((exp.T @ v.float()) / total.T).view(num_scenes, m, r)
+        updated = lat + (exp.T @ (k if v is None else v.float())) / total.T
         if q is None and not read_updated:
             read = scores
         else:
-            scored = updated if read_updated else lat
-            read = ((k if q is None else q).float() @ scored.reshape(-1, r).T) * scale
-        if own is None:
-            spread = read.softmax(dim=-1)
-        else:
-            index = batch.view(n, 1, 1).expand(n, 1, m)
-            mine = read.view(n, num_scenes, m).gather(1, index).squeeze(1).softmax(dim=-1)  # (N, m)
-            spread = (mine.unsqueeze(1) * own).reshape(n, -1)                    # zero off-scene
-        out = spread @ updated.reshape(-1, r)
-    return out, updated
+            read = (keys if q is None else q.float() * scale) @ (updated if read_updated else lat).T
+        # a softmax over all B*m columns with the other scenes' at -inf is the softmax over my m
+        # latents, with zeros elsewhere: what the read-out multiplies by all B*m latents
+        spread = (read if off_scene is None else read.masked_fill(off_scene, float("-inf"))).softmax(dim=-1)
+        out = spread @ updated
+    return out, updated.view(num_scenes, m, r)
+
+
+def off_scene_mask(batch: Tensor, num_scenes: int, m: int) -> Tensor:
+    """(N, B*m) bool: True where latent column j belongs to another scene than point i."""
+    return batch.unsqueeze(1) != torch.arange(num_scenes, device=batch.device).repeat_interleave(m)
 
 
 def _exp_over_rows(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -42,8 +42,13 @@ def parameter_groups(model: nn.Module, method: Method, lr: float, method_lr: flo
 
 def build_optimizer(groups: list[dict], weight_decay: float, total_steps: int, pct_start: float,
                     div_factor: float, final_div_factor: float):
-    """AdamW + per-optimizer-step OneCycle (cosine), as Sonata's recipes."""
-    optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay)
+    """AdamW + per-optimizer-step OneCycle (cosine), as Sonata's recipes.
+
+    On CUDA, AdamW is fused: a few kernels for all parameters instead of ~10 per tensor (GEM has
+    ~170), and with a GradScaler an overflowed step is skipped on the device, with no host sync.
+    """
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay, fused=on_cuda or None)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=pct_start,
         anneal_strategy="cos", div_factor=div_factor, final_div_factor=final_div_factor)

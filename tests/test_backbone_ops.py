@@ -273,6 +273,25 @@ def test_spconv_frozen_weight_input_gradient_is_the_mirrored_conv(channels, kern
 
 
 @pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
+@pytest.mark.parametrize("frozen", [True, False])
+def test_spconv_conv_graph_does_not_keep_the_point_alive(frozen: bool) -> None:
+    """The block stores the conv's output on the point (``point.feat``): a backward that kept the
+    point would make a cycle through the autograd graph that nothing frees (GPU memory grew by
+    GiBs per step on an H200)."""
+    import gc
+    import weakref
+
+    conv = SubMConv3d(4, 4, 3, bias=True, indice_key="s", backend="spconv").requires_grad_(not frozen)
+    point = _two_scenes(n=200, side=10, seed=8)
+    feat = torch.randn(400, 4, requires_grad=True)
+    point.feat = conv(point, feat)
+    alive = weakref.ref(point)
+    del point
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
 def test_spconv_index_pairs_built_once_per_level(monkeypatch: pytest.MonkeyPatch) -> None:
     """Convs sharing an indice key (the CPE, GEM's SA at rank r) reuse the first one's pairs:
     spconv leaves them on its output tensor only, which we do not keep."""

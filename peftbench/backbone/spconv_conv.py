@@ -1,17 +1,13 @@
-"""The ``spconv`` backend of ``SubMConv3d``: spconv's implicit-GEMM forward, our own backward.
+"""The ``spconv`` backend of ``SubMConv3d``: spconv's implicit-GEMM forward, and a backward of
+our own where spconv's does work that is thrown away.
 
-spconv's backward always computes both gradients with its own kernels. Ours:
-
-* input gradient: ``d in[q] = sum_o W_o^T d out[q - o]`` on a submanifold, i.e. spconv's forward
-  conv of the output gradient over the same index pairs with the weight mirrored (offset o ->
-  -o) and its channels swapped; nothing when the input needs no gradient;
-* weight gradient: only when the weight trains (GEM's Spatial Adapter, full fine-tuning), as one
-  matmul per chunk of sites over their gathered k^3 neighbours (``gather_conv``): a wide GEMM
-  instead of spconv's split-K reduction over all sites; nothing for a frozen weight (every PEFT
-  method's CPE), where spconv computed and dropped it.
-
-On CPU, spconv 2.3.8 has no backward of its own (and races on >1 thread), so this is also the
-CPU path: both spconv calls run on one thread.
+spconv's backward always computes both gradients. For a frozen weight (every PEFT method's CPE)
+the weight gradient is dropped, so ours computes only the input gradient, ``d in[q] = sum_o
+W_o^T d out[q - o]`` on a submanifold: spconv's forward conv of the output gradient over the same
+index pairs with the weight mirrored (offset o -> -o) and its channels swapped. A trainable
+weight (GEM's Spatial Adapter, full fine-tuning) keeps spconv's backward on CUDA (faster than
+gathered matmuls at every level on an H200, ``scripts/conv_backward_bench.py``); on CPU its weight
+gradient is the gathered matmul of ``gather_conv``. spconv's CPU kernels run on one thread.
 """
 
 from __future__ import annotations
@@ -28,9 +24,9 @@ from peftbench.backbone.gather_conv import cached_neighbour_table, gathered_weig
 from peftbench.backbone.structure import Point
 
 SPATIAL_PAD = 96  # reference ``sparsify(pad=96)``
-# "spconv": a trainable weight's gradients by spconv's own backward (CUDA only; for comparison,
-# scripts/conv_backward_bench.py); "gather": ours (module docstring)
-WEIGHT_GRAD_BY = "gather"
+# A trainable weight's gradients on CUDA: "spconv" (its own backward; measured faster on an H200
+# at every level, scripts/conv_backward_bench.py) or "gather" (ours, the CPU path).
+WEIGHT_GRAD_BY = "spconv"
 
 
 @functools.lru_cache(maxsize=1)
@@ -73,16 +69,15 @@ def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
     return base.replace_feature(feat)
 
 
-def keep_index_pairs(point: Point, out: Any) -> None:
-    """Keep the index pairs a conv built for the level's next convs.
+def keep_index_pairs(sites: Any, out: Any) -> None:
+    """Keep the index pairs a conv built on ``sites`` for the level's next convs.
 
     spconv stores new pairs in a *copy* of the input's indice dict, on the output tensor only; we
     keep the output's features, so without this every conv of a level (CPE, GEM's SA) rebuilt its
     pairs (48 builds per Sonata-size GEM step, where the reference, passing its output on, has 5).
     """
-    shared = point["sparse_conv_feat"].indice_dict
-    if len(out.indice_dict) != len(shared):
-        shared.update(out.indice_dict)
+    if len(out.indice_dict) != len(sites.indice_dict):
+        sites.indice_dict.update(out.indice_dict)
 
 
 class SpconvRunner:
@@ -98,8 +93,9 @@ class SpconvRunner:
         self.kernel_size = kernel_size
         self.modules: dict[tuple[int, int], Any] = {}
 
-    def __call__(self, point: Point, feat: Tensor, weight: Tensor, training: bool, autograd: bool = False) -> Tensor:
-        """Bias-free conv of ``feat`` with KRSC ``weight`` (autograd through spconv only if asked)."""
+    def __call__(self, sites: Any, feat: Tensor, weight: Tensor, training: bool, autograd: bool = False) -> Tensor:
+        """Bias-free conv of ``feat`` with KRSC ``weight`` on ``sites`` (the level's cached
+        ``SparseConvTensor``, whose indice dict keeps the pairs); autograd through spconv only if asked."""
         channels = (weight.shape[-1], weight.shape[0])
         if channels not in self.modules:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
@@ -108,9 +104,9 @@ class SpconvRunner:
         with _one_thread() if feat.device.type == "cpu" else contextlib.nullcontext(), \
                 torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            out = self.modules[channels]._conv_forward(training, sparse_conv_tensor(point, feat),
+            out = self.modules[channels]._conv_forward(training, sites.replace_feature(feat),
                                                        weight.to(feat.dtype), None)
-        keep_index_pairs(point, out)
+        keep_index_pairs(sites, out)
         return out.features
 
 
@@ -118,30 +114,35 @@ def spconv_submconv(runner: SpconvRunner, point: Point, feat: Tensor, weight: Te
     """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` through spconv."""
     if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
         feat = feat.float()
-    if WEIGHT_GRAD_BY == "spconv" and weight.requires_grad and feat.is_cuda:
-        return runner(point, feat, weight, training, autograd=True)
-    return _SpconvConv.apply(feat, weight, lambda f, w: runner(point, f, w, training),
-                             lambda: cached_neighbour_table(point, runner.kernel_size))
+    sites = sparse_conv_tensor(point, feat)
+    if weight.requires_grad and feat.is_cuda and WEIGHT_GRAD_BY == "spconv":
+        return runner(sites, feat, weight, training, autograd=True)
+    # the backward keeps the sites and the neighbour table, never the point: a point in the
+    # autograd graph that its own features' graph refers to is a cycle nothing frees (measured:
+    # +5 GiB per step on an H200)
+    table = cached_neighbour_table(point, runner.kernel_size) if weight.requires_grad else None
+    return _SpconvConv.apply(feat, weight, runner, sites, training, table)
 
 
 class _SpconvConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat: Tensor, weight: Tensor, run: Callable[[Tensor, Tensor], Tensor],  # type: ignore[override]
-                table: Callable[[], Tensor]) -> Tensor:
-        ctx.save_for_backward(feat if ctx.needs_input_grad[1] else None, weight)
-        ctx.run, ctx.table = run, table
-        return run(feat, weight)
+    def forward(ctx, feat: Tensor, weight: Tensor, runner: SpconvRunner, sites: Any,  # type: ignore[override]
+                training: bool, table: Tensor | None) -> Tensor:
+        ctx.save_for_backward(feat if table is not None else None, weight, table)
+        ctx.runner, ctx.sites, ctx.training = runner, sites, training
+        return runner(sites, feat, weight, training)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, weight = ctx.saved_tensors
+        feat, weight, table = ctx.saved_tensors
         grad = grad.contiguous()
         d_feat = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_feat = ctx.run(grad, weight.flip(1, 2, 3).transpose(0, 4).contiguous())  # KRSC [in, k, k, k, out]
+            mirrored = weight.flip(1, 2, 3).transpose(0, 4).contiguous()          # KRSC [in, k, k, k, out]
+            d_feat = ctx.runner(ctx.sites, grad, mirrored, ctx.training)
         if ctx.needs_input_grad[1]:
-            d_weight = gathered_weight_grad(feat, grad, ctx.table(), weight.shape).to(weight.dtype)
-        return d_feat, d_weight, None, None
+            d_weight = gathered_weight_grad(feat, grad, table, weight.shape).to(weight.dtype)
+        return d_feat, d_weight, None, None, None, None
 
 
 @contextlib.contextmanager

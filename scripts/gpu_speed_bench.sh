@@ -7,7 +7,7 @@
 # BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks the
 # parts, run in this file's order (default: identity probe trials reference bench; `compile` adds the bench with
 # --compile, `cprobe` / `ctrials` the shape probe / trials with train.compile), TRIALS="gem" picks
-# the trials, METHODS / CMETHODS the bench's methods (short on device time), BS the batch sizes.
+# the trials, METHODS / CMETHODS the bench's methods (short on device time), BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -42,7 +42,7 @@ has trials && trials /tmp/gpu_speed.yaml ""
 has ctrials && trials /tmp/gpu_speed_c.yaml _compiled
 has conv && stamp "conv backward" && timeout 120 python3 scripts/conv_backward_bench.py --json "$OUT/conv.json" 2>&1 \
   | grep -Ev "$F" | tee -a "$LOG"
-COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps 5"
+COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps ${STEPS:-5}"
 has reference && stamp reference && timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
   --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"

@@ -44,20 +44,34 @@ def reference_table(ours: list[dict], reference: list[dict]) -> list[str]:
     return lines
 
 
+def _device_ms(row: dict | None, mode: str) -> float | None:
+    """The profiled step's device time (sum of stages): unlike wall time, free of host jitter."""
+    stages = (row or {}).get(f"{mode}_stages")
+    return stages.get("total (sum of stages)") if stages else None
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return _fmt(a / b if a and b else None, ".2f")
+
+
 def method_table(ours: list[dict]) -> list[str]:
     base = _index(ours)
-    lines = ["| method | batch | dtype | trainable | infer ms | train ms | infer GiB | train GiB | "
-             "infer / frozen | train / frozen |", "|---|---|---|---|---|---|---|---|---|---|"]
+    profiled = any(_device_ms(r, "train") for r in ours)
+    head = "| method | batch | dtype | trainable | infer ms | train ms | infer GiB | train GiB | infer / frozen | train / frozen |"
+    if profiled:
+        head += " device ms infer / train | device infer / frozen | device train / frozen |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in ours:
         f = base.get(("frozen", r["batch_size"], r["dtype"]))
-        ri = r.get("infer_ms")
-        rt = r.get("train_ms")
-        fi = f.get("infer_ms") if f else None
-        ft = f.get("train_ms") if f else None
-        lines.append(
-            f"| {r['method']} | {r['batch_size']} | {r['dtype']} | {r['trainable']:,} | {_fmt(ri)} | {_fmt(rt)} | "
-            f"{_fmt(r.get('infer_peak_gib'), '.2f')} | {_fmt(r.get('train_peak_gib'), '.2f')} | "
-            f"{_fmt(ri / fi if ri and fi else None, '.2f')} | {_fmt(rt / ft if rt and ft else None, '.2f')} |")
+        ri, rt = r.get("infer_ms"), r.get("train_ms")
+        line = (f"| {r['method']} | {r['batch_size']} | {r['dtype']} | {r['trainable']:,} | {_fmt(ri)} | {_fmt(rt)} | "
+                f"{_fmt(r.get('infer_peak_gib'), '.2f')} | {_fmt(r.get('train_peak_gib'), '.2f')} | "
+                f"{_ratio(ri, (f or {}).get('infer_ms'))} | {_ratio(rt, (f or {}).get('train_ms'))} |")
+        if profiled:
+            di, dt = _device_ms(r, "infer"), _device_ms(r, "train")
+            line += (f" {_fmt(di)} / {_fmt(dt)} | {_ratio(di, _device_ms(f, 'infer'))} | "
+                     f"{_ratio(dt, _device_ms(f, 'train'))} |")
+        lines.append(line)
     return lines
 
 

@@ -47,3 +47,8 @@ def test_rows_stages_and_report(tmp_path) -> None:
     text = (tmp_path / "bench.md").read_text()
     assert "train, frozen backbone + gradient flow" in text and "| gem | 2 | fp32 |" in text
     assert {p.name for p in paths} >= {"bench.json", "bench.md"}
+    # profiled rows: device-time columns, GEM's against frozen's summed stage times
+    gem_line = next(line for line in text.splitlines() if line.startswith("| gem | 2 |"))
+    device_ratio = gem["train_stages"]["total (sum of stages)"] / rows[0]["train_stages"]["total (sum of stages)"]
+    assert "device train / frozen" in text and gem_line.rstrip(" |").endswith(f"{device_ratio:.2f}")
+    assert rows[0]["train_min_ms"] <= rows[0]["train_ms"]

@@ -45,7 +45,7 @@ def build_optimizer(groups: list[dict], weight_decay: float, total_steps: int, p
     """AdamW + per-optimizer-step OneCycle (cosine), as Sonata's recipes.
 
     On CUDA, AdamW is fused: a few kernels for all parameters instead of ~10 per tensor (GEM has
-    ~170), and with a GradScaler an overflowed step is skipped on the device, with no host sync.
+    ~170), and GradScaler hands it the overflow flag, so an overflowed step is skipped on the device.
     """
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=weight_decay, fused=on_cuda or None)

@@ -38,6 +38,14 @@ def test_encode_reference_vectors(order: str) -> None:
     assert code.tolist() == CODES[order]
 
 
+@pytest.mark.parametrize("orders", [list(CODES), ["hilbert-trans", "z", "hilbert"], ["z-trans"]])
+def test_encode_orders_shares_views_in_any_order(orders: list[str]) -> None:
+    """All orders at once (views stacked once, z keys reused by Hilbert) give each order's codes."""
+    from peftbench.backbone.serialization import encode_orders
+
+    assert encode_orders(GRID, BATCH, 9, orders).tolist() == [CODES[o] for o in orders]
+
+
 def test_hilbert_unit_cube() -> None:
     cube = torch.tensor([(0, 0, 0), (0, 0, 1), (0, 1, 1), (0, 1, 0), (1, 1, 0), (1, 1, 1), (1, 0, 1), (1, 0, 0)])
     assert encode(cube, None, depth=1, order="hilbert").tolist() == list(range(8))

@@ -37,16 +37,23 @@ def _spread_table() -> Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _spread_tables(device: str) -> tuple[Tensor, Tensor]:
+    """``_spread_table()`` and the axis weights (x above y above z) on ``device``."""
+    return _spread_table().to(device), torch.tensor([4, 2, 1], device=device)
+
+
 def z_order_keys(coord: Tensor, depth: int) -> Tensor:
-    """Morton keys of (..., 3) int coords, equal to ``z_order.z_order_key`` (x above y above z)."""
-    table = _spread_table().to(coord.device)
+    """Morton keys of (..., 3) int coords, equal to ``z_order.z_order_key`` (x above y above z).
+
+    The three spread axes share no bit, so weighting and summing them is their bitwise OR.
+    """
+    table, axis_weights = _spread_tables(str(coord.device))
     c = coord.long() & ((1 << depth) - 1)
-    low = table[c & 255]                       # (..., 3) spread low bytes
-    key = (low[..., 0] << 2) | (low[..., 1] << 1) | low[..., 2]
+    spread = table[c & 255]                    # (..., 3) spread low bytes
     if depth > 8:
-        high = table[c >> 8]
-        key |= ((high[..., 0] << 2) | (high[..., 1] << 1) | high[..., 2]) << 24
-    return key
+        spread = spread | (table[c >> 8] << 24)
+    return (spread * axis_weights).sum(-1)
 
 
 def _local_orders(level: int, cubes: list[tuple[int, int, int]]) -> np.ndarray:
@@ -126,10 +133,12 @@ def _pair_tables(device: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tuple(torch.from_numpy(t).reshape(-1).to(device) for t in (digit, child, pair_digit, pair_child))
 
 
-def hilbert_keys(coord: Tensor, depth: int) -> Tensor:
-    """Hilbert keys of (..., 3) int coords, equal to ``hilbert.hilbert_key`` at ``depth``."""
+def hilbert_keys(coord: Tensor, depth: int, octants: Tensor | None = None) -> Tensor:
+    """Hilbert keys of (..., 3) int coords, equal to ``hilbert.hilbert_key`` at ``depth``;
+    ``octants``: ``z_order_keys(coord, depth)`` when the caller has them already."""
     digit, child, pair_digit, pair_child = _pair_tables(str(coord.device))
-    octants = z_order_keys(coord, depth)  # level l's octant = bits 3l..3l+2
+    if octants is None:
+        octants = z_order_keys(coord, depth)  # level l's octant = bits 3l..3l+2
     state = torch.full_like(octants, _initial_state(depth))
     key = torch.zeros_like(octants)
     level = depth

@@ -24,7 +24,8 @@ def encode(grid_coord: Tensor, batch: Tensor | None, depth: int, order: str) -> 
 
 
 def encode_orders(grid_coord: Tensor, batch: Tensor | None, depth: int, orders: Sequence[str]) -> Tensor:
-    """(len(orders), N) codes; orders of one curve are encoded together (half the launches).
+    """(len(orders), N) codes. The views (plain, x/y swapped) are stacked once, and their z-order
+    keys serve both the z orders and the Hilbert encoder (which reads its octants from them).
 
     Keys come from the table-driven encoders (``curve_tables``), equal to the bitwise
     ``z_order.z_order_key`` / ``hilbert.hilbert_key`` they are derived from.
@@ -33,14 +34,11 @@ def encode_orders(grid_coord: Tensor, batch: Tensor | None, depth: int, orders: 
     if bad:
         raise PeftbenchError(f"unknown serialization order {bad[0]!r}; choose from {ORDERS}")
     coord = grid_coord.long()
-    views = {False: coord, True: coord[:, [1, 0, 2]]}  # "-trans": x and y swapped
-    keys: dict[str, Tensor] = {}
-    for curve, encoder in (("z", z_order_keys), ("hilbert", hilbert_keys)):
-        mine = [o for o in orders if o.startswith(curve)]
-        if mine:
-            stacked = encoder(torch.stack([views[o.endswith("-trans")] for o in mine]), depth)
-            keys.update(zip(mine, stacked))
-    code = torch.stack([keys[o] for o in orders])
+    trans = sorted({o.endswith("-trans") for o in orders})                  # which views are needed
+    views = torch.stack([coord[:, [1, 0, 2]] if t else coord for t in trans])  # "-trans": x and y swapped
+    z = z_order_keys(views, depth)
+    hilbert = hilbert_keys(views, depth, octants=z) if any(o.startswith("hilbert") for o in orders) else None
+    code = torch.stack([(z if o.startswith("z") else hilbert)[trans.index(o.endswith("-trans"))] for o in orders])
     if batch is not None:
         code = (batch.long() << (3 * depth)) | code
     return code

@@ -70,12 +70,11 @@ def timed(fn, steps: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _input_grad(conv: SubMConv3d, point: Point, feat: torch.Tensor, grad: torch.Tensor, mode: str,
-                amp: torch.dtype | None) -> torch.Tensor:
-    """One forward + backward; the input gradient in float32 (vs a float32 run: the error)."""
+def _input_grad(conv: SubMConv3d, point: Point, feat: torch.Tensor, grad: torch.Tensor, half: bool) -> torch.Tensor:
+    """One forward + backward (fp16 autocast on CUDA if ``half``); the input gradient in float32."""
     feat = feat.detach().requires_grad_()
     conv.weight.grad = None
-    with torch.autocast(feat.device.type, amp or torch.float16, enabled=amp is not None and feat.is_cuda):
+    with torch.autocast(feat.device.type, torch.float16, enabled=half and feat.is_cuda):
         conv(point, feat).backward(grad.to(feat.dtype))
     return feat.grad.float()
 
@@ -90,7 +89,6 @@ def main() -> int:
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(args.device)
-    amp = torch.float16
     rows = []
     for point, channels, key in level_points(args.points, args.batch_size, device):
         n = len(point["grid_coord"])
@@ -99,17 +97,16 @@ def main() -> int:
             conv = SubMConv3d(width, width, 3, bias=False, indice_key=key, backend="spconv").to(device)
             conv.train().requires_grad_(not frozen)
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-            feat = torch.randn(n, width, device=device, dtype=dtype, requires_grad=True)
+            feat = torch.randn(n, width, device=device, dtype=dtype)
             grad = torch.randn(n, width, device=device, dtype=dtype)
             row = {"level_points": n, "channels": width, "conv": name}
-            exact = _input_grad(conv, point, feat.detach().float(), grad.float(), "spconv", None)  # fp32
+            exact = _input_grad(conv, point, feat.float(), grad.float(), half=False)
             # frozen: spconv's backward (both gradients, the weight's dropped) against ours
             for mode in ("spconv", "ours" if frozen else "gather"):
                 conv.weight.requires_grad_(not frozen or mode == "spconv")
                 spconv_conv.WEIGHT_GRAD_BY = "spconv" if mode == "ours" else mode
-                row[f"{mode}_ms"] = timed(lambda: _input_grad(conv, point, feat, grad, spconv_conv.WEIGHT_GRAD_BY, amp),
-                                          args.steps, device)
-                got = _input_grad(conv, point, feat, grad, spconv_conv.WEIGHT_GRAD_BY, amp)
+                row[f"{mode}_ms"] = timed(lambda: _input_grad(conv, point, feat, grad, half=True), args.steps, device)
+                got = _input_grad(conv, point, feat, grad, half=True)
                 row[f"{mode}_input_grad_rel_err"] = float((got - exact).abs().max() / exact.abs().max())
             conv.weight.requires_grad_(not frozen)
             spconv_conv.WEIGHT_GRAD_BY = "spconv"

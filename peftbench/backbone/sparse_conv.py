@@ -226,5 +226,5 @@ class SubMConv3d(nn.Module):
         from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)
 
         if self._spconv is None:
-            object.__setattr__(self, "_spconv", SpconvRunner(self.indice_key, self.kernel_size))
+            self._spconv = SpconvRunner(self.indice_key, self.kernel_size)
         return spconv_submconv(self._spconv, point, feat, self.weight, self.training)

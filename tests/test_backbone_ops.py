@@ -326,6 +326,24 @@ def test_spconv_index_pairs_built_once_per_level(monkeypatch: pytest.MonkeyPatch
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_config) -> None:
+    """Each pooled level's scene offsets (by search) and per-axis grid max (from its parent's)
+    are what the level's own points give: they replace a bincount and a max read back per level."""
+    from peftbench.backbone import PointTransformerV3
+    from peftbench.backbone.structure import batch_to_offset
+    from conftest import random_scene_batch
+
+    model = PointTransformerV3(**micro_config).eval()
+    with torch.no_grad():
+        point = model(Point(random_scene_batch()))
+    levels = 0
+    while "pooling_parent" in point:
+        assert point.offset.tolist() == batch_to_offset(point.batch).tolist()
+        assert point.grid_max() == point.grid_coord.max(0).values.tolist()
+        point, levels = point["pooling_parent"], levels + 1
+    assert levels >= 2 and point.grid_max() == point.grid_coord.max(0).values.tolist()
+
+
 def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config) -> None:
     """Each finest site gets, per level, the features of the cell it pooled into (parent first)."""
     from peftbench.backbone import PointTransformerV3, hypercolumn

@@ -50,12 +50,18 @@ class GridPooling(nn.Module):
         indices = torch.argsort(cluster, stable=True)
         idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
         head = indices[idx_ptr[:-1]]
+        batch = point.batch[head]
+        scenes = torch.arange(point.num_scenes, device=batch.device)
         pooled = Point(
             # every cluster holds at least one point: no empty segments
             feat=segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce, nonempty=True),
             coord=segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean", nonempty=True),
             grid_coord=grid[head],
-            batch=point.batch[head],
+            batch=batch,
+            # scene ends by search (points stay sorted by scene), not bincount: no host sync
+            offset=torch.searchsorted(batch, scenes, right=True),
+            # floor division keeps the per-axis max: the child's from the parent's, no host sync
+            grid_max=[m // self.stride for m in point.grid_max()],
             pooling_inverse=cluster,
             pooling_parent=point,
             scene_state=point.scene_state,  # per-scene state flows across levels unchanged

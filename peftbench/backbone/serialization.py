@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -35,7 +36,8 @@ def encode_orders(grid_coord: Tensor, batch: Tensor | None, depth: int, orders: 
         raise PeftbenchError(f"unknown serialization order {bad[0]!r}; choose from {ORDERS}")
     coord = grid_coord.long()
     trans = sorted({o.endswith("-trans") for o in orders})                  # which views are needed
-    views = torch.stack([coord[:, [1, 0, 2]] if t else coord for t in trans])  # "-trans": x and y swapped
+    views = torch.stack([coord.index_select(1, _xy_swap(str(coord.device))) if t else coord
+                         for t in trans])                                     # "-trans": x and y swapped
     z = z_order_keys(views, depth)
     hilbert = hilbert_keys(views, depth, octants=z) if any(o.startswith("hilbert") for o in orders) else None
     code = torch.stack([(z if o.startswith("z") else hilbert)[trans.index(o.endswith("-trans"))] for o in orders])
@@ -44,12 +46,18 @@ def encode_orders(grid_coord: Tensor, batch: Tensor | None, depth: int, orders: 
     return code
 
 
-def serialization_depth(grid_coord: Tensor, num_scenes: int) -> int:
-    """Bits per axis needed for ``grid_coord``; validated so codes fit in int64."""
-    depth = int(grid_coord.max().item() + 1).bit_length()
+@functools.lru_cache(maxsize=8)
+def _xy_swap(device: str) -> Tensor:
+    """Column index (1, 0, 2) on ``device``: a list index would copy it there, blocking, every call."""
+    return torch.tensor([1, 0, 2], device=device)
+
+
+def serialization_depth(max_coord: int, num_scenes: int) -> int:
+    """Bits per axis needed for grid coordinates up to ``max_coord``; validated so codes fit in int64."""
+    depth = int(max_coord + 1).bit_length()
     if depth > MAX_DEPTH:
         raise PeftbenchError(
-            f"grid_coord max {int(grid_coord.max())} needs depth {depth} > {MAX_DEPTH}: "
+            f"grid_coord max {max_coord} needs depth {depth} > {MAX_DEPTH}: "
             "use a coarser grid_size or crop the scene"
         )
     if 3 * depth + int(num_scenes).bit_length() > 63:
@@ -73,7 +81,7 @@ def serialize(
     """
     grid_coord = point["grid_coord"]
     batch = point["batch"]
-    depth = serialization_depth(grid_coord, point.num_scenes)
+    depth = serialization_depth(max(point.grid_max()), point.num_scenes)
     with torch.no_grad():
         code = encode_orders(grid_coord, batch, depth, orders)
         order = torch.argsort(code, dim=1)
@@ -81,8 +89,10 @@ def serialize(
         if shuffle_orders:
             gen_device = generator.device if generator is not None else "cpu"
             perm = torch.randperm(len(orders), generator=generator, device=gen_device)
-            perm = perm.to(code.device)
-            code, order, inverse = code[perm], order[perm], inverse[perm]
+            if perm.device.type == "cpu":  # rows by host ints: no blocking copy of the index to the GPU
+                code, order, inverse = (torch.stack([t[i] for i in perm.tolist()]) for t in (code, order, inverse))
+            else:
+                code, order, inverse = code[perm], order[perm], inverse[perm]
     point["serialized_depth"] = depth
     point["serialized_code"] = code
     point["serialized_order"] = order

@@ -62,7 +62,7 @@ def sparse_conv_tensor(point: Point, feat: Tensor) -> Any:
     if base is None:
         grid_coord = point["grid_coord"]
         indices = torch.cat([point["batch"].unsqueeze(-1), grid_coord], dim=1).int()
-        spatial_shape = (grid_coord.max(0).values + SPATIAL_PAD).tolist()
+        spatial_shape = [m + SPATIAL_PAD for m in point.grid_max()]
         # detached: the cached carrier must not pin the first caller's autograd graph
         base = spconv_pt.SparseConvTensor(feat.detach(), indices, spatial_shape, point.num_scenes)
         point["sparse_conv_feat"] = base

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
-    """Cumulative end offsets ``[n0, n0+n1, ...]`` -> per-point scene index."""
+def offset_to_batch(offset: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """Cumulative end offsets ``[n0, n0+n1, ...]`` -> per-point scene index; ``total`` (the point
+    count, when the caller knows it) spares the GPU a host sync for the output size."""
     counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
+    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts, output_size=total)
 
 
 def batch_to_offset(batch: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,8 @@ class Point(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if "batch" not in self and "offset" in self:
-            self["batch"] = offset_to_batch(self["offset"])
+            total = next((len(self[k]) for k in ("coord", "grid_coord", "feat") if k in self), None)
+            self["batch"] = offset_to_batch(self["offset"], total)
         elif "offset" not in self and "batch" in self:
             self["offset"] = batch_to_offset(self["batch"])
         if "grid_coord" not in self and "coord" in self and "grid_size" in self:
@@ -52,3 +54,10 @@ class Point(dict):
     @property
     def num_scenes(self) -> int:
         return int(len(self["offset"]))
+
+    def grid_max(self) -> list[int]:
+        """Per-axis max of ``grid_coord`` as host ints: one sync at the first level, kept on the
+        point; a pooled level derives its own from its parent's (``GridPooling``), with none."""
+        if "grid_max" not in self:
+            self["grid_max"] = self["grid_coord"].max(0).values.tolist() if len(self["grid_coord"]) else [0, 0, 0]
+        return self["grid_max"]

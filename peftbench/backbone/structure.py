@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def offset_to_batch(offset: torch.Tensor, total: int | None = None) -> torch.Tensor:
-    """Cumulative end offsets ``[n0, n0+n1, ...]`` -> per-point scene index; ``total`` (the point
-    count, when the caller knows it) spares the GPU a host sync for the output size."""
+def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
+    """Cumulative end offsets ``[n0, n0+n1, ...]`` -> per-point scene index.
+
+    No ``output_size``: the host sync it would spare happens once, at a forward pass's input,
+    and a wrong offset would then write out of bounds instead of failing."""
     counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts, output_size=total)
+    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
 
 
 def batch_to_offset(batch: torch.Tensor) -> torch.Tensor:
@@ -30,8 +32,7 @@ class Point(dict):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if "batch" not in self and "offset" in self:
-            total = next((len(self[k]) for k in ("coord", "grid_coord", "feat") if k in self), None)
-            self["batch"] = offset_to_batch(self["offset"], total)
+            self["batch"] = offset_to_batch(self["offset"])
         elif "offset" not in self and "batch" in self:
             self["offset"] = batch_to_offset(self["batch"])
         if "grid_coord" not in self and "coord" in self and "grid_size" in self:

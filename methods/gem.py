@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
-from peftbench.backbone.latent_attention import off_scene_mask, scene_latent_attention
+from peftbench.backbone.latent_attention import cached_off_scene_mask, scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -114,15 +114,10 @@ class ContextAdapter(nn.Module):
         v = self.v(h) if hasattr(self, "v") else None                   # None: the keys double as values
         q = self.q(h) if hasattr(self, "q") else None                   # None: the keys double as queries
         latents = point.scene_state["gem_latents"]
-        off_scene = None
-        if point.num_scenes > 1:  # one mask per level, for all its blocks
-            masks = point.setdefault("gem_off_scene", {})
-            if latents.shape[1] not in masks:
-                masks[latents.shape[1]] = off_scene_mask(point.batch, point.num_scenes, latents.shape[1])
-            off_scene = masks[latents.shape[1]]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
         out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale,
-                                              read_updated=self.read_latents == "updated", off_scene=off_scene)
+                                              read_updated=self.read_latents == "updated",
+                                              off_scene=cached_off_scene_mask(point, latents.shape[1]))
         point.scene_state["gem_latents"] = latents
         return self.up(out.to(h.dtype))                                 # cast out
 

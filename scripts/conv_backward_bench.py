@@ -5,7 +5,7 @@ a trainable one, spconv's own backward or the weight gradient by gathered matmul
 
 The levels are those of a Sonata-size backbone on the bench's synthetic rooms (fp16 autocast);
 per level, a CPE-width conv (frozen and trainable) and a rank-r conv (GEM's Spatial Adapter,
-trainable) are timed with CUDA events, median of ``--steps``; each mode's fp16 input gradient is
+trainable) are timed as ``peftbench bench`` times a step (median of ``--steps``); each mode's fp16 input gradient is
 compared with a float32 run (max abs error / max abs value).
 
     python scripts/conv_backward_bench.py --points 102400 --batch-size 3 --json conv.json
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 import peftbench.backbone.spconv_conv as spconv_conv  # noqa: E402
 from peftbench.backbone.sparse_conv import SubMConv3d  # noqa: E402
 from peftbench.backbone.structure import Point  # noqa: E402
-from peftbench.bench import synthetic_batch  # noqa: E402
 from peftbench.backbone import backbone_config  # noqa: E402
+from peftbench.bench import synthetic_batch, timed  # noqa: E402
 from peftbench.model import Segmentor  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
@@ -48,26 +46,6 @@ def level_points(points: int, batch_size: int, device: torch.device) -> list[tup
     for h in hooks:
         h.remove()
     return list(seen.values())
-
-
-def timed(fn, steps: int, device: torch.device) -> float:
-    """Median ms of ``fn`` (CUDA events; wall time on CPU, for a dry run)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - begin))
-    return statistics.median(times)
 
 
 def _input_grad(conv: SubMConv3d, point: Point, feat: torch.Tensor, grad: torch.Tensor, half: bool) -> torch.Tensor:
@@ -105,7 +83,7 @@ def main() -> int:
             for mode in ("spconv", "ours" if frozen else "gather"):
                 conv.weight.requires_grad_(not frozen or mode == "spconv")
                 spconv_conv.WEIGHT_GRAD_BY = "spconv" if mode == "ours" else mode
-                row[f"{mode}_ms"] = timed(lambda: _input_grad(conv, point, feat, grad, half=True), args.steps, device)
+                row[f"{mode}_ms"] = timed(lambda: _input_grad(conv, point, feat, grad, half=True), device, args.steps)["ms"]
                 got = _input_grad(conv, point, feat, grad, half=True)
                 row[f"{mode}_input_grad_rel_err"] = float((got - exact).abs().max() / exact.abs().max())
             conv.weight.requires_grad_(not frozen)

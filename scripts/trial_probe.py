@@ -45,7 +45,8 @@ def _labelled(fn, stage: str):
 def _start_smi() -> tuple[subprocess.Popen, Path]:
     path = Path(tempfile.mkdtemp()) / "smi.csv"
     cmd = ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-    return subprocess.Popen(cmd, stdout=path.open("w"), stderr=subprocess.DEVNULL), path
+    with path.open("w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL), path
 
 
 def _smi_busy(smi: tuple[subprocess.Popen, Path], window: list[float]) -> dict:
@@ -77,14 +78,13 @@ def main() -> int:
     spec = next(s for s in trial_specs(load_suite(args.suite))
                 if args.method in (None, s["method"]["label"]) and args.seed in (None, s["seed"]))
     ends: list[float] = []
-    wall_ends: list[float] = []
+    unix_offset = time.time() - time.perf_counter()  # step ends as unix times, for nvidia-smi's stamps
     state: dict = {}
     original_sync = trainer_module.Trainer._synchronize
 
     def synchronize(self) -> None:  # the end of every training step (and of latency passes)
         original_sync(self)
         ends.append(time.perf_counter())
-        wall_ends.append(time.time())
         state["trainer"] = self
         if len(ends) == args.profile_step:
             stack = contextlib.ExitStack()
@@ -112,7 +112,7 @@ def main() -> int:
            "trainer_step_ms_median": 1000 * float(np.median(trainer.step_times[3:])),
            "end_to_end_step_ms_median": float(np.median(gaps[3:])) if len(gaps) > 3 else None,
            "trainer_step_ms": [1000 * t for t in trainer.step_times], "end_to_end_step_ms": gaps.tolist(),
-           "gpu_busy": _smi_busy(smi, wall_ends[3:steps]) if smi else None,
+           "gpu_busy": _smi_busy(smi, [unix_offset + t for t in ends[3:steps]]) if smi else None,
            "profile": state.get("profile"), "final": {k: v for k, v in final.items() if k.startswith(("eff/", "time/"))}}
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_ms")}, indent=1))
     if args.json:

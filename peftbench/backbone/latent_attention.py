@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from peftbench.backbone.structure import Point
+
 
 def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latents: Tensor, batch: Tensor,
                            scale: float, read_updated: bool = True,
@@ -56,6 +58,17 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
 def off_scene_mask(batch: Tensor, num_scenes: int, m: int) -> Tensor:
     """(N, B*m) bool: True where latent column j belongs to another scene than point i."""
     return batch.unsqueeze(1) != torch.arange(num_scenes, device=batch.device).repeat_interleave(m)
+
+
+def cached_off_scene_mask(point: Point, m: int) -> Tensor | None:
+    """``off_scene_mask`` memoised in ``point["off_scene_masks"][m]`` (one per level, for all its
+    blocks); None for a single scene, where there is nothing to mask."""
+    if point.num_scenes == 1:
+        return None
+    cache = point.setdefault("off_scene_masks", {})
+    if m not in cache:
+        cache[m] = off_scene_mask(point.batch, point.num_scenes, m)
+    return cache[m]
 
 
 def _exp_over_rows(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,6 +33,7 @@ from peftbench.method import count_parameters
 from peftbench.model import Segmentor
 from peftbench.registry import build_method
 from peftbench.train.losses import segmentation_loss
+from peftbench.train.precision import store_frozen_weights
 from peftbench.train.trainer import model_inputs, to_device
 
 FROZEN = "frozen"  # a workload, not a registered method: linear probe + gradient through every block
@@ -125,21 +126,27 @@ def bench_method(backbone: str, method: str, batches: dict[int, dict], device: t
                  dtypes: list[str], settings: dict | None = None, overrides: dict | None = None,
                  profile: bool = False, modes: tuple[str, ...] = ("infer", "train"), compile: bool = False
                  ) -> list[dict[str, Any]]:
-    """One row per (batch size, dtype) of ``batches`` x ``dtypes`` for ``method`` (or ``frozen``)."""
-    torch.manual_seed(0)
-    model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
-    build_method("linear" if method == FROZEN else method, settings).apply(model)
-    model.to(device)
-    if compile:  # the first (warm-up) steps pay the compile
-        from peftbench.backbone.compiled import compile_blocks
+    """One row per (batch size, dtype) of ``batches`` x ``dtypes`` for ``method`` (or ``frozen``).
 
-        compile_blocks(model)
-    trainable, total = count_parameters(model)
+    One model per dtype: under autocast its frozen weights are stored in the autocast dtype, as the
+    trainer stores them (``store_frozen_weights``)."""
     rows = []
-    for batch_size, batch in batches.items():
-        inputs = model_inputs(to_device(batch, device))
-        target = batch["segment"].to(device).clamp(min=0)
-        for dtype in dtypes:
+    for dtype in dtypes:
+        torch.manual_seed(0)
+        model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
+        build_method("linear" if method == FROZEN else method, settings).apply(model)
+        model.to(device)
+        amp = AMP_DTYPES.get(dtype) if device.type == "cuda" else None  # unknown: autocast_for says so
+        if amp is not None:
+            store_frozen_weights(model, amp)
+        if compile:  # the first (warm-up) steps pay the compile
+            from peftbench.backbone.compiled import compile_blocks
+
+            compile_blocks(model)
+        trainable, total = count_parameters(model)
+        for batch_size, batch in batches.items():
+            inputs = model_inputs(to_device(batch, device))
+            target = batch["segment"].to(device).clamp(min=0)
             infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, dtype),
                                           grad_to_input=method == FROZEN)
             row: dict[str, Any] = {"impl": "peftbench", "method": method, "batch_size": batch_size, "compiled": compile,
@@ -158,6 +165,8 @@ def bench_method(backbone: str, method: str, batches: dict[int, dict], device: t
             model.zero_grad(set_to_none=True)  # so no gradient inflates the next row's peak
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        del model
+    rows.sort(key=lambda r: (r["batch_size"], dtypes.index(r["dtype"])))  # batch-major, as before
     return rows
 
 

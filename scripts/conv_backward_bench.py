@@ -48,13 +48,18 @@ def level_points(points: int, batch_size: int, device: torch.device) -> list[tup
     return list(seen.values())
 
 
-def _input_grad(conv: SubMConv3d, point: Point, feat: torch.Tensor, grad: torch.Tensor, half: bool) -> torch.Tensor:
-    """One forward + backward (fp16 autocast on CUDA if ``half``); the input gradient in float32."""
+def _grads(conv: SubMConv3d, point: Point, feat: torch.Tensor, grad: torch.Tensor, half: bool
+           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward + backward (fp16 autocast on CUDA if ``half``); the input and weight gradients in float32."""
     feat = feat.detach().requires_grad_()
     conv.weight.grad = None
     with torch.autocast(feat.device.type, torch.float16, enabled=half and feat.is_cuda):
         conv(point, feat).backward(grad.to(feat.dtype))
-    return feat.grad.float()
+    return feat.grad.float(), None if conv.weight.grad is None else conv.weight.grad.float()
+
+
+def _rel_err(got: torch.Tensor | None, exact: torch.Tensor | None) -> float | None:
+    return None if got is None or exact is None else float((got - exact).abs().max() / exact.abs().max())
 
 
 def main() -> int:
@@ -64,11 +69,15 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--reverse", action="store_true",
+                        help="deepest level first, the order a backward pass meets them: spconv tunes its kernel "
+                             "choice per channel count on the first call, which is then the smallest level")
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(args.device)
     rows = []
-    for point, channels, key in level_points(args.points, args.batch_size, device):
+    levels = level_points(args.points, args.batch_size, device)
+    for point, channels, key in reversed(levels) if args.reverse else levels:
         n = len(point["grid_coord"])
         for name, width, frozen in (("cpe frozen", channels, True), ("cpe trained", channels, False),
                                     ("sa rank", args.rank, False)):
@@ -77,15 +86,16 @@ def main() -> int:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
             feat = torch.randn(n, width, device=device, dtype=dtype)
             grad = torch.randn(n, width, device=device, dtype=dtype)
-            row = {"level_points": n, "channels": width, "conv": name}
-            exact = _input_grad(conv, point, feat.float(), grad.float(), half=False)
+            row = {"level_points": n, "channels": width, "conv": name, "order": "reverse" if args.reverse else "forward"}
+            exact, exact_w = _grads(conv, point, feat.float(), grad.float(), half=False)
             # frozen: spconv's backward (both gradients, the weight's dropped) against ours
             for mode in ("spconv", "ours" if frozen else "gather"):
                 conv.weight.requires_grad_(not frozen or mode == "spconv")
                 spconv_conv.WEIGHT_GRAD_BY = "spconv" if mode == "ours" else mode
-                row[f"{mode}_ms"] = timed(lambda: _input_grad(conv, point, feat, grad, half=True), device, args.steps)["ms"]
-                got = _input_grad(conv, point, feat, grad, half=True)
-                row[f"{mode}_input_grad_rel_err"] = float((got - exact).abs().max() / exact.abs().max())
+                row[f"{mode}_ms"] = timed(lambda: _grads(conv, point, feat, grad, half=True), device, args.steps)["ms"]
+                got, got_w = _grads(conv, point, feat, grad, half=True)
+                row[f"{mode}_input_grad_rel_err"] = _rel_err(got, exact)
+                row[f"{mode}_weight_grad_rel_err"] = _rel_err(got_w, exact_w)
             conv.weight.requires_grad_(not frozen)
             spconv_conv.WEIGHT_GRAD_BY = "spconv"
             rows.append(row)

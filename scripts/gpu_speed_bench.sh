@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Speed measurements on one GPU (issue 12), from the repository root; results under $OUT (7 files):
-# the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
+# the host's time per function (scripts/host_profile.py, stage `host`), the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
 # GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), spconv's backward against
 # ours per level (scripts/conv_backward_bench.py, stage `conv`), the reference
 # (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
 # BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks the
-# parts, run in this file's order (default: identity probe trials reference bench; `compile` adds the bench with
+# parts, run in this file's order (default: identity probe trials reference bench; `ptrials` the trials at the paper suite's step shape (72 rooms, 3 epochs of 3 steps),
+# `rconv` the conv bench deepest level first, `wgrad` GEM / full bench rows with trainable conv weights' gradients by spconv and
+# by gathered matmuls; `compile` adds the bench with
 # --compile, `cprobe` / `ctrials` the shape probe / trials with train.compile), TRIALS="gem" picks
 # the trials, METHODS / CMETHODS the bench's methods (short on device time), BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
@@ -36,16 +38,34 @@ trials() {  # $1: suite, $2: json suffix
       | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/|_pct" | tee -a "$LOG"
   done
 }
+# paper-shaped: the paper suite's step (24 scenes = 8 micro-batches of 3, Mix3D 0.8) on 72 dense rooms, 3 epochs
+sed -e 's/gpu-target-dense, scenes: {train: 24, val: 4}/gpu-target-paper, scenes: {train: 72, val: 4}/' \
+  -e 's/^  epochs: 4/  epochs: 3/' -e 's/^  batch_size: 2/  batch_size: 24\n  accumulate: 8\n  mix_prob: 0.8/' \
+  -e 's/^  eval_every: 4 /  eval_every: 3 /' /tmp/gpu_speed.yaml > /tmp/gpu_speed_paper.yaml
 has probe && probe /tmp/gpu_speed.yaml ""
 has cprobe && probe /tmp/gpu_speed_c.yaml _compiled
 has trials && trials /tmp/gpu_speed.yaml ""
 has ctrials && trials /tmp/gpu_speed_c.yaml _compiled
+has ptrials && trials /tmp/gpu_speed_paper.yaml _paper
+has host && stamp "host profile" && timeout 240 python3 scripts/host_profile.py --half-frozen \
+  --workloads ${HOST_WORKLOADS:-frozen:infer:1 frozen:train:3 gem:train:3} --json "$OUT/host.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has conv && stamp "conv backward" && timeout 120 python3 scripts/conv_backward_bench.py --json "$OUT/conv.json" 2>&1 \
   | grep -Ev "$F" | tee -a "$LOG"
+has rconv && stamp "conv backward, deepest level first" && timeout 120 python3 scripts/conv_backward_bench.py --reverse \
+  --json "$OUT/conv_reverse.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps ${STEPS:-5}"
 has reference && stamp reference && timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
   --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+if has wgrad; then  # trainable sparse-conv weights' gradient: spconv's backward against gathered matmuls
+  for by in spconv gather; do
+    stamp "bench, weight gradient by $by" && timeout 150 python3 -c "import sys, peftbench.backbone.spconv_conv as s
+s.WEIGHT_GRAD_BY = sys.argv[1]
+from peftbench.cli import main
+sys.exit(main(sys.argv[2:]))" $by bench --backbone sonata $COMMON --dtypes fp16 --profile --methods gem full \
+      --out "$OUT/bench_wgrad_$by.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+  done
+fi
 if has compile; then
   stamp "bench fp16, compiled"
   timeout 400 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --compile \

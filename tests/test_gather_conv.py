@@ -73,3 +73,19 @@ def test_weight_grad_in_chunks_equals_one_chunk() -> None:
     whole = gathered_weight_grad(feat, grad, table, shape)
     torch.testing.assert_close(gathered_weight_grad(feat, grad, table, shape, chunk_rows=7), whole)
     assert whole.shape == shape and whole.abs().sum() > 0
+
+
+@pytest.mark.parametrize("chunk_rows,segment_rows", [(1 << 17, 8), (40, 16), (7, 3), (1 << 17, 2048)])
+def test_weight_grad_by_segments_equals_the_definition(chunk_rows, segment_rows) -> None:
+    """Segmented partial sums (batched matmul) + remainder rows = sum_p grad[p]^T feat[table[p, o]]."""
+    from peftbench.backbone.gather_conv import gathered_weight_grad
+
+    grid, batch = _sites(90, 6, 2, seed=4)
+    table = neighbour_table(grid, batch, 3, side=6)
+    g = torch.Generator().manual_seed(5)
+    feat, grad = torch.randn(len(grid), 5, generator=g), torch.randn(len(grid), 4, generator=g)
+    padded = torch.cat([feat, feat.new_zeros(1, 5)]).double()
+    expected = torch.einsum("po,pki->oki", grad.double(), padded[table]).reshape(4, 3, 3, 3, 5)
+    got = gathered_weight_grad(feat, grad, table, torch.Size([4, 3, 3, 3, 5]), chunk_rows, segment_rows)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)

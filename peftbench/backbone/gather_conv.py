@@ -59,22 +59,30 @@ def _gather_padded(padded: Tensor, table: Tensor) -> Tensor:
 
 
 def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape: torch.Size,
-                         chunk_rows: int = 1 << 17) -> Tensor:
+                         chunk_rows: int = 1 << 17, segment_rows: int = 2048) -> Tensor:
     """KRSC weight gradient ``dW[:, o] = sum_p grad[p]^T feat[table[p, o]]``, float32.
 
-    One (out, N_chunk) @ (N_chunk, k^3 * in) matmul per chunk of sites: the gathered rows of a
-    chunk are the only temporary (~0.2 GB at 2**17 sites, 27 offsets, 32 channels, fp16).
+    Per chunk of sites (its gathered rows are the only large temporary, ~0.2 GB at 2**17 sites,
+    27 offsets, 32 channels, fp16), the sum over sites is split into segments of ``segment_rows``:
+    one batched matmul gives each segment's (out, k^3 * in) partial, summed in float32. One
+    matmul over the whole chunk would reduce 2**17 rows into a (32, 864) result on a few thread
+    blocks (measured 7.1 ms at 307k sites on an H200) and round it to half once at the end.
     """
     out_ch, in_ch = weight_shape[0], weight_shape[-1]
     grad = grad.to(feat.dtype)
     padded = torch.cat([feat, feat.new_zeros(1, in_ch)])
-    total = None
+    total = torch.zeros(out_ch, table.shape[1] * in_ch, dtype=torch.float32, device=feat.device)
     for start in range(0, len(feat), chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        part = (grad[rows].T @ _gather_padded(padded, table[rows])).float()    # (out, k^3 * in)
-        total = part if total is None else total.add_(part)
-    if total is None:
-        return feat.new_zeros(weight_shape, dtype=torch.float32)
+        g = grad[start:start + chunk_rows]
+        x = _gather_padded(padded, table[start:start + chunk_rows])                # (m, k^3 * in)
+        segments = len(g) // segment_rows
+        head = segments * segment_rows
+        if segments:
+            parts = torch.bmm(g[:head].view(segments, segment_rows, out_ch).transpose(1, 2),
+                              x[:head].view(segments, segment_rows, -1))              # (s, out, k^3 * in)
+            total += parts.sum(0, dtype=torch.float32)
+        if head < len(g):
+            total += (g[head:].T @ x[head:]).float()
     return total.view(out_ch, -1, in_ch).reshape(weight_shape)
 
 

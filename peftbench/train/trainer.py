@@ -31,6 +31,7 @@ from peftbench.train.guard import DivergenceGuard
 from peftbench.train.losses import segmentation_loss
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.optim import build_optimizer, parameter_groups
+from peftbench.train.precision import store_frozen_weights
 
 _MODEL_KEYS = ("coord", "grid_coord", "feat", "offset", "grid_size")
 IGNORE_INDEX = -1
@@ -67,6 +68,8 @@ class Trainer:
         self.seed = seed
         self.use_amp = config.amp and device.type == "cuda"
         self.amp_dtype = getattr(torch, config.amp_dtype)
+        if self.use_amp and self.amp_dtype != torch.float32:
+            store_frozen_weights(self.model, self.amp_dtype)  # every forward of the trial runs under autocast
         self.step_times: list[float] = []
         self.points_seen = 0
         self.last_evaluation: tuple[dict[str, Any], torch.Tensor] | None = None
@@ -145,7 +148,7 @@ class Trainer:
         if not total:
             return None
         self.optimizer.zero_grad(set_to_none=True)
-        batch_loss = 0.0
+        batch_loss = torch.zeros((), device=self.device)  # summed on the device: no wait per micro-batch
         for batch, count in zip(micro_batches, labelled):
             if not count:  # a crop without labelled points (limited annotation): no loss to add
                 continue
@@ -155,7 +158,7 @@ class Trainer:
                 logits = self.train_forward(model_inputs(batch))
                 loss = segmentation_loss(logits, batch["segment"], cfg.lovasz_weight)
             self.scaler.scale(loss * share).backward()
-            batch_loss += float(loss.detach()) * share
+            batch_loss += loss.detach().float() * share
             self.points_seen += int(batch["coord"].shape[0])
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip:
@@ -168,7 +171,7 @@ class Trainer:
             self.scheduler.step()
         self._synchronize()
         self.step_times.append(time.perf_counter() - start)
-        return batch_loss
+        return float(batch_loss)
 
     def _keep_if_best(self, epoch: int, scores: dict[str, Any], confusion: torch.Tensor) -> None:
         if self.best is None or scores["mIoU"] > self.best.scores["mIoU"]:

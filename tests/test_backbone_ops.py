@@ -365,3 +365,31 @@ def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config
     assert out is levels[0] and "pooling_parent" not in out
     assert out.feat.shape[1] == sum(micro_config["enc_channels"]) == model.hypercolumn_channels
     assert torch.equal(out.feat, torch.cat(expected, dim=1))
+
+
+def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """spconv tunes its backward kernels on the first backward it runs (per channel count) and keeps
+    them for every size; the runner runs one throwaway backward at the first (largest) level's size,
+    once per (channels, kernel, dtype), never again at a smaller level."""
+    import peftbench.backbone.spconv_conv as spconv_conv
+
+    calls: list[tuple[int, bool]] = []
+    backwards: list[int] = []
+
+    def fake_call(self, sites, feat, weight, training, autograd=False):  # records; a differentiable stand-in
+        calls.append((len(feat), autograd))
+        if autograd and feat.requires_grad:
+            out = feat @ weight.reshape(weight.shape[0], -1, weight.shape[-1]).sum(1).T.to(feat.dtype)
+            out.register_hook(lambda g: backwards.append(len(g)))
+            return out
+        return feat.new_zeros(len(feat), weight.shape[0])
+
+    monkeypatch.setattr(spconv_conv, "_BACKWARD_TUNED", set())
+    monkeypatch.setattr(spconv_conv.SpconvRunner, "__call__", fake_call)
+    runner = spconv_conv.SpconvRunner("k", 3)
+    weight = torch.randn(4, 3, 3, 3, 4, requires_grad=True)
+    runner.tune_backward(None, torch.randn(1000, 4), weight, True)      # level 0: tunes
+    runner.tune_backward(None, torch.randn(50, 4), weight, True)        # a deeper level: already tuned
+    runner.tune_backward(None, torch.randn(50, 8), torch.randn(8, 3, 3, 3, 8), True)  # other channels: tunes
+    assert calls == [(1000, True), (50, True)] and backwards == [1000, 50]
+    assert weight.grad is None  # the throwaway gradient reaches nothing of the model

@@ -80,6 +80,10 @@ def keep_index_pairs(sites: Any, out: Any) -> None:
         sites.indice_dict.update(out.indice_dict)
 
 
+# (in, out, kernel, dtype, device) whose spconv backward has been tuned (``SpconvRunner.tune_backward``)
+_BACKWARD_TUNED: set[tuple] = set()
+
+
 class SpconvRunner:
     """spconv's conv modules (index-pair logic only) for one indice key and kernel size.
 
@@ -97,6 +101,8 @@ class SpconvRunner:
         """Bias-free conv of ``feat`` with KRSC ``weight`` on ``sites`` (the level's cached
         ``SparseConvTensor``, whose indice dict keeps the pairs); autograd through spconv only if asked."""
         channels = (weight.shape[-1], weight.shape[0])
+        if autograd and feat.is_cuda:
+            self.tune_backward(sites, feat, weight, training)
         if channels not in self.modules:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
             self.modules[channels] = import_spconv().conv.SparseConvolution(
@@ -108,6 +114,24 @@ class SpconvRunner:
                                                        weight.to(feat.dtype), None)
         keep_index_pairs(sites, out)
         return out.features
+
+    def tune_backward(self, sites: Any, feat: Tensor, weight: Tensor, training: bool) -> None:
+        """Before the first spconv backward of these channels, one throwaway backward at this size.
+
+        spconv picks its backward kernels per channel count on the first backward it runs and keeps
+        them for every size. A backward pass meets the deepest, smallest level first: tuned there,
+        GEM's rank-32 SA backward took 11.6 ms at level 0 (307k sites) instead of 1.8 ms
+        (``scripts/conv_backward_bench.py --reverse``, H200). The forward meets level 0 first, so
+        tuning here, on the first forward, tunes at the largest size.
+        """
+        key = (weight.shape[-1], weight.shape[0], self.kernel_size, feat.dtype, feat.device)
+        if key in _BACKWARD_TUNED:
+            return
+        _BACKWARD_TUNED.add(key)
+        with torch.enable_grad():
+            f, w = feat.detach().requires_grad_(), weight.detach().requires_grad_()
+            out = self(sites, f, w, training, autograd=True)
+            torch.autograd.grad(out, (f, w), torch.ones_like(out))
 
 
 def spconv_submconv(runner: SpconvRunner, point: Point, feat: Tensor, weight: Tensor, training: bool) -> Tensor:

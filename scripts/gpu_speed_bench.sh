@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Speed measurements on one GPU (issue 12), from the repository root; results under $OUT (7 files):
-# the host's time per function (scripts/host_profile.py, stage `host`), the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py), GEM and LoRA
-# GPU-smoke trials with nvidia-smi sampling (scripts/trial_probe.py), spconv's backward against
-# ours per level (scripts/conv_backward_bench.py, stage `conv`), the reference
-# (scripts/reference_bench.py, checkout in $REF) and `peftbench bench` side by side (fp16, profiled;
-# BF16=1 adds a bf16 run), and the reference identity (fp32, tiny and Sonata-size). STAGES picks the
-# parts, run in this file's order (default: identity probe trials reference bench; `ptrials` the trials at the paper suite's step shape (72 rooms, 3 epochs of 3 steps),
-# `rconv` the conv bench deepest level first, `wgrad` GEM / full bench rows with trainable conv weights' gradients by spconv and
-# by gathered matmuls; `compile` adds the bench with
-# --compile, `cprobe` / `ctrials` the shape probe / trials with train.compile), TRIALS="gem" picks
-# the trials, METHODS / CMETHODS the bench's methods (short on device time), BS the batch sizes, STEPS the timed steps.
+# Speed measurements on one GPU (issue 12), from the repository root; results under $OUT.
+# STAGES picks the parts, which run in this file's order (default: identity probe trials reference bench):
+#   identity   reference identity, fp32, tiny and Sonata-size (scripts/reference_identity.py); cidentity: compiled
+#   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
+#   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
+#   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
+#              once per PASSES value (train.micro_batches_per_pass, default "1 4")
+#   conv       spconv's backward against ours per level (scripts/conv_backward_bench.py); rconv: deepest level first
+#   host       the host's time per function (scripts/host_profile.py)
+#   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
+#   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
+#   wgrad      GEM / full rows with trainable conv weights' gradients by spconv and by gathered matmuls
+#   compile    the bench with --compile
+# TRIALS picks the trials, METHODS / CMETHODS the bench's methods, BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -46,7 +49,12 @@ has probe && probe /tmp/gpu_speed.yaml ""
 has cprobe && probe /tmp/gpu_speed_c.yaml _compiled
 has trials && trials /tmp/gpu_speed.yaml ""
 has ctrials && trials /tmp/gpu_speed_c.yaml _compiled
-has ptrials && trials /tmp/gpu_speed_paper.yaml _paper
+if has ptrials; then  # PASSES: train.micro_batches_per_pass values to run the paper-shaped trials with
+  for passes in ${PASSES:-1 4}; do
+    sed -e "s/^  accumulate: 8/  accumulate: 8\n  micro_batches_per_pass: $passes/" /tmp/gpu_speed_paper.yaml > /tmp/gpu_speed_paper_$passes.yaml
+    trials /tmp/gpu_speed_paper_$passes.yaml _paper_p$passes
+  done
+fi
 has host && stamp "host profile" && timeout 240 python3 scripts/host_profile.py --half-frozen \
   --workloads ${HOST_WORKLOADS:-frozen:infer:1 frozen:train:3 gem:train:3} --json "$OUT/host.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has conv && stamp "conv backward" && timeout 120 python3 scripts/conv_backward_bench.py --json "$OUT/conv.json" 2>&1 \

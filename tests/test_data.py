@@ -30,6 +30,7 @@ from peftbench.data import (
     SphereCrop,
     ToTensor,
     collate_points,
+    concat_batches,
     generate_scene,
     mix3d_collate,
     sonata_train_transform,
@@ -428,6 +429,18 @@ def test_mix3d_merges_consecutive_pairs():
     assert mix3d_collate(samples[:4], 1.0, np.random.default_rng(0))["offset"].tolist() == [5, 14]
     draws = [len(mix3d_collate(samples, 0.5, np.random.default_rng(s))["offset"]) for s in range(20)]
     assert set(draws) == {3, 5}
+
+
+def test_concatenated_batches_equal_one_collate_and_keep_mix3d_merges():
+    samples = [sample(5, 9, "a"), sample(3, 4, "b"), sample(4, 6, "c"), sample(2, 2, "d")]
+    first, second = collate_points(samples[:2]), collate_points(samples[2:])
+    joined = concat_batches([first, second])
+    whole = collate_points(samples)
+    assert joined.keys() == whole.keys() and joined["name"] == ["a", "b", "c", "d"]
+    assert all(torch.equal(joined[k], whole[k]) for k in whole if k != "name")
+    mixed = mix3d_collate(samples[2:], 1.0, np.random.default_rng(0))             # c+d merged: one scene
+    assert concat_batches([first, mixed])["offset"].tolist() == [5, 8, 14]
+    assert concat_batches([first]) is first
 
 
 def test_loader_over_synthetic_data(tmp_path):

@@ -57,6 +57,38 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_two(method):
     assert moved and split.scheduler.last_epoch == whole.scheduler.last_epoch == 1
 
 
+@pytest.mark.parametrize("method", ["gem", "full"])
+def test_micro_batches_in_one_pass_equal_one_pass_each(method):
+    """Two micro-batches per forward/backward, each with its own loss (Lovász included): the same step
+    as one pass per micro-batch; an unlabelled micro-batch is left out of its pass."""
+    micro = [random_scene_batch(sizes=sizes, seed=seed) for seed, sizes in enumerate([(200, 90), (160,), (120,), (180, 70)])]
+    micro[2]["segment"][:] = -1
+    micro[3]["segment"][::5] = -1
+    settings = dict(epochs=1, batch_size=8, accumulate=4, lovasz_weight=1.0, lr=0.01, backbone_lr=0.01, lr_groups="role")
+    one_each = _trainer(TrainConfig(**settings, micro_batches_per_pass=1), method)
+    paired = _trainer(TrainConfig(**settings, micro_batches_per_pass=2), method)
+    one_each.prepare(1)
+    paired.prepare(1)
+    loss_each = one_each.train_step(micro)
+    loss_paired = paired.train_step(micro)
+    assert loss_paired == pytest.approx(loss_each, rel=1e-5)
+    assert one_each.points_seen == paired.points_seen == sum(len(b["coord"]) for i, b in enumerate(micro) if i != 2)
+    params = dict(paired.model.named_parameters())
+    moved = 0
+    for name, p in one_each.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
+            moved += 1
+    assert moved
+
+
+def test_micro_batches_per_pass_must_divide_accumulate():
+    with pytest.raises(PeftbenchError, match="micro_batches_per_pass .* must divide"):
+        TrainConfig(batch_size=24, accumulate=8, micro_batches_per_pass=3)
+    with pytest.raises(PeftbenchError, match="micro_batches_per_pass must be an integer >= 1"):
+        TrainConfig(batch_size=24, accumulate=8, micro_batches_per_pass=0)
+
+
 def test_accumulation_steps_per_total_batch():
     """Four micro-batches at accumulate 2: two optimizer steps, the schedule counts two."""
     _, first, second = _scenes_with_ignored_points()

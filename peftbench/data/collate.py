@@ -56,6 +56,28 @@ def collate_points(samples: list[dict]) -> dict:
     return batch
 
 
+def concat_batches(batches: list[dict]) -> dict:
+    """Collated batches as one: per-point tensors concatenated, offsets (and ``inverse``) moved by
+    the points before them, lists joined. Scenes stay as each batch collated them (Mix3D merges
+    stay within their batch), so one forward pass over the result computes every scene as the
+    batches' own passes would. Other values (settings such as ``grid_size``) are the first batch's."""
+    if len(batches) == 1:
+        return batches[0]
+    out: dict = {}
+    points = origin = 0
+    for batch in batches:
+        shifts = {"offset": points, "inverse": points, "origin_offset": origin}
+        for key, value in batch.items():
+            if key in shifts and isinstance(value, torch.Tensor):
+                value = value + shifts[key]
+            out.setdefault(key, []).append(value)
+        points += len(batch["coord"])
+        origin += int(batch["origin_offset"][-1]) if "origin_offset" in batch else 0
+    return {k: torch.cat(v) if isinstance(v[0], torch.Tensor) else
+            [x for part in v for x in part] if isinstance(v[0], list) else v[0]  # a setting, e.g. grid_size
+            for k, v in out.items()}
+
+
 def mix3d_collate(samples: list[dict], mix_prob: float, rng: np.random.Generator) -> dict:
     """``collate_points``, then with probability ``mix_prob`` (one draw per batch) merge scenes
     pairwise (0+1, 2+3, ...; an odd last one stays alone) by dropping offsets, as Pointcept's

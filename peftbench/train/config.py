@@ -29,6 +29,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None   # optimizer steps; None: one pass over the training scenes
     batch_size: int = 2                  # scenes per optimizer step (the total batch)
     accumulate: int = 1                  # micro-batches per step: batch_size / accumulate scenes each
+    micro_batches_per_pass: int = 1      # run together in one forward/backward, each with its own loss
     lr: float = 0.002                    # head (and method unless method_lr is set); pointcept: non-"block"
     method_lr: float | None = None       # lr_groups: role only
     backbone_lr: float = 0.0002          # role: unfrozen backbone weights; pointcept: names with "block"
@@ -60,6 +61,9 @@ class TrainConfig:
         if not isinstance(self.accumulate, int) or self.accumulate < 1 or self.batch_size % self.accumulate:
             raise PeftbenchError(f"train.accumulate ({self.accumulate!r}) must be a whole number >= 1 that divides "
                                  f"train.batch_size ({self.batch_size}, the total batch per optimizer step)")
+        if self.accumulate % self.micro_batches_per_pass:
+            raise PeftbenchError(f"train.micro_batches_per_pass ({self.micro_batches_per_pass}) must divide "
+                                 f"train.accumulate ({self.accumulate}): each pass carries that many micro-batches")
         if self.method_lr is not None and self.lr_groups != "role":
             raise PeftbenchError("train.method_lr needs train.lr_groups: role (pointcept groups by the name "
                                  "keyword \"block\" only); drop method_lr or set lr_groups: role")

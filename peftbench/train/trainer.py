@@ -6,7 +6,9 @@ Each micro-batch's loss is weighted by its share of the step's labelled points, 
 gradient is that of the full batch's mean cross-entropy (exactly, in fp32). The Lovász term is a
 whole-batch quantity (a sort over all points of a class) that does not decompose over
 micro-batches: with accumulation each micro-batch contributes its own Lovász loss with the same
-weight, which is close to, but not the same as, the full batch's.
+weight, which is close to, but not the same as, the full batch's. ``train.micro_batches_per_pass``
+runs several micro-batches in one forward/backward (fewer, larger passes: a large GPU spends less
+of the step waiting for the host) with each micro-batch's loss still its own.
 
 Everything ``fit`` carries from step to step (optimizer, scheduler, scaler, epochs completed,
 best validation state, history) is an attribute, so a checkpoint can save and restore it.
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftbench.data import concat_batches
 from peftbench.method import Method, load_method_state_dict, method_state_dict
 from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
@@ -149,16 +152,16 @@ class Trainer:
             return None
         self.optimizer.zero_grad(set_to_none=True)
         batch_loss = torch.zeros((), device=self.device)  # summed on the device: no wait per micro-batch
-        for batch, count in zip(micro_batches, labelled):
-            if not count:  # a crop without labelled points (limited annotation): no loss to add
-                continue
-            share = count / total
-            batch = to_device(batch, self.device)
+        # a crop without labelled points (limited annotation) has no loss to add: left out
+        labelled_batches = [(b, count) for b, count in zip(micro_batches, labelled) if count]
+        for first in range(0, len(labelled_batches), cfg.micro_batches_per_pass):
+            group = labelled_batches[first:first + cfg.micro_batches_per_pass]
+            batch = to_device(concat_batches([b for b, _ in group]), self.device)
             with self._autocast():
                 logits = self.train_forward(model_inputs(batch))
-                loss = segmentation_loss(logits, batch["segment"], cfg.lovasz_weight)
-            self.scaler.scale(loss * share).backward()
-            batch_loss += loss.detach().float() * share
+                loss = self._pass_loss(logits, batch["segment"], group, total)
+            self.scaler.scale(loss).backward()
+            batch_loss += loss.detach().float()
             self.points_seen += int(batch["coord"].shape[0])
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip:
@@ -172,6 +175,18 @@ class Trainer:
         self._synchronize()
         self.step_times.append(time.perf_counter() - start)
         return float(batch_loss)
+
+    def _pass_loss(self, logits: torch.Tensor, segment: torch.Tensor, group: list[tuple[dict, int]],
+                   total: int) -> torch.Tensor:
+        """Each micro-batch's loss on its own points, weighted by its share of the step's labelled
+        points: the same as one pass per micro-batch (Lovász is per micro-batch either way)."""
+        loss, start = None, 0
+        for batch, count in group:
+            end = start + len(batch["coord"])
+            part = segmentation_loss(logits[start:end], segment[start:end], self.config.lovasz_weight) * (count / total)
+            loss = part if loss is None else loss + part
+            start = end
+        return loss
 
     def _keep_if_best(self, epoch: int, scores: dict[str, Any], confusion: torch.Tensor) -> None:
         if self.best is None or scores["mIoU"] > self.best.scores["mIoU"]:

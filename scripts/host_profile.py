@@ -48,7 +48,7 @@ def owner(key: tuple) -> str:
     if "spconv" in path or "cumm" in path:
         return "spconv (python)"
     if "/torch/" in path:
-        return "torch (python): " + path[path.index("/torch/") + 7:]
+        return "torch (python): " + path[path.rindex("/torch/") + 7:]
     return "other python"
 
 

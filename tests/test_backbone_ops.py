@@ -393,3 +393,35 @@ def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: 
     runner.tune_backward(None, torch.randn(50, 8), torch.randn(8, 3, 3, 3, 8), True)  # other channels: tunes
     assert calls == [(1000, True), (50, True)] and backwards == [1000, 50]
     assert weight.grad is None  # the throwaway gradient reaches nothing of the model
+
+
+@pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
+def test_spconv_training_gemm_only_where_spconv_backward_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In training, a level's first conv builds the index pairs in training mode (with those
+    spconv's own backward needs); frozen convs after it, and their mirrored input-gradient convs,
+    run spconv's inference gemm (no backward masks); the values are the torch backend's."""
+    import spconv.pytorch.conv as spconv_conv_module
+
+    modes = []
+    original = spconv_conv_module.SparseConvolution._conv_forward
+
+    def recorded(self, training, *args, **kwargs):
+        modes.append(training)
+        return original(self, training, *args, **kwargs)
+
+    monkeypatch.setattr(spconv_conv_module.SparseConvolution, "_conv_forward", recorded)
+    point = _two_scenes(n=200, side=10, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    convs = [SubMConv3d(8, 8, 3, bias=False, indice_key="s", backend=b).train().requires_grad_(False)
+             for b in ("spconv", "torch")]
+    convs[0].load_state_dict(convs[1].state_dict())
+    feat = torch.randn(400, 8, generator=gen)
+    grads = []
+    for conv in convs:
+        x = feat.clone().requires_grad_()
+        out = conv(point, conv(point, x))                     # two frozen convs of one level
+        out.backward(torch.ones_like(out))
+        grads.append((out.detach(), x.grad))
+    assert modes == [True, False, False, False]               # pairs, frozen forward, two mirrored backward
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)

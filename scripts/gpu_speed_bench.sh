@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Speed measurements on one GPU (issue 12), from the repository root; results under $OUT.
+# Speed measurements on one GPU (issue 12), from the repository root; results in $OUT/results.tar.gz, the log
+# in $OUT/log.txt.
 # STAGES picks the parts, which run in this file's order (default: identity probe trials reference bench):
 #   identity   reference identity, fp32, tiny and Sonata-size (scripts/reference_identity.py); cidentity: compiled
 #   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
@@ -10,7 +11,8 @@
 #   host       the host's time per function (scripts/host_profile.py)
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
-#   wgrad      GEM / full rows with trainable conv weights' gradients by spconv and by gathered matmuls
+#   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
+#              and by gathered matmuls; gemm: with spconv's training and inference gemm where the backward is ours
 #   compile    the bench with --compile
 # TRIALS picks the trials, METHODS / CMETHODS the bench's methods, BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
@@ -21,6 +23,13 @@ mkdir -p "$OUT" /tmp/site
 python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall('/tmp/site')" "$GPU_BUNDLE"
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
 LOG=$OUT/log.txt; F="USDT|is_fx_tracing|_warn_once|acc_events"; T0=$(date +%s)
+pack() {  # the device tool returns at most 8 files: everything but the logs in one archive, also when killed
+  (cd "$OUT" && find . -type f ! -name log.txt ! -name stdout.txt ! -name results.tar.gz > /tmp/packed.txt \
+    && [ -s /tmp/packed.txt ] && tar czf results.tar.gz -T /tmp/packed.txt && xargs rm -f < /tmp/packed.txt \
+    && find . -mindepth 1 -type d -empty -delete)
+}
+trap pack EXIT
+trap "exit 143" TERM INT  # so a timeout still packs (after the running stage, which has its own timeout)
 stamp() { echo "== $1 at $(( $(date +%s) - T0 )) s" | tee -a "$LOG"; }
 has() { case " ${STAGES:-identity probe trials reference bench} " in *" $1 "*) return 0;; esac; return 1; }
 has identity && stamp identity && timeout 100 python3 scripts/reference_identity.py --reference "$REF" --configs tiny sonata --device cuda --flash \
@@ -65,15 +74,18 @@ COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps ${STEPS:-5}"
 has reference && stamp reference && timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
   --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-if has wgrad; then  # trainable sparse-conv weights' gradient: spconv's backward against gathered matmuls
-  for by in spconv gather; do
-    stamp "bench, weight gradient by $by" && timeout 150 python3 -c "import sys, peftbench.backbone.spconv_conv as s
-s.WEIGHT_GRAD_BY = sys.argv[1]
+ab() {  # $1: a setting of peftbench.backbone.spconv_conv, $2...: its values; bench rows (ABMETHODS) per value
+  local attr=$1; shift
+  for value in "$@"; do
+    stamp "bench, $attr = $value" && timeout 150 python3 -c "import sys, peftbench.backbone.spconv_conv as s
+setattr(s, sys.argv[1], sys.argv[2])
 from peftbench.cli import main
-sys.exit(main(sys.argv[2:]))" $by bench --backbone sonata $COMMON --dtypes fp16 --profile --methods gem full \
-      --out "$OUT/bench_wgrad_$by.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+sys.exit(main(sys.argv[3:]))" "$attr" "$value" bench --backbone sonata $COMMON --dtypes fp16 --profile \
+      --methods ${ABMETHODS:-frozen gem full} --out "$OUT/bench_${attr}_$value.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
   done
-fi
+}
+has wgrad && ab WEIGHT_GRAD_BY spconv gather
+has gemm && ab OURS_BACKWARD_GEMM training inference
 if has compile; then
   stamp "bench fp16, compiled"
   timeout 400 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --compile \

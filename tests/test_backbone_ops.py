@@ -396,11 +396,17 @@ def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: 
 
 
 @pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
-def test_spconv_training_gemm_only_where_spconv_backward_follows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In training, a level's first conv builds the index pairs in training mode (with those
-    spconv's own backward needs); frozen convs after it, and their mirrored input-gradient convs,
-    run spconv's inference gemm (no backward masks); the values are the torch backend's."""
+@pytest.mark.parametrize("gemm", ["training", "inference"])
+def test_spconv_gemm_for_convs_whose_backward_is_ours(monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
+    """``OURS_BACKWARD_GEMM = "inference"``: in training, a level's first conv builds the index pairs
+    in training mode (with those spconv's own backward needs); frozen convs after it, and their
+    mirrored input-gradient convs, run spconv's inference gemm. Either way the values are the torch
+    backend's."""
     import spconv.pytorch.conv as spconv_conv_module
+
+    import peftbench.backbone.spconv_conv as spconv_conv
+
+    monkeypatch.setattr(spconv_conv, "OURS_BACKWARD_GEMM", gemm)
 
     modes = []
     original = spconv_conv_module.SparseConvolution._conv_forward
@@ -422,6 +428,7 @@ def test_spconv_training_gemm_only_where_spconv_backward_follows(monkeypatch: py
         out = conv(point, conv(point, x))                     # two frozen convs of one level
         out.backward(torch.ones_like(out))
         grads.append((out.detach(), x.grad))
-    assert modes == [True, False, False, False]               # pairs, frozen forward, two mirrored backward
+    # pairs, frozen forward, two mirrored backward
+    assert modes == ([True, False, False, False] if gemm == "inference" else [True] * 4)
     for ours, ref in zip(*grads):
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftbench.bench import FROZEN, autocast_for, step_functions, synthetic_scenes, timed  # noqa: E402
+from peftbench.bench import AMP_DTYPES, FROZEN, autocast_for, step_functions, synthetic_scenes, timed  # noqa: E402
 from peftbench.backbone import backbone_config  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.model import Segmentor  # noqa: E402
@@ -91,8 +91,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.half_frozen and device.type != "cuda":
-        parser.error("--half-frozen needs CUDA autocast (half weights meet float32 inputs on CPU)")
+    if args.half_frozen and (device.type != "cuda" or AMP_DTYPES.get(args.dtype) is None):
+        parser.error("--half-frozen needs CUDA autocast in fp16 or bf16 (half weights would meet float32 inputs)")
     work = [w.split(":") for w in args.workloads]
     scenes = synthetic_scenes(args.points, max(int(b) for _, _, b in work))
     results = []
@@ -107,7 +107,7 @@ def main() -> None:
         variants = [("fp32-stored", None)] + ([("half-frozen", args.dtype)] if args.half_frozen else [])
         for variant, cast in variants:
             if cast is not None:
-                cast_count = store_frozen_weights(model, torch.float16 if cast == "fp16" else torch.bfloat16)
+                cast_count = store_frozen_weights(model, AMP_DTYPES[cast])
             infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, args.dtype),
                                           grad_to_input=method == FROZEN)
             fn = infer if mode == "infer" else train

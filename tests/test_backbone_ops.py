@@ -396,18 +396,17 @@ def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: 
 
 
 @pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
-@pytest.mark.parametrize("gemm", ["training", "inference"])
-def test_spconv_gemm_for_convs_whose_backward_is_ours(monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
-    """``OURS_BACKWARD_GEMM = "inference"``: in training, a level's first conv builds the index pairs
-    in training mode (with those spconv's own backward needs); frozen convs after it, and their
-    mirrored input-gradient convs, run spconv's inference gemm. Either way the values are the torch
-    backend's."""
+@pytest.mark.parametrize("gemm", ["mode", "training", "inference"])
+def test_spconv_gemm_where_spconv_backward_does_not_follow(monkeypatch: pytest.MonkeyPatch, gemm: str) -> None:
+    """``NO_BACKWARD_GEMM``: which of spconv's gemms frozen convs and their mirrored input-gradient
+    convs run, in training and in eval. ``inference`` in training still builds a level's pairs in
+    training mode (with those spconv's own backward needs, for a trainable conv of the level).
+    Whichever runs, the values are the torch backend's."""
     import spconv.pytorch.conv as spconv_conv_module
 
     import peftbench.backbone.spconv_conv as spconv_conv
 
-    monkeypatch.setattr(spconv_conv, "OURS_BACKWARD_GEMM", gemm)
-
+    monkeypatch.setattr(spconv_conv, "NO_BACKWARD_GEMM", gemm)
     modes = []
     original = spconv_conv_module.SparseConvolution._conv_forward
 
@@ -416,19 +415,21 @@ def test_spconv_gemm_for_convs_whose_backward_is_ours(monkeypatch: pytest.Monkey
         return original(self, training, *args, **kwargs)
 
     monkeypatch.setattr(spconv_conv_module.SparseConvolution, "_conv_forward", recorded)
-    point = _two_scenes(n=200, side=10, seed=6)
     gen = torch.Generator().manual_seed(7)
-    convs = [SubMConv3d(8, 8, 3, bias=False, indice_key="s", backend=b).train().requires_grad_(False)
-             for b in ("spconv", "torch")]
-    convs[0].load_state_dict(convs[1].state_dict())
     feat = torch.randn(400, 8, generator=gen)
-    grads = []
+    convs = [SubMConv3d(8, 8, 3, bias=False, indice_key="s", backend=b).requires_grad_(False) for b in ("spconv", "torch")]
+    convs[0].load_state_dict(convs[1].state_dict())
+    results = []
     for conv in convs:
+        point = _two_scenes(n=200, side=10, seed=6)
         x = feat.clone().requires_grad_()
-        out = conv(point, conv(point, x))                     # two frozen convs of one level
+        out = conv.train()(point, conv(point, x))             # two frozen convs of one level, in training
         out.backward(torch.ones_like(out))
-        grads.append((out.detach(), x.grad))
-    # pairs, frozen forward, two mirrored backward
-    assert modes == ([True, False, False, False] if gemm == "inference" else [True] * 4)
-    for ours, ref in zip(*grads):
+        with torch.no_grad():
+            evaluated = conv.eval()(_two_scenes(n=200, side=10, seed=6), feat)
+        results.append((out.detach(), x.grad, evaluated))
+    # training: pairs, frozen forward, two mirrored backward; then eval: one conv
+    expected = {"mode": [True] * 4 + [False], "training": [True] * 5, "inference": [True, False, False, False, False]}
+    assert modes == expected[gemm]
+    for ours, ref in zip(*results):
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)

@@ -43,7 +43,7 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
         exp, total = _exp_over_rows(scores if off_scene is None else scores.masked_fill(off_scene, float("-inf")))
         # softmax-weighted sum, normalised after the sum: a sum of exps <= 1 keeps more bits
         # than a sum of N weights of ~1/N (~1e-3 off at 150k points in float32 otherwise)
-        updated = lat + (exp.T @ (k if v is None else v.float())) / total.T
+        updated = torch.addcdiv(lat, exp.T @ (k if v is None else v.float()), total.T)  # lat + sum / total
         if q is None and not read_updated:
             read = scores
         else:

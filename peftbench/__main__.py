@@ -1,8 +1,6 @@
 """``python -m peftbench`` is the ``peftbench`` command."""
 
-import sys
-
-from peftbench.cli import main
+from peftbench.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

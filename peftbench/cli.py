@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import traceback
@@ -352,6 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     return quiet_when_reader_leaves(lambda: _main(argv))
 
 
+def console_main() -> None:
+    """The ``peftbench`` command: ``main``, then exit with its status. After an interrupt (130)
+    everything is already recorded (runs KILLED, Ray shut down, locks released), so the process
+    leaves at once: a library's worker thread still alive must not hold the exit (once, in a full
+    test run, the driver printed its interrupted line and was still alive 2 minutes later)."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def _main(argv: list[str] | None) -> int:
     from peftbench.errors import PeftbenchError
 
@@ -369,4 +383,4 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

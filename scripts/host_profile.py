@@ -16,6 +16,7 @@ import argparse
 import cProfile
 import json
 import pstats
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -32,14 +33,15 @@ from peftbench.registry import build_method  # noqa: E402
 from peftbench.train.precision import store_frozen_weights  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
-WAITS = ("synchronize", "item", "tolist", "nonzero", "_local_scalar_dense", "unique", "cpu")
+# builtins that wait for the device (a read of its results), by the name cProfile gives them
+WAITS = re.compile(r"_cuda_synchronize|_unique2|_local_scalar_dense|nonzero|'(item|tolist|cpu)' of")
 
 
 def owner(key: tuple) -> str:
     """Who owns a profiled function: our file, spconv, a torch op (C), or a device wait."""
     path, _line, name = key
     if path == "~":  # builtins: C functions, torch ops among them
-        if any(w in name for w in WAITS):
+        if WAITS.search(name):
             return "wait/sync: " + name.strip("<>").split(" of ")[0].replace("method ", "")
         return "C: torch ops and builtins"
     for mark in ("peftbench/", "scripts/"):

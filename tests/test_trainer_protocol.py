@@ -39,6 +39,17 @@ def _scenes_with_ignored_points() -> tuple[dict, dict, dict]:
     return both, first, second
 
 
+def _assert_same_trainable(a: Trainer, b: Trainer) -> None:
+    """Every trainable parameter of ``a`` equals ``b``'s (and there are some)."""
+    params = dict(b.model.named_parameters())
+    moved = 0
+    for name, p in a.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
+            moved += 1
+    assert moved
+
+
 @pytest.mark.parametrize("method", ["gem", "full"])
 def test_accumulating_two_micro_batches_equals_one_batch_of_two(method):
     both, first, second = _scenes_with_ignored_points()
@@ -48,13 +59,8 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_two(method):
     whole.fit(lambda epoch: [both], steps_per_epoch=1)
     split.fit(lambda epoch: [first, second], steps_per_epoch=1)
     assert len(whole.step_times) == len(split.step_times) == 1  # one optimizer (and OneCycle) step each
-    params = dict(split.model.named_parameters())
-    moved = 0
-    for name, p in whole.model.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
-            moved += 1
-    assert moved and split.scheduler.last_epoch == whole.scheduler.last_epoch == 1
+    _assert_same_trainable(whole, split)
+    assert split.scheduler.last_epoch == whole.scheduler.last_epoch == 1
 
 
 @pytest.mark.parametrize("method", ["gem", "full"])
@@ -73,13 +79,7 @@ def test_micro_batches_in_one_pass_equal_one_pass_each(method):
     loss_paired = paired.train_step(micro)
     assert loss_paired == pytest.approx(loss_each, rel=1e-5)
     assert one_each.points_seen == paired.points_seen == sum(len(b["coord"]) for i, b in enumerate(micro) if i != 2)
-    params = dict(paired.model.named_parameters())
-    moved = 0
-    for name, p in one_each.model.named_parameters():
-        if p.requires_grad:
-            torch.testing.assert_close(params[name], p, rtol=1e-5, atol=1e-6, msg=name)
-            moved += 1
-    assert moved
+    _assert_same_trainable(one_each, paired)
 
 
 def test_micro_batches_per_pass_must_divide_accumulate():

@@ -65,8 +65,8 @@ def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape
     Per chunk of sites (its gathered rows are the only large temporary, ~0.2 GB at 2**17 sites,
     27 offsets, 32 channels, fp16), the sum over sites is split into segments of ``segment_rows``:
     one batched matmul gives each segment's (out, k^3 * in) partial, summed in float32, so a half
-    result is rounded per segment, not once over 2**17 rows (fp16 error ~2-4e-4 of the max against
-    spconv's 2-30e-4 on an H200). Not faster than one matmul there (forward + backward 7.1-7.3 ms at
+    result is rounded per segment, not once over 2**17 rows (fp16 error 1.5-4e-4 of the max against
+    spconv's 2-32e-4 on an H200). Not faster than one matmul there (forward + backward 7.1-7.3 ms at
     307k sites either way, spconv's 1.8): CUDA keeps spconv's backward for trainable weights.
     """
     out_ch, in_ch = weight_shape[0], weight_shape[-1]

@@ -25,14 +25,10 @@ def store_frozen_weights(model: nn.Module, amp_dtype: torch.dtype) -> int:
     """
     converted = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear):
-            dtype = amp_dtype
-        elif isinstance(module, SubMConv3d) and amp_dtype == torch.float16:
-            dtype = amp_dtype
-        else:
+        if not (isinstance(module, nn.Linear) or (isinstance(module, SubMConv3d) and amp_dtype == torch.float16)):
             continue
         for param in module.parameters(recurse=False):
-            if not param.requires_grad and param.dtype != dtype:
-                param.data = param.data.to(dtype)
+            if not param.requires_grad and param.dtype != amp_dtype:
+                param.data = param.data.to(amp_dtype)
                 converted += 1
     return converted

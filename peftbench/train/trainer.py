@@ -71,7 +71,7 @@ class Trainer:
         self.seed = seed
         self.use_amp = config.amp and device.type == "cuda"
         self.amp_dtype = getattr(torch, config.amp_dtype)
-        if self.use_amp and self.amp_dtype != torch.float32:
+        if self.use_amp:
             store_frozen_weights(self.model, self.amp_dtype)  # every forward of the trial runs under autocast
         self.step_times: list[float] = []
         self.points_seen = 0
@@ -180,13 +180,9 @@ class Trainer:
                    total: int) -> torch.Tensor:
         """Each micro-batch's loss on its own points, weighted by its share of the step's labelled
         points: the same as one pass per micro-batch (Lovász is per micro-batch either way)."""
-        loss, start = None, 0
-        for batch, count in group:
-            end = start + len(batch["coord"])
-            part = segmentation_loss(logits[start:end], segment[start:end], self.config.lovasz_weight) * (count / total)
-            loss = part if loss is None else loss + part
-            start = end
-        return loss
+        sizes = [len(batch["coord"]) for batch, _ in group]
+        return sum(segmentation_loss(part, target, self.config.lovasz_weight) * (count / total)
+                   for part, target, (_, count) in zip(logits.split(sizes), segment.split(sizes), group))
 
     def _keep_if_best(self, epoch: int, scores: dict[str, Any], confusion: torch.Tensor) -> None:
         if self.best is None or scores["mIoU"] > self.best.scores["mIoU"]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scenes per second of a suite's training loader (its dataset, recipe, batch size), per worker count.
+"""Scenes per second of a suite's training loader (its dataset, recipe, micro-batch), per worker count.
 
 Reads batches as the trainer would, with nothing consuming them, and reports the first-batch
 latency of each epoch (workers starting cold) and the steady rate after it, to compare with what
@@ -29,14 +29,14 @@ def measure(train_set, cfg: TrainConfig, workers: int, epochs: int, seed: int = 
     first, steady, scenes = [], [], 0
     for epoch in range(epochs):
         last = time.perf_counter()
-        for i, batch in enumerate(batches(train_set, cfg.batch_size, True, seed, epoch, True, workers, cfg.mix_prob)):
+        for i, batch in enumerate(batches(train_set, cfg.micro_batch, True, seed, epoch, True, workers, cfg.mix_prob)):
             now = time.perf_counter()
             (first if i == 0 else steady).append(now - last)
             last = now
-            scenes += cfg.batch_size
+            scenes += cfg.micro_batch
     per_batch = sum(steady) / max(len(steady), 1)
-    return {"workers": workers, "batch_size": cfg.batch_size, "first_batch_s": first,
-            "steady_batch_s": per_batch, "steady_scenes_per_s": cfg.batch_size / per_batch if per_batch else None,
+    return {"workers": workers, "batch_size": cfg.micro_batch, "first_batch_s": first,
+            "steady_batch_s": per_batch, "steady_scenes_per_s": cfg.micro_batch / per_batch if per_batch else None,
             "batches": len(first) + len(steady)}
 
 

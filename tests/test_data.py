@@ -38,6 +38,8 @@ from peftbench.data import (
     write_synthetic_dataset,
 )
 from peftbench.data.synthetic import scene_seed
+from peftbench.data.transform_base import bounds
+from peftbench.data.transforms import _rotated
 from peftbench.errors import PeftbenchError
 
 KEYS = ("coord", "color", "normal", "segment")
@@ -337,6 +339,19 @@ def test_rotation_flip_scale_move_normals_consistently():
     shifted = CenterShift(apply_z=True)(data, rng)
     lo, hi = shifted["coord"].min(0), shifted["coord"].max(0)
     assert np.allclose((lo + hi)[:2], 0, atol=1e-6) and abs(lo[2]) < 1e-6
+
+
+def test_rotation_and_bounds_agree_with_numpy_and_a_rotation_is_a_rotation():
+    # the loader's fast paths (no BLAS in the rotation, per-column bounds) give numpy's values
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(300, 3))
+    angle = 0.7
+    rot = np.array([[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]])
+    assert np.allclose(_rotated(points, rot), points @ rot.T, atol=1e-12)
+    assert np.allclose(np.linalg.norm(_rotated(points, rot), axis=1), np.linalg.norm(points, axis=1))
+    for values in (points.astype(np.float32), rng.integers(-50, 50, size=(300, 3))):
+        lo, hi = bounds(values)
+        assert lo.dtype == values.dtype and np.array_equal(lo, values.min(0)) and np.array_equal(hi, values.max(0))
 
 
 def test_colour_transforms_stay_in_range_and_normalize():

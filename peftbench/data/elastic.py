@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from peftbench.data.transform_base import Data
+from peftbench.data.transform_base import Data, bounds
 
 
 def _box_blur(grid: np.ndarray, axis: int) -> np.ndarray:
@@ -22,15 +22,20 @@ def _trilinear(grid: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Interpolate ``grid`` (X,Y,Z,C) at fractional grid positions ``pos`` (N,3)."""
     upper = np.array(grid.shape[:3]) - 1
     pos = np.clip(pos, 0, upper)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), upper - 1).clip(0)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), upper - 1).clip(0)  # so i0 + 1 <= upper: no corner clamp
     f = pos - i0
+    # one flat gather per corner (a flat index is 3x cheaper than three index arrays); same sums, same order
+    flat = grid.reshape(-1, grid.shape[3])
+    strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1])
+    base = i0 @ strides
+    fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+    gx, gy, gz = 1 - fx, 1 - fy, 1 - fz
     out = np.zeros((len(pos), grid.shape[3]))
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
-                w = (f[:, 0] if dx else 1 - f[:, 0]) * (f[:, 1] if dy else 1 - f[:, 1]) * (f[:, 2] if dz else 1 - f[:, 2])
-                idx = np.minimum(i0 + [dx, dy, dz], upper)
-                out += w[:, None] * grid[idx[:, 0], idx[:, 1], idx[:, 2]]
+                w = (fx if dx else gx) * (fy if dy else gy) * (fz if dz else gz)
+                out += w[:, None] * flat.take(base + int(strides @ (dx, dy, dz)), axis=0)
     return out
 
 
@@ -46,8 +51,8 @@ class ElasticDistortion:
             return data
         coord = data["coord"].astype(np.float64)
         for granularity, magnitude in self.params:
-            lo = coord.min(0)
-            dims = ((coord.max(0) - lo) // granularity).astype(int) + 3
+            lo, hi = bounds(coord)
+            dims = ((hi - lo) // granularity).astype(int) + 3
             noise = rng.standard_normal((*dims, 3))
             for _ in range(2):
                 for axis in range(3):

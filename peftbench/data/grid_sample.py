@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from peftbench.data.transform_base import POINT_KEYS, Data, keep_with_sampled, select_points
+from peftbench.data.transform_base import POINT_KEYS, Data, bounds, keep_with_sampled, select_points
 from peftbench.errors import PeftbenchError
 
 
@@ -24,16 +24,19 @@ def voxelize(coord: np.ndarray, grid_size: float) -> tuple[np.ndarray, np.ndarra
     """Voxels of ``coord``: (grid_coord (N,3) int64, voxel id per point (N,), point order sorted by
     voxel (N,), voxel start positions in that order (V,)). Voxel ids follow the sorted keys."""
     grid = np.floor(np.asarray(coord, dtype=np.float64) / grid_size).astype(np.int64)
-    grid -= grid.min(0)
-    dims = grid.max(0) + 1
+    lo, hi = bounds(grid)
+    grid -= lo
+    dims = hi - lo + 1
     if float(dims[0]) * float(dims[1]) * float(dims[2]) < 2.0**62:
         key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]  # exact, no hash collisions
     else:  # absurd extents: fall back to row-unique
         key = np.unique(grid, axis=0, return_inverse=True)[1].reshape(-1)
     order = np.argsort(key, kind="stable")
-    _, start, voxel_sorted = np.unique(key[order], return_index=True, return_inverse=True)
+    sorted_key = key[order]
+    first = np.r_[True, sorted_key[1:] != sorted_key[:-1]]  # the sort is done: no np.unique (a second one)
+    start = np.flatnonzero(first)
     voxel = np.empty(len(key), dtype=np.int64)
-    voxel[order] = voxel_sorted.reshape(-1)
+    voxel[order] = np.cumsum(first) - 1
     return grid, voxel, order, start
 
 

@@ -18,7 +18,7 @@ import torch
 
 from peftbench.data.elastic import ElasticDistortion
 from peftbench.data.grid_sample import GridSample
-from peftbench.data.transform_base import POINT_KEYS, Compose, Data, keep_with_sampled, select_points
+from peftbench.data.transform_base import POINT_KEYS, Compose, Data, bounds, keep_with_sampled, select_points
 from peftbench.errors import PeftbenchError
 
 __all__ = [
@@ -37,7 +37,7 @@ class CenterShift:
 
     def __call__(self, data: Data, rng: np.random.Generator) -> Data:
         coord = data["coord"]
-        lo, hi = coord.min(0), coord.max(0)
+        lo, hi = bounds(coord)
         shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2] if self.apply_z else 0.0])
         return {**data, "coord": (coord - shift).astype(coord.dtype)}
 
@@ -83,11 +83,21 @@ class RandomRotate:
             return data
         rot = _rotation(self.axis, rng.uniform(*self.angle) * math.pi)
         coord = data["coord"]
-        center = (coord.min(0) + coord.max(0)) / 2 if self.center is None else np.asarray(self.center)
-        out = {**data, "coord": ((coord - center) @ rot.T + center).astype(coord.dtype)}
+        if self.center is None:
+            lo, hi = bounds(coord)
+            center = (lo + hi) / 2
+        else:
+            center = np.asarray(self.center)
+        out = {**data, "coord": (_rotated(coord - center, rot) + center).astype(coord.dtype)}
         if "normal" in data:
-            out["normal"] = (data["normal"] @ rot.T).astype(data["normal"].dtype)
+            out["normal"] = _rotated(data["normal"], rot).astype(data["normal"].dtype)
         return out
+
+
+def _rotated(points: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """``points @ rot.T`` without BLAS: in a loader worker, BLAS starts a thread per core for this and
+    the workers' threads then fight over the cores (measured: a 3-scene batch 0.8 s instead of 0.5 s)."""
+    return np.einsum("nj,kj->nk", points, rot)
 
 
 class RandomScale:
@@ -146,7 +156,7 @@ class ChromaticAutoContrast:
         if "color" not in data or rng.random() >= self.p:
             return data
         color = _color(data)
-        lo, hi = color.min(0, keepdims=True), color.max(0, keepdims=True)
+        lo, hi = (b[None] for b in bounds(color))
         contrast = (color - lo) * (255.0 / np.maximum(hi - lo, 1e-6))
         blend = rng.random() if self.blend_factor is None else self.blend_factor
         return {**data, "color": ((1 - blend) * color + blend * contrast).astype(np.float32)}
@@ -196,7 +206,8 @@ class SphereCrop:
         if self.mode == "random":
             center = coord[rng.integers(n)]
         else:
-            mid = (coord.min(0) + coord.max(0)) / 2
+            lo, hi = bounds(coord)
+            mid = (lo + hi) / 2
             center = coord[np.argmin(np.sum((coord - mid) ** 2, axis=1))]
         dist = np.sum((coord - center) ** 2, axis=1)
         keep = np.sort(np.argpartition(dist, limit - 1)[:limit])

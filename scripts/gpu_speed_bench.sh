@@ -12,7 +12,7 @@
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
 #   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
-#              and by gathered matmuls; gemm: spconv's gemm where its backward does not follow, per NO_BACKWARD_GEMM
+#              and by gathered matmuls
 #   compile    the bench with --compile
 # TRIALS picks the trials, METHODS / CMETHODS the bench's methods, BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
@@ -85,7 +85,6 @@ sys.exit(main(sys.argv[3:]))" "$attr" "$value" bench --backbone sonata $COMMON -
   done
 }
 has wgrad && ab WEIGHT_GRAD_BY spconv gather
-has gemm && ab NO_BACKWARD_GEMM mode training inference
 if has compile; then
   stamp "bench fp16, compiled"
   timeout 400 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --compile \

@@ -89,6 +89,19 @@ def test_micro_batches_per_pass_must_divide_accumulate():
         TrainConfig(batch_size=24, accumulate=8, micro_batches_per_pass=0)
 
 
+def test_out_of_gpu_memory_in_a_pass_says_what_to_lower(monkeypatch):
+    trainer = _trainer(TrainConfig(epochs=1, batch_size=4, accumulate=2, micro_batches_per_pass=2))
+    trainer.prepare(1)
+
+    def out_of_memory(inputs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(trainer, "train_forward", out_of_memory)
+    micro = [random_scene_batch(sizes=(120,), seed=seed) for seed in range(2)]
+    with pytest.raises(PeftbenchError, match=r"pass of 2 micro-batch\(es\), 240 points: lower "
+                                             r"train.micro_batches_per_pass \(now 2\)"):
+        trainer.train_step(micro)
+
+
 def test_accumulation_steps_per_total_batch():
     """Four micro-batches at accumulate 2: two optimizer steps, the schedule counts two."""
     _, first, second = _scenes_with_ignored_points()

@@ -80,14 +80,6 @@ def keep_index_pairs(sites: Any, out: Any) -> None:
         sites.indice_dict.update(out.indice_dict)
 
 
-# The gemm spconv runs where its own backward will not follow (eval, a frozen forward, the mirrored
-# input gradient): "mode" (spconv's default: its training gemm in train mode, its inference gemm in
-# eval), "training" or "inference". The training gemm also writes the masks spconv's backward reads:
-# the frozen CPE forward took 9.7 ms of device time in training against 4.3 in inference (H200, batch
-# 3). But spconv's inference call took ~5x the host time of its training call (~260 vs ~56 us a call,
-# scripts/host_profile.py: a wait inside it would look the same), and steps are host-bound. Kept at
-# spconv's default until measured (gpu_speed_bench.sh stage `gemm` runs all three).
-NO_BACKWARD_GEMM = "mode"
 # (in, out, kernel, dtype, device) whose spconv backward has been tuned (``SpconvRunner.tune_backward``)
 _BACKWARD_TUNED: set[tuple] = set()
 
@@ -115,16 +107,13 @@ class SpconvRunner:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
             self.modules[channels] = import_spconv().conv.SparseConvolution(
                 3, *channels, self.kernel_size, bias=False, subm=True, indice_key=self.key, device="meta")
-        if autograd or NO_BACKWARD_GEMM == "mode":
-            gemm_training = training
-        elif NO_BACKWARD_GEMM == "training":
-            gemm_training = True
-        else:  # a level's first call in training still builds the pairs in training mode, for a trainable conv
-            gemm_training = training and self.key is not None and self.key not in sites.indice_dict
         with _one_thread() if feat.device.type == "cpu" else contextlib.nullcontext(), \
                 torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            out = self.modules[channels]._conv_forward(gemm_training, sites.replace_feature(feat),
+            # spconv's training gemm even where its backward does not follow (a frozen conv, the mirrored
+            # input gradient): its inference gemm there cost 3-4x the device time of a training step's
+            # convs (frozen batch 3: 63 against 16 ms; reports/bench/notes.md, session 22)
+            out = self.modules[channels]._conv_forward(training, sites.replace_feature(feat),
                                                        weight.to(feat.dtype), None)
         keep_index_pairs(sites, out)
         return out.features

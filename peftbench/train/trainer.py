@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from peftbench.data import concat_batches
+from peftbench.errors import PeftbenchError
 from peftbench.method import Method, load_method_state_dict, method_state_dict
 from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
@@ -157,10 +158,16 @@ class Trainer:
         for first in range(0, len(labelled_batches), cfg.micro_batches_per_pass):
             group = labelled_batches[first:first + cfg.micro_batches_per_pass]
             batch = to_device(concat_batches([b for b, _ in group]), self.device)
-            with self._autocast():
-                logits = self.train_forward(model_inputs(batch))
-                loss = self._pass_loss(logits, batch["segment"], group, total)
-            self.scaler.scale(loss).backward()
+            try:
+                with self._autocast():
+                    logits = self.train_forward(model_inputs(batch))
+                    loss = self._pass_loss(logits, batch["segment"], group, total)
+                self.scaler.scale(loss).backward()
+            except torch.cuda.OutOfMemoryError as err:
+                raise PeftbenchError(
+                    f"out of GPU memory in a training pass of {len(group)} micro-batch(es), "
+                    f"{int(batch['coord'].shape[0])} points: lower train.micro_batches_per_pass (now "
+                    f"{cfg.micro_batches_per_pass}), else raise train.accumulate or lower train.point_max") from err
             batch_loss += loss.detach().float()
             self.points_seen += int(batch["coord"].shape[0])
         self.scaler.unscale_(self.optimizer)

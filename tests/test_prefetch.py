@@ -40,7 +40,7 @@ def test_epoch_batches_reads_only_the_steps_and_starts_the_next_loader_early() -
         made.append((epoch, consumed[0]))
         return iter(_batches(10, epoch))  # longer than an epoch's steps
 
-    pipeline = EpochBatches(make, steps_per_epoch=4, epochs=3, device="cpu", start_ahead=True, lead=2)
+    pipeline = EpochBatches(make, steps_per_epoch=4, epochs=3, device="cpu", start_ahead=True, per_step=1)
     seen = []
     for epoch in range(3):
         consumed[0] = 0
@@ -58,3 +58,43 @@ def test_epoch_batches_without_workers_makes_each_loader_on_demand() -> None:
     for epoch in range(2):
         assert len(list(pipeline(epoch))) == 3
     assert made == [0, 1]
+
+
+def test_a_step_of_many_micro_batches_is_pinned_and_its_next_epoch_started_a_step_ahead(monkeypatch) -> None:
+    depths, made, consumed = [], [], [0]
+
+    def recording_prefetch(batches, device, depth=2):
+        depths.append(depth)
+        yield from batches
+    monkeypatch.setattr(prefetch, "prefetch_to_device", recording_prefetch)
+
+    def make(epoch: int):
+        made.append((epoch, consumed[0]))
+        return iter(_batches(16, epoch))
+
+    pipeline = EpochBatches(make, steps_per_epoch=16, epochs=2, device="cpu", start_ahead=True, per_step=8)
+    for epoch in range(2):
+        consumed[0] = 0
+        for _ in pipeline(epoch):
+            consumed[0] += 1
+    assert depths == [8, 8]
+    assert made == [(0, 0), (1, 8)]  # one step (8 micro-batches) before epoch 0 ends
+
+
+def test_pin_thread_reads_depth_batches_ahead(monkeypatch) -> None:
+    import time
+
+    monkeypatch.setattr(prefetch, "_pin", lambda b: b)
+    produced = []
+
+    def source():
+        for batch in _batches(20):
+            produced.append(batch)
+            yield batch
+    pinned = prefetch._pinned(source(), depth=8)
+    next(pinned)
+    deadline = time.monotonic() + 10
+    while len(produced) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # room to run further, were it not blocked
+    assert len(produced) == 1 + 8 + 1  # taken, queued, one in hand waiting for room

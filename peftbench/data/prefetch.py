@@ -85,14 +85,19 @@ class EpochBatches:
     ends, so its workers have batches ready when the epoch (and any validation) is over instead
     of starting cold. ``make(epoch)`` builds that epoch's loader, deterministic in (seed, epoch).
 
+    A step takes ``per_step`` batches (micro-batches) at once, so that many are pinned ahead and the
+    next loader starts that many before the end (with 2 ahead, a step of 8 waited at its start for
+    six to be pinned and copied, one after the other).
+
     Starting ahead is only safe when the loader's workers hold their own copy of the dataset
     (``num_workers > 0``): the next loader sets the dataset's epoch in this process.
     """
 
     def __init__(self, make: Callable[[int], Iterable[dict]], steps_per_epoch: int, epochs: int,
-                 device: torch.device | str, start_ahead: bool, lead: int = 2) -> None:
+                 device: torch.device | str, start_ahead: bool, per_step: int = 1) -> None:
         self.make, self.steps, self.epochs = make, steps_per_epoch, epochs
-        self.device, self.start_ahead, self.lead = device, start_ahead, lead
+        self.device, self.start_ahead = device, start_ahead
+        self.lead = self.depth = max(2, per_step)
         self._started: dict[int, Iterator[dict]] = {}
 
     def _iterator(self, epoch: int) -> Iterator[dict]:
@@ -100,7 +105,7 @@ class EpochBatches:
 
     def __call__(self, epoch: int) -> Iterator[dict]:
         batches = itertools.islice(self._iterator(epoch), self.steps)  # never read past what the epoch uses
-        for i, batch in enumerate(prefetch_to_device(batches, self.device)):
+        for i, batch in enumerate(prefetch_to_device(batches, self.device, self.depth)):
             if self.start_ahead and i == max(self.steps - self.lead, 0) and epoch + 1 < self.epochs:
                 self._started[epoch + 1] = iter(self.make(epoch + 1))
             yield batch

@@ -152,7 +152,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
         return distributed.shard(loader, world) if world is not None else loader
 
     train_batches = EpochBatches(micro_batches, plan["steps_per_epoch"] * cfg.accumulate, cfg.epochs, device,
-                                 cfg.num_workers > 0)
+                                 cfg.num_workers > 0, per_step=cfg.accumulate)
     trainer.fit(train_batches, plan["steps_per_epoch"], None if follower else val_loader, on_epoch, progress)
     train_s = trained_before + time.perf_counter() - start
     if follower:  # rank 0 tests and records

@@ -118,6 +118,30 @@ def test_all_thirteen_passes_and_prevoxelisation():
         assert torch.allclose(rows, rows[0].expand_as(rows))
 
 
+@pytest.mark.parametrize("per_pass", [3, 100])
+def test_fragments_in_one_pass_vote_as_one_at_a_time(per_pass):
+    """Several fragments per forward (the last pass short or all of them at once): the same summed
+    probabilities as one forward per fragment, with a real PTv3 (no order shuffle, as one-scene runs)."""
+    from peftbench.backbone import backbone_config
+    from peftbench.model import Segmentor
+    from tests.conftest import MICRO
+
+    torch.manual_seed(0)
+    model = Segmentor(backbone_config("tiny", **{**MICRO, "shuffle_orders": False}), K).eval()
+    calls = []
+    forward = model.forward
+    model.forward = lambda data, generator=None: calls.append(len(data["offset"])) or forward(data, generator)
+    data = lattice_scene(5, shape=(8, 7, 4))
+    augmentations = test_augmentations()[:3]
+    one = vote_scene(model, data, K, grid_size=0.02, augmentations=augmentations, rng=np.random.default_rng(0))
+    passes_one, calls[:] = list(calls), []
+    grouped = vote_scene(model, data, K, grid_size=0.02, augmentations=augmentations, rng=np.random.default_rng(0),
+                         fragments_per_pass=per_pass)
+    assert set(passes_one) == {1} and sum(calls) == len(passes_one) and max(calls) == min(per_pass, len(passes_one))
+    assert len(calls) < len(passes_one)
+    torch.testing.assert_close(grouped, one, atol=1e-4, rtol=1e-4)
+
+
 class Scenes:
     def __init__(self, scenes: list[dict]) -> None:
         self.scenes = scenes
@@ -177,3 +201,11 @@ def test_six_fold_sums_intersection_union_target():
         combine_folds({a: f[0] for a, f in folds.items() if a != "Area_6"})
     with pytest.raises(PeftbenchError, match="one shape"):
         combine_folds([np.zeros((K, K)), np.zeros((K - 1, K - 1))])
+
+
+def test_fragments_per_pass_is_a_whole_number_of_fragments():
+    from peftbench.train.config import TrainConfig
+
+    assert TrainConfig(test_fragments_per_pass=8).test_fragments_per_pass == 8
+    with pytest.raises(PeftbenchError, match="test_fragments_per_pass must be an integer >= 1"):
+        TrainConfig(test_fragments_per_pass=0)

@@ -28,7 +28,7 @@ def collate_points(samples: list[dict]) -> dict:
 
     Adds ``offset`` (cumulative point counts) and, when ``inverse`` is present, shifts it per sample
     and adds ``origin_offset`` (cumulative original point counts). ``index`` (test fragments) is
-    left as is: fragments are meant to run one scene at a time.
+    left as is: the fragments of one scene all index that scene's points.
     """
     if not samples:
         raise ValueError("collate_points needs at least one sample")

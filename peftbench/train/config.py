@@ -50,6 +50,7 @@ class TrainConfig:
     augment: bool = True
     test_protocol: str = "single"        # final test: "single" pass, or "voting" (Sonata's 13-aug fragments)
     test_checkpoint: str = "best"        # which weights the final test uses
+    test_fragments_per_pass: int = 1     # voting: fragments run together in one forward (Pointcept: 1)
     data_parallel: int = 1               # processes per trial sharing each step (batch_size is their total)
     compile: bool = False                # torch.compile the blocks; measured slower on an H200 (reports/bench/notes.md)
 

@@ -164,6 +164,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
         scores, confusion = evaluate_voting(model, build_test_set(dataset), len(classes), grid_size=cfg.grid_size,
                                             prevoxel=dataset_kind(dataset["name"]).recipe.test_prevoxel,
                                             device=device, seed=seed, amp=cfg.amp, amp_dtype=trainer.amp_dtype,
+                                            fragments_per_pass=cfg.test_fragments_per_pass,
                                             progress=progress)
     elif cfg.test_checkpoint == "best" and trainer.best:  # the fast single pass: that epoch's validation
         scores, confusion = trainer.best.scores, trainer.best.confusion

@@ -4,8 +4,9 @@ Per scene: ``CenterShift(z)``, ``NormalizeColor``, optionally a pre-voxelisation
 ScanNet++: one random point per voxel, predictions mapped back to every point via ``inverse``);
 then for each of the 13 augmentations (z-rotation {0, 1/2, 1, 3/2}·pi about the origin x scale
 {0.95, 1, 1.05}, plus one flip of x and y) the scene is cut into ``GridSample(mode="test")``
-fragments, each fragment runs alone (batch 1) after ``CenterShift(no z)``, and its softmax
-probabilities are summed into ``probs[index]``. Every point is predicted: within one augmentation a
+fragments, each fragment runs alone (batch 1, as Pointcept's tester; ``fragments_per_pass`` runs
+several as the scenes of one batch, which never interact in PTv3) after ``CenterShift(no z)``, and its
+softmax probabilities are summed into ``probs[index]``. Every point is predicted: within one augmentation a
 voxel of c points and a scene of M fragments give each of its points ``floor(M/c)`` or
 ``ceil(M/c)`` passes (exactly M passes per voxel), at least one. The argmax is scored against the
 original labels with Pointcept's metric (``peftbench.train.metrics``).
@@ -17,6 +18,7 @@ S3DIS 6-fold: ``combine_folds`` sums the confusion matrices of the six held-out 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -79,7 +81,7 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
                prevoxel: float | None = None, augmentations: Sequence[Callable] | None = None,
                device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                rng: np.random.Generator | None = None, amp: bool = False,
-               amp_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+               amp_dtype: torch.dtype = torch.float16, fragments_per_pass: int = 1) -> torch.Tensor:
     """Summed softmax probabilities (N, K) for every original point of a raw scene ``data``
     (coord, color, normal as read from disk). ``rng`` orders points within voxels (fragments) and
     picks the pre-voxelisation points; ``generator`` goes to the model (serialisation shuffles)."""
@@ -96,15 +98,21 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
     fragment_of = GridSample(grid_size, mode="test", return_grid_coord=True)
     post = [CenterShift(apply_z=False), ToTensor(),
             Collect(keys=("coord", "grid_coord", "index"), feat_keys=("coord", "color", "normal"))]
-    for aug in (test_augmentations() if augmentations is None else augmentations):
-        for fragment in fragment_of(aug(scene, rng), rng):
-            for t in post:
-                fragment = t(fragment, rng)
-            batch = collate_points([fragment])
-            inputs = model_inputs(to_device(batch, device))
-            with _autocast(device, amp, amp_dtype):
-                logits = model(inputs, generator)
-            probs.index_add_(0, batch["index"].to(device), logits.float().softmax(dim=-1))
+
+    def fragments():  # lazily, so rng is drawn from in the same order whatever the pass size
+        for aug in (test_augmentations() if augmentations is None else augmentations):
+            for fragment in fragment_of(aug(scene, rng), rng):
+                for t in post:
+                    fragment = t(fragment, rng)
+                yield fragment
+
+    stream = fragments()
+    while group := list(itertools.islice(stream, fragments_per_pass)):
+        batch = collate_points(group)  # "index" stays as is: every fragment's points are the scene's
+        inputs = model_inputs(to_device(batch, device))
+        with _autocast(device, amp, amp_dtype):
+            logits = model(inputs, generator)
+        probs.index_add_(0, batch["index"].to(device), logits.float().softmax(dim=-1))
     return probs if inverse is None else probs[inverse.to(device)]
 
 
@@ -112,7 +120,7 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
 def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_size: float = 0.02,
                     prevoxel: float | None = None, device: torch.device | str = "cpu", seed: int = 0,
                     amp: bool = False, amp_dtype: torch.dtype = torch.float16,
-                    augmentations: Sequence[Callable] | None = None,
+                    augmentations: Sequence[Callable] | None = None, fragments_per_pass: int = 1,
                     progress: Callable[[str], None] | None = None) -> tuple[dict, torch.Tensor]:
     """Vote every scene of ``dataset`` (raw scenes: ``load_scene(i)`` or items without transform)
     and score against the original labels. Returns (scores, confusion (K, K))."""
@@ -129,7 +137,7 @@ def evaluate_voting(model: torch.nn.Module, dataset, num_classes: int, *, grid_s
             rng = np.random.default_rng([seed, i])
             probs = vote_scene(model, data, num_classes, grid_size=grid_size, prevoxel=prevoxel,
                                augmentations=augmentations, device=device, generator=generator, rng=rng, amp=amp,
-                               amp_dtype=amp_dtype)
+                               amp_dtype=amp_dtype, fragments_per_pass=fragments_per_pass)
             target = torch.as_tensor(data["segment"]).to(device)
             confusion += confusion_matrix(probs.argmax(dim=-1), target, num_classes)
             report_progress(progress, "voting test (scenes)", i + 1, count)

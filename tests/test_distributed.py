@@ -76,6 +76,65 @@ def test_two_gloo_ranks_of_three_scenes_give_the_gradient_of_batch_six(tmp_path)
     assert any(not torch.allclose(half[n], single[n], rtol=1e-3, atol=1e-6) for n in single)
 
 
+def _rank_micro_batches(rank: int) -> list[dict]:
+    """Two one-scene micro-batches; rank 1's second has no labelled point (a limited-annotation crop)."""
+    micro = [_scenes([2 * rank]), _scenes([2 * rank + 1])]
+    if rank == 1:
+        micro[1]["segment"][:] = -1
+    return micro
+
+
+def _trainer():
+    from peftbench.train.config import TrainConfig
+    from peftbench.train.trainer import Trainer
+
+    model = _model()
+    config = TrainConfig(epochs=1, batch_size=2, accumulate=2, lovasz_weight=0.0, grad_clip=0.0)
+    trainer = Trainer(model, build_method("gem", {"rank": 2}), config, torch.device("cpu"), 5)
+    trainer.prepare(1)
+    return trainer
+
+
+def _trained_gradients(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def _rank_trainer_step(rank: int, size: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    world = distributed.join(rank, size, port, timeout_s=60)
+    try:
+        trainer = _trainer()
+        trainer.train_forward = distributed.wrap(trainer.model, world)
+        trainer.train_step(_rank_micro_batches(rank))
+        if world.is_leader:
+            torch.save(_trained_gradients(trainer), out)
+    finally:
+        distributed.leave()
+
+
+@pytest.mark.slow
+def test_ranks_with_unequal_labelled_micro_batches_average_once_a_step(tmp_path):
+    """Rank 0 runs two passes, rank 1 one (its other crop is unlabelled): gradients stay local until
+    a step's last pass, so the ranks meet once and average the whole step's gradients (before, rank 0's
+    second exchange had no partner)."""
+    out = str(tmp_path / "ddp_step_grads.pt")
+    port = distributed.free_port()
+    followers = distributed.spawn_followers(_rank_trainer_step, 2, port, out)
+    _rank_trainer_step(0, 2, port, out)
+    distributed.wait_followers(followers)
+
+    local = []
+    for rank in range(2):
+        trainer = _trainer()
+        trainer.train_step(_rank_micro_batches(rank))
+        local.append(_trained_gradients(trainer))
+    parallel = torch.load(out, weights_only=True)
+    assert parallel.keys() == local[0].keys() == local[1].keys()
+    for name, grad in parallel.items():
+        torch.testing.assert_close(grad, (local[0][name] + local[1][name]) / 2, rtol=1e-4, atol=1e-6, msg=name)
+    assert any(not torch.allclose(local[0][n], local[1][n]) for n in parallel)
+
+
 def test_rank_slices_of_the_global_batches_are_what_one_process_draws():
     dataset = list(range(13))
     one = torch.utils.data.DataLoader(dataset, batch_size=6, shuffle=True, drop_last=True,

@@ -158,11 +158,13 @@ class Trainer:
         for first in range(0, len(labelled_batches), cfg.micro_batches_per_pass):
             group = labelled_batches[first:first + cfg.micro_batches_per_pass]
             batch = to_device(concat_batches([b for b, _ in group]), self.device)
+            last = first + cfg.micro_batches_per_pass >= len(labelled_batches)
             try:
-                with self._autocast():
-                    logits = self.train_forward(model_inputs(batch))
-                    loss = self._pass_loss(logits, batch["segment"], group, total)
-                self.scaler.scale(loss).backward()
+                with self._gradients_kept_local(not last):
+                    with self._autocast():
+                        logits = self.train_forward(model_inputs(batch))
+                        loss = self._pass_loss(logits, batch["segment"], group, total)
+                    self.scaler.scale(loss).backward()
             except torch.cuda.OutOfMemoryError as err:
                 raise PeftbenchError(
                     f"out of GPU memory in a training pass of {len(group)} micro-batch(es), "
@@ -182,6 +184,13 @@ class Trainer:
         self._synchronize()
         self.step_times.append(time.perf_counter() - start)
         return float(batch_loss)
+
+    def _gradients_kept_local(self, local: bool):
+        """Under data parallel, every pass but a step's last accumulates its gradients locally: the
+        ranks average once a step (the same sum), and a rank whose crops left a micro-batch without
+        labels (fewer passes) still meets the others at that one exchange instead of hanging them."""
+        no_sync = getattr(self.train_forward, "no_sync", None)
+        return no_sync() if local and no_sync is not None else contextlib.nullcontext()
 
     def _pass_loss(self, logits: torch.Tensor, segment: torch.Tensor, group: list[tuple[dict, int]],
                    total: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 """Seconds per scene of Sonata's voting test (13 augmentations x fragments) per ``fragments_per_pass``.
 
 A Sonata-size PTv3 (random init, a method applied) votes synthetic rooms as a paper trial's final
-test does (``train.test_fragments_per_pass``), timed per scene with the peak memory, and the
-summed probabilities of each setting compared with one fragment per pass.
+test does (``train.test_fragments_per_pass``), timed per scene with the peak memory; each setting's
+predictions (argmax) are compared with the first setting's.
 
     python scripts/voting_bench.py --per-pass 1 4 8 --scenes 2 --points-per-m2 1400 --json out.json
 """

@@ -185,7 +185,7 @@ class Trainer:
         self.step_times.append(time.perf_counter() - start)
         return float(batch_loss)
 
-    def _gradients_kept_local(self, local: bool):
+    def _gradients_kept_local(self, local: bool) -> contextlib.AbstractContextManager:
         """Under data parallel, every pass but a step's last accumulates its gradients locally: the
         ranks average once a step (the same sum), and a rank whose crops left a micro-batch without
         labels (fewer passes) still meets the others at that one exchange instead of hanging them."""

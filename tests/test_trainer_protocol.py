@@ -89,6 +89,32 @@ def test_micro_batches_per_pass_must_divide_accumulate():
         TrainConfig(batch_size=24, accumulate=8, micro_batches_per_pass=0)
 
 
+def test_validation_in_batches_scores_as_one_scene_at_a_time():
+    """``train.val_batch_size``: scenes of unequal size in one forward, each mapped back to its own
+    original points (``inverse`` shifted per scene): the same confusion as one scene per forward."""
+    import numpy as np
+
+    from peftbench.data.collate import collate_points
+    from peftbench.data.transforms import sonata_val_transform
+
+    def scene(seed: int, n: int) -> dict:
+        rng = np.random.default_rng(seed)
+        return {"coord": (rng.random((n, 3)) * [1.2, 1.0, 0.6]).astype(np.float32),
+                "color": rng.integers(0, 256, (n, 3)).astype(np.uint8),
+                "normal": rng.normal(size=(n, 3)).astype(np.float32), "segment": rng.integers(-1, 5, n)}
+
+    samples = [sonata_val_transform(0.1)(scene(seed, n), np.random.default_rng(seed))
+               for seed, n in enumerate([900, 400, 700])]
+    assert all(len(s["inverse"]) > len(s["coord"]) for s in samples)  # several points per voxel
+    trainer = _trainer(TrainConfig(epochs=1, val_batch_size=2))
+    _, one_each = trainer.evaluate([collate_points([s]) for s in samples])
+    _, batched = trainer.evaluate([collate_points(samples[:2]), collate_points(samples[2:])])
+    assert int(one_each.sum()) == sum(int((s["origin_segment"] >= 0).sum()) for s in samples)
+    assert torch.equal(batched, one_each)
+    with pytest.raises(PeftbenchError, match="val_batch_size must be an integer >= 1"):
+        TrainConfig(val_batch_size=0)
+
+
 def test_out_of_gpu_memory_in_a_pass_says_what_to_lower(monkeypatch):
     trainer = _trainer(TrainConfig(epochs=1, batch_size=4, accumulate=2, micro_batches_per_pass=2))
     trainer.prepare(1)

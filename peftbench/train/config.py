@@ -43,6 +43,7 @@ class TrainConfig:
     amp: bool = True                     # autocast on CUDA only
     amp_dtype: str = "float16"           # Sonata's; bfloat16 once measured as accurate and not slower
     eval_every: int = 1
+    val_batch_size: int = 1              # validation scenes per forward (Pointcept: 1)
     num_workers: int = 0
     mix_prob: float = 0.0                # Mix3D-style merging of scene pairs, within each micro-batch
     grid_size: float = 0.02

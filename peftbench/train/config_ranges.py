@@ -21,7 +21,7 @@ def _rule(test: Callable[[Any], bool], text: str, *names: str) -> None:
 
 
 _rule(lambda v: v >= 1, "an integer >= 1", "epochs", "batch_size", "steps_per_epoch", "eval_every", "point_max",
-      "micro_batches_per_pass", "test_fragments_per_pass")
+      "micro_batches_per_pass", "test_fragments_per_pass", "val_batch_size")
 _rule(lambda v: v >= 0, "an integer >= 0", "num_workers")
 _rule(lambda v: v > 0, "a number > 0", "lr", "method_lr", "grid_size", "div_factor", "final_div_factor")
 _rule(lambda v: v >= 0, "a number >= 0", "backbone_lr", "weight_decay", "grad_clip", "lovasz_weight")

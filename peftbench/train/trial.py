@@ -17,6 +17,7 @@ from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.compiled import compile_blocks
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
+from peftbench.data.collate import collate_points
 from peftbench.data.prefetch import EpochBatches
 from peftbench.data.sources import (batches, build_split, build_test_set, build_train_set, dataset_kind,
                                    prepare_dataset, resolve_file)
@@ -92,7 +93,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     train_set, split_record = build_train_set(dataset, spec.get("split", "full"), cfg.grid_size, cfg.point_max,
                                               seed, cfg.augment)
     val_set = build_split(dataset, dataset["val_split"], False, cfg.grid_size, cfg.point_max, seed)
-    val_loader = batches(val_set, 1, False, seed, 0, False, cfg.num_workers)
+    val_loader = batches(val_set, cfg.val_batch_size, False, seed, 0, False, cfg.num_workers)
 
     is_pretrain = spec["kind"] == "pretrain"
     model = build_model(spec, len(classes))
@@ -173,7 +174,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     final = {"test/mIoU": scores["mIoU"], "test/mAcc": scores["mAcc"], "test/allAcc": scores["allAcc"],
              **{f"test/iou/{name}": iou for name, iou in zip(classes, scores["iou"])},
              "test/checkpoint_epoch": tested_epoch, **trainer.efficiency(), "eff/peak_mem_mb": peak.megabytes(),
-             "eff/latency_ms": trainer.latency_ms(next(iter(val_loader))), "time/train_s": train_s}
+             "eff/latency_ms": trainer.latency_ms(collate_points([val_set[0]])), "time/train_s": train_s}  # one scene
     recorder.log_metrics(final)
     recorder.log_dict({"classes": list(classes), "matrix": confusion.tolist()}, "confusion_matrix.json")
     if is_pretrain:

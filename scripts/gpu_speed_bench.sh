@@ -7,7 +7,8 @@
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
 #              once per PASSES value (train.micro_batches_per_pass, default "1 4")
-#   voting     Sonata's voting test per train.test_fragments_per_pass (scripts/voting_bench.py, VOTING="1 4 8")
+#   eval       validation per train.val_batch_size (VAL_BATCH="1 4 8") and Sonata's voting test per
+#              train.test_fragments_per_pass (VOTING="1 4 8"), seconds a scene (scripts/eval_bench.py)
 #   conv       spconv's backward against ours per level (scripts/conv_backward_bench.py); rconv: deepest level first
 #   host       the host's time per function (scripts/host_profile.py)
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
@@ -67,8 +68,8 @@ if has ptrials; then  # PASSES: train.micro_batches_per_pass values to run the p
 fi
 has host && stamp "host profile" && timeout 240 python3 scripts/host_profile.py --half-frozen \
   --workloads ${HOST_WORKLOADS:-frozen:infer:1 frozen:train:3 gem:train:3} --json "$OUT/host.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-has voting && stamp voting && timeout 240 python3 scripts/voting_bench.py --per-pass ${VOTING:-1 4 8} --scenes 2 \
-  --json "$OUT/voting.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+has eval && stamp eval && timeout 300 python3 scripts/eval_bench.py --val-batch ${VAL_BATCH:-1 4 8} \
+  --per-pass ${VOTING:-1 4 8} --scenes 8 --json "$OUT/eval.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has conv && stamp "conv backward" && timeout 120 python3 scripts/conv_backward_bench.py --json "$OUT/conv.json" 2>&1 \
   | grep -Ev "$F" | tee -a "$LOG"
 has rconv && stamp "conv backward, deepest level first" && timeout 120 python3 scripts/conv_backward_bench.py --reverse \

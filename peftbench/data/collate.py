@@ -66,7 +66,7 @@ def concat_batches(batches: list[dict]) -> dict:
     out: dict = {}
     points = origin = 0
     for batch in batches:
-        shifts = {"offset": points, "inverse": points, "origin_offset": origin}
+        shifts = {"offset": points, "origin_offset": origin, **dict.fromkeys(SHIFTED_BY_POINTS, points)}
         for key, value in batch.items():
             if key in shifts and isinstance(value, torch.Tensor):
                 value = value + shifts[key]

@@ -85,8 +85,19 @@ def main() -> int:
               f"peak {peak:.1f} GiB, predictions moved against the first setting: {100 * moved:.2f} % at most",
               flush=True)
 
-    def vote(i: int, per_pass: int) -> torch.Tensor:
-        generator = torch.Generator(device=device).manual_seed(0)
+    if args.val_batch:  # the noise floor: the first setting again with other order shuffles (a new draw moves predictions)
+        trainer.seed += 1
+        _, reshuffled = trainer.evaluate([collate_points(val[i:i + args.val_batch[0]])
+                                          for i in range(0, len(val), args.val_batch[0])])
+        trainer.seed -= 1
+        floor = float((reshuffled - first).abs().sum()) / max(2 * float(first.sum()), 1.0)
+        rows.append({"kind": "validation_reshuffled", "val_batch_size": args.val_batch[0],
+                     "share_moved_against_first": floor})
+        print(f"validation, {args.val_batch[0]:>2} scenes a forward, other shuffles: predictions moved {100 * floor:.2f} % "
+              "at most (the noise floor)", flush=True)
+
+    def vote(i: int, per_pass: int, shuffle_seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator(device=device).manual_seed(shuffle_seed)
         return vote_scene(model, scenes[i], CLASSES, device=device, generator=generator, rng=np.random.default_rng([0, i]),
                           amp=amp, amp_dtype=trainer.amp_dtype, fragments_per_pass=per_pass)
 
@@ -105,6 +116,13 @@ def main() -> int:
                      "argmax_agreement_with_first": agree})
         print(f"voting, {per_pass:>2} fragments a pass: {np.median(seconds):.2f} s a scene (median of {len(seconds)}), "
               f"peak {max(peaks):.1f} GiB, argmax agreement with the first setting: {agree:.4f}", flush=True)
+    if first is not None:
+        other = [vote(i, args.per_pass[0], shuffle_seed=1).cpu() for i in range(len(first))]
+        floor = float(np.mean([(p.argmax(1) == q.argmax(1)).float().mean().item() for p, q in zip(other, first)]))
+        rows.append({"kind": "voting_reshuffled", "fragments_per_pass": args.per_pass[0],
+                     "argmax_agreement_with_first": floor})
+        print(f"voting, {args.per_pass[0]:>2} fragments a pass, other shuffles: argmax agreement {floor:.4f} "
+              "(the noise floor)", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": str(device), "method": args.method,
                                          "points": [len(s["coord"]) for s in scenes], "rows": rows}, indent=1))

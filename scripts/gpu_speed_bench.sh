@@ -7,6 +7,7 @@
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
 #              once per PASSES value (train.micro_batches_per_pass, default "1 4")
+#   loader     the paper-shaped suite's training loader, scenes/s with 1 and 12 workers (scripts/loader_throughput.py)
 #   eval       validation per train.val_batch_size (VAL_BATCH="1 4 8") and Sonata's voting test per
 #              train.test_fragments_per_pass (VOTING="1 4 8"), seconds a scene (scripts/eval_bench.py)
 #   conv       spconv's backward against ours per level (scripts/conv_backward_bench.py); rconv: deepest level first
@@ -56,6 +57,8 @@ trials() {  # $1: suite, $2: json suffix
 sed -e 's/gpu-target-dense, scenes: {train: 24, val: 4}/gpu-target-paper, scenes: {train: 72, val: 4}/' \
   -e 's/^  epochs: 4/  epochs: 3/' -e 's/^  batch_size: 2/  batch_size: 24\n  accumulate: 8\n  mix_prob: 0.8/' \
   -e 's/^  eval_every: 4 /  eval_every: 3 /' /tmp/gpu_speed.yaml > /tmp/gpu_speed_paper.yaml
+has loader && stamp loader && timeout 200 python3 scripts/loader_throughput.py /tmp/gpu_speed_paper.yaml --workers 1 12 \
+  --json "$OUT/loader.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has probe && probe /tmp/gpu_speed.yaml ""
 has cprobe && probe /tmp/gpu_speed_c.yaml _compiled
 has trials && trials /tmp/gpu_speed.yaml ""

@@ -128,6 +128,25 @@ def test_out_of_gpu_memory_in_a_pass_says_what_to_lower(monkeypatch):
         trainer.train_step(micro)
 
 
+def test_confusion_matrix_counts_pairs_and_drops_ignored_points():
+    from peftbench.train.metrics import confusion_matrix
+
+    target = torch.tensor([0, 1, 1, 2, -1, 2, 2])
+    pred = torch.tensor([0, 1, 2, 2, 1, 0, 2])
+    assert confusion_matrix(pred, target, 3).tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 2]]
+
+
+def test_out_of_gpu_memory_in_validation_says_what_to_lower(monkeypatch):
+    trainer = _trainer(TrainConfig(epochs=1, val_batch_size=2))
+
+    def out_of_memory(inputs, generator=None):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(trainer.model, "forward", out_of_memory)
+    batch = random_scene_batch(sizes=(120, 80), seed=0)
+    with pytest.raises(PeftbenchError, match=r"validating 2 scene\(s\), 200 points: lower train.val_batch_size \(now 2\)"):
+        trainer.evaluate([batch])
+
+
 def test_accumulation_steps_per_total_batch():
     """Four micro-batches at accumulate 2: two optimizer steps, the schedule counts two."""
     _, first, second = _scenes_with_ignored_points()

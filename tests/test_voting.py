@@ -209,3 +209,33 @@ def test_fragments_per_pass_is_a_whole_number_of_fragments():
     assert TrainConfig(test_fragments_per_pass=8).test_fragments_per_pass == 8
     with pytest.raises(PeftbenchError, match="test_fragments_per_pass must be an integer >= 1"):
         TrainConfig(test_fragments_per_pass=0)
+
+
+class OutOfMemoryAbove(nn.Module):
+    """``Constant`` that runs out of GPU memory (a stand-in) on more than ``limit`` fragments a pass."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit, self.calls = limit, []
+
+    def forward(self, data: dict, generator=None) -> torch.Tensor:
+        self.calls.append(len(data["offset"]))
+        if len(data["offset"]) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return Constant()(data)
+
+
+def test_a_voting_pass_out_of_gpu_memory_is_split_in_halves():
+    """8 fragments a pass on a model that fits 2: the first pass splits 8 -> 4 -> 2, later passes
+    start at 2, and every point gets the votes of one fragment a pass."""
+    data = lattice_scene(1)
+    augmentations = test_augmentations()[:3]
+    one = vote_scene(Constant(), data, K, grid_size=0.02, augmentations=augmentations, rng=np.random.default_rng(0))
+    model = OutOfMemoryAbove(2)
+    split = vote_scene(model, data, K, grid_size=0.02, augmentations=augmentations, rng=np.random.default_rng(0),
+                       fragments_per_pass=8)
+    assert model.calls[:3] == [8, 4, 2] and 8 not in model.calls[3:] and 4 not in model.calls[3:]
+    assert torch.equal(split, one)
+    with pytest.raises(PeftbenchError, match="out of GPU memory voting one fragment of .* test_protocol: single"):
+        vote_scene(OutOfMemoryAbove(0), data, K, grid_size=0.02, augmentations=augmentations,
+                   rng=np.random.default_rng(0), fragments_per_pass=4)

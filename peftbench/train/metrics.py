@@ -9,10 +9,14 @@ import torch
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                      ignore_index: int = -1) -> torch.Tensor:
-    """(K, K) counts, rows = ground truth, columns = prediction; ignored targets dropped."""
-    valid = target != ignore_index
-    index = target[valid].long() * num_classes + pred[valid].long()
-    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes).cpu()
+    """(K, K) counts on ``pred``'s device, rows = ground truth, columns = prediction; ignored targets
+    dropped. No host sync (no boolean indexing, no ``bincount`` size read back): a GPU evaluation
+    keeps queueing work."""
+    cells = num_classes * num_classes
+    index = torch.where(target != ignore_index, target.long() * num_classes + pred.long(), cells)  # cells: dropped
+    counts = torch.zeros(cells + 1, dtype=torch.long, device=pred.device)
+    counts.index_add_(0, index, torch.ones_like(index))
+    return counts[:cells].view(num_classes, num_classes)
 
 
 def scores_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, float | list[float]]:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from peftbench.data import concat_batches
+from peftbench.data.prefetch import prefetch_to_device
 from peftbench.errors import PeftbenchError
 from peftbench.method import Method, load_method_state_dict, method_state_dict
 from peftbench.progress import report_progress
@@ -216,15 +217,20 @@ class Trainer:
         """Single-pass evaluation on every original point (grid-sampled prediction mapped back)."""
         self.model.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.seed)  # reproducible shuffles
-        confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long)
-        for batch in loader:
-            batch = to_device(batch, self.device)
-            with self._autocast():
-                pred = self.model(model_inputs(batch), generator).argmax(dim=-1)
+        confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+        for batch in prefetch_to_device(loader, self.device):  # the next scenes pinned and copied meanwhile
+            try:
+                with self._autocast():
+                    pred = self.model(model_inputs(batch), generator).argmax(dim=-1)
+            except torch.cuda.OutOfMemoryError as err:
+                raise PeftbenchError(
+                    f"out of GPU memory validating {len(batch['offset'])} scene(s), {int(batch['coord'].shape[0])} "
+                    f"points: lower train.val_batch_size (now {self.config.val_batch_size})") from err
             target = batch["segment"]
             if "inverse" in batch and "origin_segment" in batch:
                 pred, target = pred[batch["inverse"]], batch["origin_segment"]
             confusion += confusion_matrix(pred, target, self.num_classes)
+        confusion = confusion.cpu()
         return scores_from_confusion(confusion), confusion
 
     @torch.no_grad()

@@ -35,6 +35,7 @@ from peftbench.data import (
     mix3d_collate,
     sonata_train_transform,
     sonata_val_transform,
+    split_batch,
     write_synthetic_dataset,
 )
 from peftbench.data.synthetic import scene_seed
@@ -465,3 +466,19 @@ def test_loader_over_synthetic_data(tmp_path):
     assert batch["offset"].tolist() == [5000, 10000] and batch["feat"].shape == (10000, 9)
     assert batch["segment"].min() >= -1 and batch["segment"].max() < 12
     assert math.isfinite(batch["coord"].abs().max().item())
+
+
+def test_split_batch_gives_each_scene_its_own_collate():
+    """The inverse of collation (evaluation's out-of-memory halves): each part equals the scene
+    collated alone (``inverse`` moved back, ``origin_segment`` cut at ``origin_offset``), and the
+    parts joined give the batch back."""
+    samples = [{**sample(n, n_original, name), "origin_segment": torch.arange(n_original) + 10 * n}
+               for n, n_original, name in ((5, 9, "a"), (3, 4, "b"), (4, 6, "c"))]
+    batch = collate_points(samples)
+    parts = split_batch(batch)
+    assert len(parts) == 3
+    for part, alone in zip(parts, (collate_points([s]) for s in samples)):
+        assert part.keys() == alone.keys() and part["name"] == alone["name"]
+        assert all(torch.equal(part[k], alone[k]) for k in alone if k != "name")
+    joined = concat_batches(parts)
+    assert all(torch.equal(joined[k], batch[k]) for k in batch if k != "name") and joined["name"] == ["a", "b", "c"]

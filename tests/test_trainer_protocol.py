@@ -89,12 +89,10 @@ def test_micro_batches_per_pass_must_divide_accumulate():
         TrainConfig(batch_size=24, accumulate=8, micro_batches_per_pass=0)
 
 
-def test_validation_in_batches_scores_as_one_scene_at_a_time():
-    """``train.val_batch_size``: scenes of unequal size in one forward, each mapped back to its own
-    original points (``inverse`` shifted per scene): the same confusion as one scene per forward."""
+def _validation_samples() -> list[dict]:
+    """Three validation scenes of unequal size, several original points per voxel."""
     import numpy as np
 
-    from peftbench.data.collate import collate_points
     from peftbench.data.transforms import sonata_val_transform
 
     def scene(seed: int, n: int) -> dict:
@@ -103,8 +101,16 @@ def test_validation_in_batches_scores_as_one_scene_at_a_time():
                 "color": rng.integers(0, 256, (n, 3)).astype(np.uint8),
                 "normal": rng.normal(size=(n, 3)).astype(np.float32), "segment": rng.integers(-1, 5, n)}
 
-    samples = [sonata_val_transform(0.1)(scene(seed, n), np.random.default_rng(seed))
-               for seed, n in enumerate([900, 400, 700])]
+    return [sonata_val_transform(0.1)(scene(seed, n), np.random.default_rng(seed))
+            for seed, n in enumerate([900, 400, 700])]
+
+
+def test_validation_in_batches_scores_as_one_scene_at_a_time():
+    """``train.val_batch_size``: scenes of unequal size in one forward, each mapped back to its own
+    original points (``inverse`` shifted per scene): the same confusion as one scene per forward."""
+    from peftbench.data.collate import collate_points
+
+    samples = _validation_samples()
     assert all(len(s["inverse"]) > len(s["coord"]) for s in samples)  # several points per voxel
     trainer = _trainer(TrainConfig(epochs=1, val_batch_size=2))
     _, one_each = trainer.evaluate([collate_points([s]) for s in samples])
@@ -136,15 +142,28 @@ def test_confusion_matrix_counts_pairs_and_drops_ignored_points():
     assert confusion_matrix(pred, target, 3).tolist() == [[1, 0, 0], [0, 1, 1], [1, 0, 2]]
 
 
-def test_out_of_gpu_memory_in_validation_says_what_to_lower(monkeypatch):
-    trainer = _trainer(TrainConfig(epochs=1, val_batch_size=2))
+def test_validation_out_of_gpu_memory_runs_in_halves_with_the_same_scores():
+    """Three scenes in one forward on a model that fits one (a stand-in out-of-memory): a warning,
+    then the confusion of one scene a forward; one scene that does not fit names what to do."""
+    from peftbench.data.collate import collate_points
 
-    def out_of_memory(inputs, generator=None):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    monkeypatch.setattr(trainer.model, "forward", out_of_memory)
-    batch = random_scene_batch(sizes=(120, 80), seed=0)
-    with pytest.raises(PeftbenchError, match=r"validating 2 scene\(s\), 200 points: lower train.val_batch_size \(now 2\)"):
-        trainer.evaluate([batch])
+    samples = _validation_samples()
+    trainer = _trainer(TrainConfig(epochs=1, val_batch_size=3))
+    _, one_each = trainer.evaluate([collate_points([s]) for s in samples])
+    forward, calls = trainer.model.forward, []
+
+    def fits_one(data, generator=None):
+        calls.append(len(data["offset"]))
+        if len(data["offset"]) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return forward(data, generator)
+    trainer.model.forward = fits_one
+    with pytest.warns(RuntimeWarning, match="out of GPU memory on 3 validation scenes in one forward; going on with 1"):
+        _, split = trainer.evaluate([collate_points(samples)])
+    assert calls == [3, 1, 1, 1] and torch.equal(split, one_each)
+    trainer.model.forward = lambda data, generator=None: fits_one({**data, "offset": data["offset"].repeat(2)})
+    with pytest.raises(PeftbenchError, match="out of GPU memory on one validation scene of .* more memory"):
+        trainer.evaluate([collate_points(samples[:1])])
 
 
 def test_accumulation_steps_per_total_batch():

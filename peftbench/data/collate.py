@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 SHIFTED_BY_POINTS = ("inverse",)  # values index the sample's points, so they move with the batch
+ORIGIN_KEYS = ("inverse", "origin_segment")  # one row per original point: split by origin_offset
 
 
 def _as_tensor(value: Any) -> Any:
@@ -76,6 +77,31 @@ def concat_batches(batches: list[dict]) -> dict:
     return {k: torch.cat(v) if isinstance(v[0], torch.Tensor) else
             [x for part in v for x in part] if isinstance(v[0], list) else v[0]  # a setting, e.g. grid_size
             for k, v in out.items()}
+
+
+def split_batch(batch: dict) -> list[dict]:
+    """A collated batch as one collated batch per scene (``concat_batches`` joins them back): per-point
+    tensors cut at ``offset``, ``ORIGIN_KEYS`` at ``origin_offset`` (``inverse`` moved back), per-scene
+    lists one item each, other values (settings) kept."""
+    ends = batch["offset"].tolist()
+    origin_ends = batch["origin_offset"].tolist() if "origin_offset" in batch else [0] * len(ends)
+    parts = []
+    for s, (start, end, origin_start, origin_end) in enumerate(zip([0, *ends], ends, [0, *origin_ends], origin_ends)):
+        part: dict = {}
+        for key, value in batch.items():
+            if key == "offset":
+                value = torch.tensor([end - start], device=value.device)
+            elif key == "origin_offset":
+                value = torch.tensor([origin_end - origin_start], device=value.device)
+            elif key in ORIGIN_KEYS and isinstance(value, torch.Tensor):
+                value = value[origin_start:origin_end] - (start if key in SHIFTED_BY_POINTS else 0)
+            elif isinstance(value, torch.Tensor) and value.dim() and len(value) == ends[-1]:
+                value = value[start:end]
+            elif isinstance(value, list) and len(value) == len(ends):
+                value = [value[s]]
+            part[key] = value
+        parts.append(part)
+    return parts
 
 
 def mix3d_collate(samples: list[dict], mix_prob: float, rng: np.random.Generator) -> dict:

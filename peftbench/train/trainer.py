@@ -34,6 +34,7 @@ from peftbench.progress import report_progress
 from peftbench.train.config import TrainConfig
 from peftbench.train.guard import DivergenceGuard
 from peftbench.train.losses import segmentation_loss
+from peftbench.train.memory_split import SplitOnOutOfMemory
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
 from peftbench.train.optim import build_optimizer, parameter_groups
 from peftbench.train.precision import store_frozen_weights
@@ -218,18 +219,18 @@ class Trainer:
         self.model.eval()
         generator = torch.Generator(device=self.device).manual_seed(self.seed)  # reproducible shuffles
         confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=self.device)
+
+        def forward(batch: dict) -> torch.Tensor:
+            with self._autocast():
+                return self.model(model_inputs(batch), generator).argmax(dim=-1)
+
+        validate = SplitOnOutOfMemory(forward, "validation scene")  # val_batch_size scenes, halved if they do not fit
         for batch in prefetch_to_device(loader, self.device):  # the next scenes pinned and copied meanwhile
-            try:
-                with self._autocast():
-                    pred = self.model(model_inputs(batch), generator).argmax(dim=-1)
-            except torch.cuda.OutOfMemoryError as err:
-                raise PeftbenchError(
-                    f"out of GPU memory validating {len(batch['offset'])} scene(s), {int(batch['coord'].shape[0])} "
-                    f"points: lower train.val_batch_size (now {self.config.val_batch_size})") from err
-            target = batch["segment"]
-            if "inverse" in batch and "origin_segment" in batch:
-                pred, target = pred[batch["inverse"]], batch["origin_segment"]
-            confusion += confusion_matrix(pred, target, self.num_classes)
+            for part, pred in validate(batch):
+                target = part["segment"]
+                if "inverse" in part and "origin_segment" in part:
+                    pred, target = pred[part["inverse"]], part["origin_segment"]
+                confusion += confusion_matrix(pred, target, self.num_classes)
         confusion = confusion.cpu()
         return scores_from_confusion(confusion), confusion
 

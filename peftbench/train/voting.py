@@ -6,7 +6,7 @@ then for each of the 13 augmentations (z-rotation {0, 1/2, 1, 3/2}·pi about the
 {0.95, 1, 1.05}, plus one flip of x and y) the scene is cut into ``GridSample(mode="test")``
 fragments, each fragment runs alone (batch 1, as Pointcept's tester; ``fragments_per_pass`` runs
 several as the scenes of one batch, which never interact in PTv3; halved after running out of GPU
-memory) after ``CenterShift(no z)``, and its softmax probabilities are summed into ``probs[index]``. Every point is predicted: within one augmentation a
+memory, ``memory_split``) after ``CenterShift(no z)``, and its softmax probabilities are summed into ``probs[index]``. Every point is predicted: within one augmentation a
 voxel of c points and a scene of M fragments give each of its points ``floor(M/c)`` or
 ``ceil(M/c)`` passes (exactly M passes per voxel), at least one. The argmax is scored against the
 original labels with Pointcept's metric (``peftbench.train.metrics``).
@@ -30,8 +30,9 @@ from peftbench.data.prefetch import prefetch_to_device
 from peftbench.data.transforms import CenterShift, Collect, GridSample, NormalizeColor, ToTensor
 from peftbench.errors import PeftbenchError
 from peftbench.progress import report_progress
+from peftbench.train.memory_split import SplitOnOutOfMemory
 from peftbench.train.metrics import confusion_matrix, scores_from_confusion
-from peftbench.train.trainer import model_inputs, to_device
+from peftbench.train.trainer import model_inputs
 
 TEST_PROTOCOLS = ("single", "voting")
 
@@ -77,42 +78,6 @@ def _autocast(device: torch.device, amp: bool, dtype: torch.dtype = torch.float1
     return contextlib.nullcontext()
 
 
-class _PassSplitOnOutOfMemory:
-    """One voting pass: the model on a batch of fragments, as (index, logits) parts. A pass that
-    runs out of GPU memory is split in halves (and later passes with it): the fragments never
-    interact, so only the speed changes, and a test at the end of a long trial is not lost."""
-
-    def __init__(self, model: Callable[..., torch.Tensor], device: torch.device, generator: torch.Generator | None,
-                 amp: bool, amp_dtype: torch.dtype) -> None:
-        self.model, self.device, self.generator = model, device, generator
-        self.amp, self.amp_dtype = amp, amp_dtype
-        self.limit: int | None = None  # fragments a pass after an out-of-memory split
-
-    def __call__(self, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        fragments = batch["fragments"]
-        if self.limit is not None and len(fragments) > self.limit:
-            return self._parts(fragments, self.limit)
-        try:
-            with _autocast(self.device, self.amp, self.amp_dtype):
-                logits = self.model(model_inputs(to_device(batch, self.device)), self.generator)
-            return [(batch["index"].to(self.device), logits)]
-        except torch.cuda.OutOfMemoryError as err:
-            if len(fragments) == 1:
-                raise PeftbenchError(f"out of GPU memory voting one fragment of {len(fragments[0]['coord'])} "
-                                     f"points: test with test_protocol: single, or on a larger GPU") from err
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.limit = max(len(fragments) // 2, 1)
-        return self._parts(fragments, self.limit)
-
-    def _parts(self, fragments: list[dict], size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        parts = []
-        for first in range(0, len(fragments), size):
-            group = fragments[first:first + size]
-            parts += self({**collate_points(group), "fragments": group})
-        return parts
-
-
 @torch.no_grad()
 def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int, *, grid_size: float = 0.02,
                prevoxel: float | None = None, augmentations: Sequence[Callable] | None = None,
@@ -146,12 +111,16 @@ def vote_scene(model: Callable[..., torch.Tensor], data: dict, num_classes: int,
     def passes():  # collated (and, on CUDA, pinned and copied) in prefetch's thread while the GPU runs
         stream = fragments()
         while group := list(itertools.islice(stream, fragments_per_pass)):
-            yield {**collate_points(group), "fragments": group}
+            yield collate_points(group)
 
-    vote_pass = _PassSplitOnOutOfMemory(model, device, generator, amp, amp_dtype)
+    def forward(batch: dict) -> torch.Tensor:
+        with _autocast(device, amp, amp_dtype):
+            return model(model_inputs(batch), generator)
+
+    vote_pass = SplitOnOutOfMemory(forward, "voting fragment")
     for batch in prefetch_to_device(passes(), device):
-        for index, logits in vote_pass(batch):
-            probs.index_add_(0, index, logits.float().softmax(dim=-1))
+        for part, logits in vote_pass(batch):
+            probs.index_add_(0, part["index"].to(device), logits.float().softmax(dim=-1))
     return probs if inverse is None else probs[inverse.to(device)]
 
 

@@ -77,7 +77,7 @@ def stage_ranges(model: nn.Module) -> Iterator[None]:
         (attention, "cached_patch_layout", "patch layout"), (attention, "cached_patch_padding", "patch layout"),
         (sparse_conv, "cached_neighbour_map", "neighbour maps"), (spconv_conv, "sparse_conv_tensor", "neighbour maps"),
         (spconv_conv, "cached_neighbour_table", "neighbour maps"),
-        (segmentor, "hypercolumn", "head + hypercolumn"),
+        (segmentor, "hypercolumn", "head + hypercolumn"), (segmentor, "hypercolumn_linear", "head + hypercolumn"),
     ]
     if sparse_conv.spconv_available():
         import spconv.pytorch.ops as spconv_ops

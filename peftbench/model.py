@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftbench.backbone import Point, PointTransformerV3, hypercolumn
+from peftbench.backbone import Point, PointTransformerV3, hypercolumn, hypercolumn_linear
 
 
 class Segmentor(nn.Module):
@@ -31,4 +31,6 @@ class Segmentor(nn.Module):
         return point.feat
 
     def forward(self, data: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.backbone.enc_mode:  # the head per level: no (N, 1232) hypercolumn in memory
+            return hypercolumn_linear(self.backbone(Point(data), generator), self.seg_head)
         return self.seg_head(self.features(data, generator))

@@ -367,6 +367,32 @@ def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config
     assert torch.equal(out.feat, torch.cat(expected, dim=1))
 
 
+def test_head_per_level_equals_the_head_on_the_hypercolumn(micro_config) -> None:
+    """``hypercolumn_linear`` (the Segmentor's head without the concatenation): the same logits and
+    the same gradients as the head on the concatenated hypercolumn, for several scenes (in float64, so
+    that only a real difference, not the order of a sum, can show)."""
+    from peftbench.backbone import PointTransformerV3, hypercolumn, hypercolumn_linear
+    from conftest import random_scene_batch
+
+    torch.manual_seed(0)
+    model = PointTransformerV3(**{**micro_config, "shuffle_orders": False}).double()
+    head = torch.nn.Linear(model.hypercolumn_channels, 7).double()
+    batch = random_scene_batch(sizes=(300, 200))
+    batch.update(feat=batch["feat"].double(), coord=batch["coord"].double())
+    results = []
+    for logits_of in (lambda p: head(hypercolumn(p).feat), lambda p: hypercolumn_linear(p, head)):
+        model.zero_grad()
+        head.zero_grad()
+        logits = logits_of(model(Point(dict(batch))))
+        (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)).sum().backward()
+        results.append((logits.detach(), head.weight.grad.clone(), next(model.parameters()).grad.clone()))
+    (concat, *concat_grads), (per_level, *per_level_grads) = results
+    assert per_level.dtype == torch.float64 and per_level.shape == (500, 7)
+    torch.testing.assert_close(per_level, concat, rtol=1e-10, atol=1e-10)
+    for ours, theirs in zip(per_level_grads, concat_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10 * theirs.abs().max().item())
+
+
 def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """spconv tunes its backward kernels on the first backward it runs (per channel count) and keeps
     them for every size; the runner runs one throwaway backward at the first (largest) level's size,

@@ -96,10 +96,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _summarize(summary: dict, experiment: str, tracking_uri: str | None, seconds: float) -> int:
     """The last lines of `peftbench run`, and its exit status: 130 interrupted, 1 failed trials, else 0."""
     if summary.get("interrupted"):
-        counts = summary.get("counts", {})
-        print("peftbench: interrupted: " + ", ".join(f"{n} {what}" for what, n in counts.items()
-                                                     if n or what != "failed")
-              + "; rerun the same command to run what is left", file=sys.stderr)
+        counts = ", ".join(f"{n} {what}" for what, n in summary.get("counts", {}).items() if n or what != "failed")
+        print(f"peftbench: interrupted{': ' + counts if counts else ''}; rerun the same command to run what is left",
+              file=sys.stderr)
         return 130
     _say(f"ran {summary['ran']} trials in {seconds:.0f} s; {len(summary['failed'])} failed")
     for name, error in summary["failed"]:

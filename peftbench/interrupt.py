@@ -36,3 +36,16 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def raised_by_interrupt(err: BaseException | None) -> bool:
+    """True for an interrupt, or an error raised while one was being handled: MLflow turns a
+    Ctrl-C that lands inside its database session into an ``MlflowException`` (the interrupt is in
+    its context chain), which must still end the suite as interrupted, not as a failed trial."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from peftbench.errors import PeftbenchError
+from peftbench.interrupt import raised_by_interrupt
 from peftbench.owner import this_process
 
 if TYPE_CHECKING:
@@ -299,8 +300,12 @@ class TrialRun:
             return False  # nothing of it was run again
         if exc_type is None:
             status = "FINISHED"
-        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, or Ray stopping the worker
-            status = "KILLED"
+        elif raised_by_interrupt(exc) or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Ctrl-C, Ray stopping it
+            # an interrupt inside an MLflow write can leave sqlite locked (20 s, then an error): that
+            # error must not replace the interrupt; the driver, or the next run, marks the run KILLED
+            with contextlib.suppress(Exception):
+                c.set_terminated(self.run_id, status="KILLED", end_time=_now_ms())
+            return False
         else:
             status = "FAILED"
             # Best effort: a failure while recording the failure must not hide the real error.

@@ -95,6 +95,58 @@ def test_ctrl_c_exits_130_and_says_what_finished_was_killed_and_did_not_start(st
     assert sorted(r.info.status for r in runs(store)) == ["FINISHED", "KILLED"]
 
 
+def _mlflow_error_while_interrupted() -> Exception:
+    """What MLflow raises when a Ctrl-C lands inside its database session (seen in a full test run:
+    sqlite "database is locked" or SQLAlchemy's "not on the active transaction list")."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+    except MlflowException as err:
+        return err
+
+
+def test_an_mlflow_error_raised_by_a_ctrl_c_ends_the_suite_interrupted_not_failed(store, tmp_path, monkeypatch,
+                                                                                    capsys):
+    def trial(spec, recorder, report=None, progress=None, **resume):
+        raise _mlflow_error_while_interrupted()
+
+    monkeypatch.setattr("peftbench.tune_trial.run_trial", trial)
+    suite = write_suite(tmp_path, methods=["linear", "gem"])
+    assert main(["run", str(suite), "--sequential", "--tracking-uri", store]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 0 finished, 1 killed, 1 not started" in err and "FAILED" not in err
+    assert [r.info.status for r in runs(store)] == ["KILLED"]
+
+
+def test_a_store_that_cannot_be_written_after_ctrl_c_does_not_replace_the_interrupt(store, monkeypatch):
+    """The run stays RUNNING, owned by this process: the driver or the next run marks it KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    def locked(*args, **kwargs):
+        raise _mlflow_error_while_interrupted()
+
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.TrialRun(store, "faults", "t", {}, {}):
+            monkeypatch.setattr(MlflowClient, "set_terminated", locked)
+            raise KeyboardInterrupt
+    monkeypatch.undo()
+    assert [r.info.status for r in runs(store)] == ["RUNNING"]
+
+
+def test_raised_by_interrupt_follows_the_context_chain():
+    from peftbench.interrupt import raised_by_interrupt
+
+    assert raised_by_interrupt(_mlflow_error_while_interrupted())
+    assert raised_by_interrupt(SystemExit())
+    plain = ValueError("x")
+    plain.__context__ = OSError("y")
+    assert not raised_by_interrupt(plain) and not raised_by_interrupt(None)
+
+
 def test_corrupt_store_is_one_line_naming_the_file(store, tmp_path, capsys):
     (tmp_path / "mlflow.db").write_bytes(b"this is not a database" * 100)
     suite = write_suite(tmp_path)

@@ -367,6 +367,7 @@ def console_main() -> None:
 
 def _main(argv: list[str] | None) -> int:
     from peftbench.errors import PeftbenchError
+    from peftbench.interrupt import raised_by_interrupt
 
     args = build_parser().parse_args(argv)
     try:
@@ -376,7 +377,9 @@ def _main(argv: list[str] | None) -> int:
             traceback.print_exc()
         print(f"peftbench: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException as err:  # an error raised while a Ctrl-C was handled (MLflow's) is the Ctrl-C
+        if not raised_by_interrupt(err) or isinstance(err, SystemExit):
+            raise
         print("peftbench: interrupted", file=sys.stderr)
         return 130
 

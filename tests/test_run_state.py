@@ -137,6 +137,15 @@ def test_a_store_that_cannot_be_written_after_ctrl_c_does_not_replace_the_interr
     assert [r.info.status for r in runs(store)] == ["RUNNING"]
 
 
+def test_ctrl_c_inside_mlflow_during_any_command_exits_130_without_a_traceback(store, monkeypatch, capsys):
+    def report(*args, **kwargs):
+        raise _mlflow_error_while_interrupted()
+
+    monkeypatch.setattr("peftbench.report.write_report", report)
+    assert main(["report", "faults", "--tracking-uri", store]) == 130
+    assert capsys.readouterr().err == "peftbench: interrupted\n"
+
+
 def test_raised_by_interrupt_follows_the_context_chain():
     from peftbench.interrupt import raised_by_interrupt
 

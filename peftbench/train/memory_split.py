@@ -43,4 +43,5 @@ class SplitOnOutOfMemory:
 
     def _in_parts(self, batch: dict, size: int) -> list[tuple[dict, torch.Tensor]]:
         scenes = split_batch(batch)
-        return [pair for first in range(0, len(scenes), size) for pair in self(concat_batches(scenes[first:first + size]))]
+        return [pair for first in range(0, len(scenes), size)
+                for pair in self(concat_batches(scenes[first:first + size]))]

@@ -6,10 +6,11 @@ then for each of the 13 augmentations (z-rotation {0, 1/2, 1, 3/2}·pi about the
 {0.95, 1, 1.05}, plus one flip of x and y) the scene is cut into ``GridSample(mode="test")``
 fragments, each fragment runs alone (batch 1, as Pointcept's tester; ``fragments_per_pass`` runs
 several as the scenes of one batch, which never interact in PTv3; halved after running out of GPU
-memory, ``memory_split``) after ``CenterShift(no z)``, and its softmax probabilities are summed into ``probs[index]``. Every point is predicted: within one augmentation a
-voxel of c points and a scene of M fragments give each of its points ``floor(M/c)`` or
-``ceil(M/c)`` passes (exactly M passes per voxel), at least one. The argmax is scored against the
-original labels with Pointcept's metric (``peftbench.train.metrics``).
+memory, ``memory_split``) after ``CenterShift(no z)``, and its softmax probabilities are summed into
+``probs[index]``. Every point is predicted: within one augmentation a voxel of c points and a scene
+of M fragments give each of its points ``floor(M/c)`` or ``ceil(M/c)`` passes (exactly M passes per
+voxel), at least one. The argmax is scored against the original labels with Pointcept's metric
+(``peftbench.train.metrics``).
 
 S3DIS 6-fold: ``combine_folds`` sums the confusion matrices of the six held-out areas (Pointcept's
 ``test_s3dis_6fold.py`` sums intersection/union/target, the same numbers).

@@ -393,6 +393,23 @@ def test_head_per_level_equals_the_head_on_the_hypercolumn(micro_config) -> None
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10 * theirs.abs().max().item())
 
 
+def test_head_per_level_sums_in_float32_under_autocast(micro_config) -> None:
+    """Under autocast each level's term runs in the autocast dtype, their sum in float32: the logits
+    are float32 and agree with the head on the hypercolumn to the autocast dtype's precision."""
+    from peftbench.backbone import PointTransformerV3, hypercolumn, hypercolumn_linear
+    from conftest import random_scene_batch
+
+    torch.manual_seed(0)
+    model = PointTransformerV3(**{**micro_config, "shuffle_orders": False}).eval()
+    head = torch.nn.Linear(model.hypercolumn_channels, 7)
+    batch = random_scene_batch(sizes=(300, 200))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        per_level = hypercolumn_linear(model(Point(dict(batch))), head)
+        concat = head(hypercolumn(model(Point(dict(batch)))).feat)
+    assert per_level.dtype == torch.float32 and concat.dtype == torch.bfloat16
+    torch.testing.assert_close(per_level, concat.float(), rtol=0.05, atol=0.05 * concat.abs().max().item())
+
+
 def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """spconv tunes its backward kernels on the first backward it runs (per channel count) and keeps
     them for every size; the runner runs one throwaway backward at the first (largest) level's size,

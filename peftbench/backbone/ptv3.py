@@ -194,8 +194,9 @@ def hypercolumn(point: Point) -> Point:
 def hypercolumn_linear(point: Point, head: nn.Linear) -> torch.Tensor:
     """``head(hypercolumn(point).feat)`` without the concatenation: each level's slice of the head's
     weight is applied at that level and its (cells, classes) result gathered to the finest sites.
-    The same sum, without the (N, 1232) hypercolumn and its gathered parts (0.75 GB each in fp16 for
-    three 102k-point scenes). Logits at least float32: the levels' terms are added in float32 under autocast."""
+    The same sum, without the (N, 1232) hypercolumn and its gathered parts (0.75 GB for three
+    102k-point scenes in fp16, kept for the backward). Logits at least float32: the levels' terms are
+    added in float32 under autocast."""
     levels, maps = _levels_finest_first(point)
     weights = head.weight.split([level.feat.shape[-1] for level in levels], dim=1)
     logits = None

@@ -64,6 +64,10 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
             summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler, address)
         except KeyboardInterrupt:
             summary = {"ran": 0, "failed": [], "interrupted": True}
+        except Exception as err:
+            if not raised_by_interrupt(err):  # an MLflow error raised by a Ctrl-C in the driver is the Ctrl-C
+                raise
+            summary = {"ran": 0, "failed": [], "interrupted": True}
         if summary.get("interrupted"):
             summary["counts"] = _close_interrupted(uri, experiment, driver, todo, say)
         superseded = run_state.remove_duplicate_finished(uri, experiment)  # --rerun, or an older store
@@ -88,6 +92,8 @@ def _close_interrupted(uri: str, experiment: str, driver: str, todo: list[dict[s
     except Exception as err:  # noqa: BLE001 - the interrupt is what the user must see
         say(f"note: could not mark the interrupted runs KILLED now ({type(err).__name__}); "
             "the next `peftbench run` of this suite does")
+        return {}
+    if not todo:  # interrupted before the trials to run were known: no counts to give
         return {}
     counts = Counter(status.get(s["fingerprint"], "not started") for s in todo)
     return {"finished": counts["FINISHED"], "failed": counts["FAILED"], "killed": counts["KILLED"],

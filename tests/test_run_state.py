@@ -122,6 +122,18 @@ def test_an_mlflow_error_raised_by_a_ctrl_c_ends_the_suite_interrupted_not_faile
     assert [r.info.status for r in runs(store)] == ["KILLED"]
 
 
+def test_an_mlflow_error_raised_by_a_ctrl_c_in_the_driver_closes_the_session_as_interrupted(store, tmp_path,
+                                                                                          monkeypatch, capsys):
+    def finished(*args, **kwargs):  # the driver's own MLflow query, interrupted
+        raise _mlflow_error_while_interrupted()
+
+    monkeypatch.setattr(tracking, "finished_fingerprints", finished)
+    suite = write_suite(tmp_path, methods=["linear", "gem"])
+    assert main(["run", str(suite), "--sequential", "--tracking-uri", store]) == 130
+    assert capsys.readouterr().err == "peftbench: interrupted; rerun the same command to run what is left\n"
+    assert runs(store) == []
+
+
 def test_a_store_that_cannot_be_written_after_ctrl_c_does_not_replace_the_interrupt(store, monkeypatch):
     """The run stays RUNNING, owned by this process: the driver or the next run marks it KILLED."""
     from mlflow.tracking import MlflowClient

@@ -377,8 +377,8 @@ def _main(argv: list[str] | None) -> int:
             traceback.print_exc()
         print(f"peftbench: error: {err}", file=sys.stderr)
         return 2
-    except BaseException as err:  # an error raised while a Ctrl-C was handled (MLflow's) is the Ctrl-C
-        if not raised_by_interrupt(err) or isinstance(err, SystemExit):
+    except (KeyboardInterrupt, Exception) as err:  # an error raised while a Ctrl-C was handled is the Ctrl-C
+        if not raised_by_interrupt(err):
             raise
         print("peftbench: interrupted", file=sys.stderr)
         return 130

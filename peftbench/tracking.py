@@ -300,7 +300,7 @@ class TrialRun:
             return False  # nothing of it was run again
         if exc_type is None:
             status = "FINISHED"
-        elif raised_by_interrupt(exc) or issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Ctrl-C; Ray's stop
+        elif raised_by_interrupt(exc):  # Ctrl-C, Ray stopping the worker, or an error raised by either
             # an interrupt inside an MLflow write can leave sqlite locked (20 s, then an error): that
             # error must not replace the interrupt; the driver, or the next run, marks the run KILLED
             with contextlib.suppress(Exception):

@@ -62,10 +62,8 @@ def run_suite(suite: Suite, specs: list[dict[str, Any]], uri: str, say: Say, seq
         todo: list[dict[str, Any]] = []
         try:
             summary = _run_todo(suite, specs, uri, say, sequential, rerun, driver, todo, scheduler, address)
-        except KeyboardInterrupt:
-            summary = {"ran": 0, "failed": [], "interrupted": True}
-        except Exception as err:
-            if not raised_by_interrupt(err):  # an MLflow error raised by a Ctrl-C in the driver is the Ctrl-C
+        except (KeyboardInterrupt, Exception) as err:
+            if not raised_by_interrupt(err):  # an MLflow error raised by a Ctrl-C is the Ctrl-C
                 raise
             summary = {"ran": 0, "failed": [], "interrupted": True}
         if summary.get("interrupted"):
@@ -144,8 +142,8 @@ def _run_sequential(todo, uri, experiment, say: Say, driver: str) -> dict[str, A
             final = tracked_trial(spec, uri, experiment, progress=steps, extra_tags={tracking.DRIVER_TAG: driver})
             suite_bar.finished_trial(spec["run_name"], final["test/mIoU"])
         except Exception as err:  # noqa: BLE001 - a failed trial is recorded; the suite goes on
-            if raised_by_interrupt(err):
-                raise KeyboardInterrupt(str(err)) from err
+            if raised_by_interrupt(err):  # not a failed trial: run_suite ends the suite as interrupted
+                raise
             message = str(err) if isinstance(err, PeftbenchError) else f"{type(err).__name__}: {err}"
             failed.append((spec["run_name"], message))
             suite_bar.finished_trial(spec["run_name"], error=message)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
-from peftbench.backbone.latent_attention import cached_off_scene_mask, scene_latent_attention
+from peftbench.backbone.latent_attention import cached_off_scene_bias, scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -110,14 +110,17 @@ class ContextAdapter(nn.Module):
     def forward(self, point, h: torch.Tensor) -> torch.Tensor:
         if self.bank is not None:
             self.bank(point)
-        k = self.k(h)                                                   # projections: autocast dtype
-        v = self.v(h) if hasattr(self, "v") else None                   # None: the keys double as values
-        q = self.q(h) if hasattr(self, "q") else None                   # None: the keys double as queries
+        # the projections as one matmul in the autocast dtype (one cast of h, one product and one
+        # cast in, each with its backward, instead of one per projection), split in float32
+        names = [name for name in ("k", "v", "q") if hasattr(self, name)]
+        weight = torch.cat([getattr(self, name).weight for name in names]) if len(names) > 1 else self.k.weight
+        parts = dict(zip(names, nn.functional.linear(h, weight).float().split(self.k.out_features, dim=-1)))
+        k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         latents = point.scene_state["gem_latents"]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
         out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale,
                                               read_updated=self.read_latents == "updated",
-                                              off_scene=cached_off_scene_mask(point, latents.shape[1]))
+                                              scene_bias=cached_off_scene_bias(point, latents.shape[1]))
         point.scene_state["gem_latents"] = latents
         return self.up(out.to(h.dtype))                                 # cast out
 

@@ -61,6 +61,22 @@ def test_spconv_backend_takes_bfloat16_features() -> None:
     torch.testing.assert_close(out.float(), conv(point, feat.bfloat16().float()).float())
 
 
+def test_spconv_computes_in_float16_under_cuda_float16_autocast_in_eval_too(monkeypatch) -> None:
+    """spconv's eval path ran float32 features (the residual stream under autocast) in float32 SIMT
+    kernels; under CUDA float16 autocast they are cast to float16, as its training path does."""
+    from peftbench.backbone.spconv_conv import spconv_dtype
+
+    assert spconv_dtype(torch.float32, "cuda") == torch.float32  # no autocast here: unchanged
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.float16)
+    assert spconv_dtype(torch.float32, "cuda") == torch.float16
+    assert spconv_dtype(torch.float16, "cuda") == torch.float16
+    assert spconv_dtype(torch.float32, "cpu") == torch.float32  # CPU spconv: as given
+    assert spconv_dtype(torch.bfloat16, "cuda") == torch.float32  # no bf16 kernels
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert spconv_dtype(torch.float32, "cuda") == torch.float32
+
+
 def test_weight_grad_in_chunks_equals_one_chunk() -> None:
     """The chunked weight gradient (a bounded temporary per chunk of sites) sums to the whole."""
     from peftbench.backbone.gather_conv import gathered_weight_grad

@@ -37,25 +37,31 @@ def test_matches_per_scene_loop(counts: list[int], with_q: bool, read_updated: b
     torch.testing.assert_close(updated.double(), ref_updated, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_match() -> None:
+@pytest.mark.parametrize("with_q", [False, True])
+@pytest.mark.parametrize("read_updated", [False, True])
+def test_gradients_match(read_updated: bool, with_q: bool) -> None:
+    """Gradients through both score products (their -inf bias), the detached column max and the
+    read-out equal the per-scene loop's, for every input."""
     g = torch.Generator().manual_seed(0)
-    counts, m, r = [6, 4], 3, 5
+    counts, m, r = [6, 4, 5], 3, 5
     n = sum(counts)
-    batch = torch.repeat_interleave(torch.arange(2), torch.tensor(counts))
-    inputs = [torch.randn(n, r, generator=g, requires_grad=True) for _ in range(2)]
-    latents = torch.randn(2, m, r, generator=g, requires_grad=True)
-    w = torch.randn(n, r, generator=g)
-    out, upd = scene_latent_attention(inputs[0], inputs[1], None, latents, batch, 0.5, read_updated=False)
-    ours = torch.autograd.grad((out * w).sum() + upd.sum(), [*inputs, latents])
-    out, upd = _per_point(inputs[0], inputs[1], None, latents, batch, 0.5)
-    ref = torch.autograd.grad((out * w).sum() + upd.sum(), [*inputs, latents])
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    inputs = [torch.randn(n, r, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    latents = torch.randn(len(counts), m, r, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(n, r, generator=g, dtype=torch.float64)
+    q = inputs[2] if with_q else None
+    out, upd = scene_latent_attention(inputs[0], inputs[1], q, latents, batch, 0.5, read_updated=read_updated)
+    wanted = [*inputs[:2], *([q] if with_q else []), latents]
+    ours = torch.autograd.grad((out * w).sum() + (upd * upd).sum(), wanted)
+    out, upd = _per_point(inputs[0], inputs[1], q, latents, batch, 0.5, read_updated)
+    ref = torch.autograd.grad((out * w).sum() + (upd * upd).sum(), wanted)
     for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
 
 
-def test_keys_as_values_and_a_kept_mask_give_the_same_result() -> None:
-    """``v=None`` (shared_qk) is ``v=k``; a level's kept ``off_scene`` mask is the one built inside."""
-    from peftbench.backbone.latent_attention import off_scene_mask
+def test_keys_as_values_and_a_kept_bias_give_the_same_result() -> None:
+    """``v=None`` (shared_qk) is ``v=k``; a level's kept ``scene_bias`` is the one built inside."""
+    from peftbench.backbone.latent_attention import off_scene_bias
 
     g = torch.Generator().manual_seed(3)
     counts, m, r = [5, 9, 2], 4, 8
@@ -63,9 +69,10 @@ def test_keys_as_values_and_a_kept_mask_give_the_same_result() -> None:
     latents = torch.randn(len(counts), m, r, generator=g)
     batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     ref = scene_latent_attention(k, k, None, latents, batch, 0.3)
-    mask = off_scene_mask(batch, len(counts), m)
-    assert mask.shape == (sum(counts), len(counts) * m) and int((~mask).sum()) == sum(counts) * m
+    bias = off_scene_bias(batch, len(counts), m)
+    assert bias.shape == (sum(counts), len(counts) * m) and int((bias == 0).sum()) == sum(counts) * m
+    assert bool((bias[bias != 0] == float("-inf")).all())
     for got in (scene_latent_attention(k, None, None, latents, batch, 0.3),
-                scene_latent_attention(k, None, None, latents, batch, 0.3, off_scene=mask)):
+                scene_latent_attention(k, None, None, latents, batch, 0.3, scene_bias=bias)):
         torch.testing.assert_close(got[0], ref[0])
         torch.testing.assert_close(got[1], ref[1])

@@ -21,7 +21,7 @@ from peftbench.backbone.structure import Point
 
 def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latents: Tensor, batch: Tensor,
                            scale: float, read_updated: bool = True,
-                           off_scene: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                           scene_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(out, updated latents)`` for points ``k``, ``v``, ``q`` (N, r) and ``latents`` (B, m, r).
     ``v=None``: the keys double as values.
 
@@ -29,55 +29,54 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     are updated ``L <- L + context``. Each point then reads the updated latents of its scene with
     a softmax over the m latents of ``q . L_new`` (``read_updated``) or ``q . L_old``; ``q=None``
     means the keys double as queries, and with ``read_updated=False`` the read reuses the first
-    affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32. ``off_scene``:
-    ``off_scene_mask(batch, B, m)``, passed by callers that keep it for every block of a level.
+    affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32. ``scene_bias``:
+    ``off_scene_bias(batch, B, m)``, passed by callers that keep it for every block of a level.
     """
     num_scenes, m, r = latents.shape
     with torch.autocast(device_type=k.device.type, enabled=False):
         lat = latents.float().reshape(-1, r)                                       # (B*m, r)
         k = k.float()
-        keys = k * scale
-        scores = keys @ lat.T                                                       # (N, B*m)
-        if num_scenes > 1 and off_scene is None:
-            off_scene = off_scene_mask(batch, num_scenes, m)
-        exp, total = _exp_over_rows(scores if off_scene is None else scores.masked_fill(off_scene, float("-inf")))
+        if num_scenes > 1 and scene_bias is None:
+            scene_bias = off_scene_bias(batch, num_scenes, m)
+        # the scale on the (B*m, r) latents, not the (N, r) keys; the other scenes' columns at -inf
+        # by the product's own bias term: one kernel (and no masked_fill backward) per score matrix
+        scores = _scores(k, lat * scale, scene_bias)                               # (N, B*m)
+        # softmax over the points as column max / sum reductions, which use the whole GPU (torch's
+        # softmax over dim 0 parallelises over the few columns only: 23 ms of device time for GEM's
+        # branches in an H200 batch-3 forward); the shift by the max is a constant of the softmax,
+        # so no gradient goes through it
+        exp = (scores - scores.amax(dim=0, keepdim=True).detach()).exp()
+        total = exp.sum(dim=0, keepdim=True)
         # softmax-weighted sum, normalised after the sum: a sum of exps <= 1 keeps more bits
         # than a sum of N weights of ~1/N (~1e-3 off at 150k points in float32 otherwise)
         updated = torch.addcdiv(lat, exp.T @ (k if v is None else v.float()), total.T)  # lat + sum / total
         if q is None and not read_updated:
             read = scores
         else:
-            read = (keys if q is None else q.float() * scale) @ (updated if read_updated else lat).T
+            read = _scores(k if q is None else q.float(), (updated if read_updated else lat) * scale, scene_bias)
         # a softmax over all B*m columns with the other scenes' at -inf is the softmax over my m
         # latents, with zeros elsewhere: what the read-out multiplies by all B*m latents
-        spread = (read if off_scene is None else read.masked_fill(off_scene, float("-inf"))).softmax(dim=-1)
-        out = spread @ updated
+        out = read.softmax(dim=-1) @ updated
     return out, updated.view(num_scenes, m, r)
 
 
-def off_scene_mask(batch: Tensor, num_scenes: int, m: int) -> Tensor:
-    """(N, B*m) bool: True where latent column j belongs to another scene than point i."""
-    return batch.unsqueeze(1) != torch.arange(num_scenes, device=batch.device).repeat_interleave(m)
+def _scores(rows: Tensor, latents: Tensor, bias: Tensor | None) -> Tensor:
+    """``rows @ latents.T`` (+ ``bias``) in one matmul."""
+    return rows @ latents.T if bias is None else torch.addmm(bias, rows, latents.T)
 
 
-def cached_off_scene_mask(point: Point, m: int) -> Tensor | None:
-    """``off_scene_mask`` memoised in ``point["off_scene_masks"][m]`` (one per level, for all its
+def off_scene_bias(batch: Tensor, num_scenes: int, m: int) -> Tensor:
+    """(N, B*m) float32: -inf where latent column j belongs to another scene than point i, else 0."""
+    off = batch.unsqueeze(1) != torch.arange(num_scenes, device=batch.device).repeat_interleave(m)
+    return torch.zeros(off.shape, device=batch.device).masked_fill_(off, float("-inf"))
+
+
+def cached_off_scene_bias(point: Point, m: int) -> Tensor | None:
+    """``off_scene_bias`` memoised in ``point["off_scene_bias"][m]`` (one per level, for all its
     blocks); None for a single scene, where there is nothing to mask."""
     if point.num_scenes == 1:
         return None
-    cache = point.setdefault("off_scene_masks", {})
+    cache = point.setdefault("off_scene_bias", {})
     if m not in cache:
-        cache[m] = off_scene_mask(point.batch, point.num_scenes, m)
+        cache[m] = off_scene_bias(point.batch, point.num_scenes, m)
     return cache[m]
-
-
-def _exp_over_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(exp(x - column max), column sums)``: ``x.softmax(dim=0)`` is their ratio, for a tall
-    (N, few) matrix, as column reductions.
-
-    torch's softmax over dim 0 parallelises over the few columns only (on an H200 GEM's branches
-    took 23 ms of device time in a batch-3 forward with it, 3 ms at batch 1 where the mask and
-    this softmax are absent); max/sum reductions over dim 0 use the whole GPU.
-    """
-    e = (x - x.amax(dim=0, keepdim=True)).exp()
-    return e, e.sum(dim=0, keepdim=True)

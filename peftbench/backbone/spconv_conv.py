@@ -80,6 +80,12 @@ def keep_index_pairs(sites: Any, out: Any) -> None:
         sites.indice_dict.update(out.indice_dict)
 
 
+# The gemm spconv runs where its own backward does not follow (a frozen conv's forward, the mirrored
+# input gradient): "inference" or "training" (spconv's choice in train mode, which also writes the
+# masks its backward reads: three allocations a call more). Session 22 measured the inference gemm 3-4x
+# slower, but it then ran float32 features in float32 kernels (``spconv_dtype``); "training" is the
+# old behaviour, kept to measure both (gpu_speed_bench.sh ``ab FROZEN_GEMM``).
+FROZEN_GEMM = "inference"
 # (in, out, kernel, dtype, device) whose spconv backward has been tuned (``SpconvRunner.tune_backward``)
 _BACKWARD_TUNED: set[tuple] = set()
 
@@ -107,13 +113,13 @@ class SpconvRunner:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
             self.modules[channels] = import_spconv().conv.SparseConvolution(
                 3, *channels, self.kernel_size, bias=False, subm=True, indice_key=self.key, device="meta")
+        # a level's first call in training builds its pairs in training mode, for a trainable conv to reuse
+        gemm_training = training and (autograd or FROZEN_GEMM == "training"
+                                      or (self.key is not None and self.key not in sites.indice_dict))
         with _one_thread() if feat.device.type == "cpu" else contextlib.nullcontext(), \
                 torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            # spconv's training gemm even where its backward does not follow (a frozen conv, the mirrored
-            # input gradient): its inference gemm there cost 3-4x the device time of a training step's
-            # convs (frozen batch 3: 63 against 16 ms; reports/bench/notes.md, session 22)
-            out = self.modules[channels]._conv_forward(training, sites.replace_feature(feat),
+            out = self.modules[channels]._conv_forward(gemm_training, sites.replace_feature(feat),
                                                        weight.to(feat.dtype), None)
         keep_index_pairs(sites, out)
         return out.features
@@ -137,10 +143,25 @@ class SpconvRunner:
             torch.autograd.grad(out, (f, w), torch.ones_like(out))
 
 
+def spconv_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
+    """The dtype spconv computes features of ``dtype`` in: float16 under CUDA float16 autocast, in eval as in training.
+
+    spconv's training path casts its inputs to float16 under autocast (``custom_fwd``); its eval path
+    does not, so a float32 residual stream ran the eval convs in float32 SIMT kernels: 33.5 of 64.3 ms
+    of a batch-3 Sonata forward's device time on an H200 (``scripts/kernel_profile.py``). spconv has no
+    bfloat16 kernels: bfloat16 runs in float32 (KeyError otherwise).
+    """
+    if dtype == torch.bfloat16:
+        return torch.float32
+    if dtype == torch.float32 and device_type == "cuda" and torch.is_autocast_enabled("cuda") \
+            and torch.get_autocast_dtype("cuda") == torch.float16:
+        return torch.float16
+    return dtype
+
+
 def spconv_submconv(runner: SpconvRunner, point: Point, feat: Tensor, weight: Tensor, training: bool) -> Tensor:
     """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` through spconv."""
-    if feat.dtype == torch.bfloat16:  # spconv has no bf16 kernels (KeyError under bf16 autocast)
-        feat = feat.float()
+    feat = feat.to(spconv_dtype(feat.dtype, feat.device.type))
     sites = sparse_conv_tensor(point, feat)
     if not (torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad)):
         # no gradient: spconv called directly (through the Function, eval-mode convs measured

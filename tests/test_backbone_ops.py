@@ -326,28 +326,6 @@ def test_spconv_index_pairs_built_once_per_level(monkeypatch: pytest.MonkeyPatch
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not spconv_available(), reason="spconv not importable")
-def test_spconv_training_gemm_only_where_its_backward_follows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """spconv's training gemm writes masks for its own backward (more allocations, more device time);
-    a frozen conv's forward and its mirrored input gradient run the inference gemm, except a level's
-    first call in training, which builds the pairs a trainable conv of the level will reuse."""
-    from spconv.pytorch.conv import SparseConvolution
-
-    gemms = []
-    original = SparseConvolution._conv_forward
-
-    def recorded(self, training, *args, **kwargs):
-        gemms.append(training)
-        return original(self, training, *args, **kwargs)
-    monkeypatch.setattr(SparseConvolution, "_conv_forward", recorded)
-    point = _two_scenes(n=200, side=10, seed=4)
-    cpe = [SubMConv3d(8, 8, 3, indice_key="s", backend="spconv").requires_grad_(False) for _ in range(2)]
-    feat = torch.randn(400, 8, requires_grad=True)
-    cpe[1](point, cpe[0](point, feat)).sum().backward()
-    assert gemms == [True, False, False, False]  # forwards, then the two mirrored input gradients
-    assert feat.grad is not None and feat.grad.abs().sum() > 0
-
-
 def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_config) -> None:
     """Each pooled level's scene offsets (by search) and per-axis grid max (from its parent's)
     are what the level's own points give: they replace a bincount and a max read back per level."""

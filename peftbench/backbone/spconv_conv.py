@@ -80,12 +80,6 @@ def keep_index_pairs(sites: Any, out: Any) -> None:
         sites.indice_dict.update(out.indice_dict)
 
 
-# The gemm spconv runs where its own backward does not follow (a frozen conv's forward, the mirrored
-# input gradient): "inference" or "training" (spconv's choice in train mode, which also writes the
-# masks its backward reads: three allocations a call more). Session 22 measured the inference gemm 3-4x
-# slower, but it then ran float32 features in float32 kernels (``spconv_dtype``); "training" is the
-# old behaviour, kept to measure both (gpu_speed_bench.sh ``ab FROZEN_GEMM``).
-FROZEN_GEMM = "inference"
 # (in, out, kernel, dtype, device) whose spconv backward has been tuned (``SpconvRunner.tune_backward``)
 _BACKWARD_TUNED: set[tuple] = set()
 
@@ -113,13 +107,10 @@ class SpconvRunner:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
             self.modules[channels] = import_spconv().conv.SparseConvolution(
                 3, *channels, self.kernel_size, bias=False, subm=True, indice_key=self.key, device="meta")
-        # a level's first call in training builds its pairs in training mode, for a trainable conv to reuse
-        gemm_training = training and (autograd or FROZEN_GEMM == "training"
-                                      or (self.key is not None and self.key not in sites.indice_dict))
         with _one_thread() if feat.device.type == "cpu" else contextlib.nullcontext(), \
                 torch.set_grad_enabled(autograd and torch.is_grad_enabled()):
             # _conv_forward takes the weight explicitly (spconv 2.3): ours, shared, no copy.
-            out = self.modules[channels]._conv_forward(gemm_training, sites.replace_feature(feat),
+            out = self.modules[channels]._conv_forward(training, sites.replace_feature(feat),
                                                        weight.to(feat.dtype), None)
         keep_index_pairs(sites, out)
         return out.features
@@ -164,8 +155,7 @@ def spconv_submconv(runner: SpconvRunner, point: Point, feat: Tensor, weight: Te
     feat = feat.to(spconv_dtype(feat.dtype, feat.device.type))
     sites = sparse_conv_tensor(point, feat)
     if not (torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad)):
-        # no gradient: spconv called directly (through the Function, eval-mode convs measured
-        # ~10x the device time on an H200: 14.9 against 1.5 ms per batch-1 forward)
+        # no gradient: spconv called directly, no autograd Function around it
         return runner(sites, feat, weight, training)
     if weight.requires_grad and feat.is_cuda and WEIGHT_GRAD_BY == "spconv":
         return runner(sites, feat, weight, training, autograd=True)

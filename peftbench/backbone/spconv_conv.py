@@ -103,9 +103,6 @@ class SpconvRunner:
         channels = (weight.shape[-1], weight.shape[0])
         if autograd and feat.is_cuda:
             self.tune_backward(sites, feat, weight, training)
-        pairs = self.built_pairs(sites, feat)
-        if pairs is not None:
-            return self.gemm(pairs, feat, weight.to(feat.dtype), autograd)
         if channels not in self.modules:
             # The base class (SubMConv3d = SparseConvolution(ndim 3, subm)) accepts device=.
             self.modules[channels] = import_spconv().conv.SparseConvolution(
@@ -117,29 +114,6 @@ class SpconvRunner:
                                                        weight.to(feat.dtype), None)
         keep_index_pairs(sites, out)
         return out.features
-
-    def built_pairs(self, sites: Any, feat: Tensor) -> Any:
-        """The level's implicit-gemm index pairs once a conv has built them (on CUDA), else None."""
-        if not feat.is_cuda or self.key is None:
-            return None
-        pairs = sites.indice_dict.get(self.key)
-        return pairs if isinstance(pairs, import_spconv().core.ImplicitGemmIndiceData) else None
-
-    @staticmethod
-    def gemm(pairs: Any, feat: Tensor, weight: Tensor, autograd: bool) -> Tensor:
-        """spconv's gemm op on built pairs, without its conv module's Python (~100 us of host time a
-        call, 48-96 calls a step): its autograd Function where its backward follows, else its
-        inference gemm (the same device time as its training gemm, three allocations fewer)."""
-        spconv_pt = import_spconv()
-        count = pairs.out_indices.shape[0]
-        if autograd and torch.is_grad_enabled():
-            return spconv_pt.functional.implicit_gemm(
-                feat, weight, pairs.pair_fwd, pairs.pair_bwd, pairs.pair_mask_fwd_splits,
-                pairs.pair_mask_bwd_splits, pairs.mask_argsort_fwd_splits, pairs.mask_argsort_bwd_splits,
-                count, pairs.masks, True, True)
-        with torch.no_grad():
-            return spconv_pt.ops.implicit_gemm(feat, weight, pairs.pair_fwd, pairs.pair_mask_fwd_splits,
-                                               pairs.mask_argsort_fwd_splits, count, pairs.masks, False, True)[0]
 
     def tune_backward(self, sites: Any, feat: Tensor, weight: Tensor, training: bool) -> None:
         """Before the first spconv backward of these channels, one throwaway backward at this size.

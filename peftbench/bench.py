@@ -92,6 +92,42 @@ def timed(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int =
     return out
 
 
+def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int, steps: int,
+                warmup: int = 2) -> dict[str, list[float]]:
+    """Per function, the median wall ms of ``steps`` steps in each of ``rounds`` rounds, the functions
+    taking turns (A B C, A B C, ...). One workload's step moves ~15 % between processes on a lent GPU
+    machine, and more between machines; taken in turns, a drift of the host falls on every function
+    alike, and ``round_ratios`` compares two of them round by round."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rounds_ms: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            rounds_ms[name].append(timed(fn, device, steps, warmup=0)["ms"])
+    return rounds_ms
+
+
+def round_ratios(rounds_ms: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
+    """Median, min and max over the rounds of ``numerator``'s ms over ``denominator``'s."""
+    ratios = [a / b for a, b in zip(rounds_ms[numerator], rounds_ms[denominator], strict=True)]
+    return {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+
+
+def bench_model(backbone: str, method: str, device: torch.device, dtype: str, settings: dict | None = None,
+                overrides: dict | None = None) -> Segmentor:
+    """A Segmentor with ``method`` (or ``frozen``: the linear probe) on ``device``; under autocast its
+    frozen weights stored in the autocast dtype, as the trainer stores them (``store_frozen_weights``)."""
+    torch.manual_seed(0)
+    model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
+    build_method("linear" if method == FROZEN else method, settings).apply(model)
+    model.to(device)
+    amp = AMP_DTYPES.get(dtype) if device.type == "cuda" else None  # unknown: autocast_for says so
+    if amp is not None:
+        store_frozen_weights(model, amp)
+    return model
+
+
 def step_functions(model: torch.nn.Module, head_params: list[torch.nn.Parameter], forward: Callable[[dict], Any],
                    inputs: dict, target: torch.Tensor, autocast_ctx: Callable[[], Any], grad_to_input: bool
                    ) -> tuple[Callable[[], None], Callable[[], None]]:
@@ -128,17 +164,10 @@ def bench_method(backbone: str, method: str, batches: dict[int, dict], device: t
                  ) -> list[dict[str, Any]]:
     """One row per (batch size, dtype) of ``batches`` x ``dtypes`` for ``method`` (or ``frozen``).
 
-    One model per dtype: under autocast its frozen weights are stored in the autocast dtype, as the
-    trainer stores them (``store_frozen_weights``)."""
+    One model per dtype (``bench_model``)."""
     rows = []
     for dtype in dtypes:
-        torch.manual_seed(0)
-        model = Segmentor(backbone_config(backbone, **(overrides or {})), 20)
-        build_method("linear" if method == FROZEN else method, settings).apply(model)
-        model.to(device)
-        amp = AMP_DTYPES.get(dtype) if device.type == "cuda" else None  # unknown: autocast_for says so
-        if amp is not None:
-            store_frozen_weights(model, amp)
+        model = bench_model(backbone, method, device, dtype, settings, overrides)
         if compile:  # the first (warm-up) steps pay the compile
             from peftbench.backbone.compiled import compile_blocks
 

@@ -16,6 +16,8 @@
 #              KPROF_WORKLOADS, default "frozen:infer:3 frozen:train:3 gem:train:3")
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
+#   side       the reference's workloads, ours and METHODS' timed in turns in one process, ratios round by round
+#              (scripts/side_by_side.py, ROUNDS default 7)
 #   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
 #              and by gathered matmuls
 #   compile    the bench with --compile
@@ -86,6 +88,9 @@ COMMON="--points 102400 --batch-sizes ${BS:-1 3} --steps ${STEPS:-5}"
 has reference && stamp reference && timeout 100 python3 scripts/reference_bench.py --reference "$REF" $COMMON --dtypes fp16 --json /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --backbone sonata $COMMON --dtypes fp16 --profile \
   --methods ${METHODS:-frozen gem lora adapter prompt full} --report "$OUT/bench" --reference /tmp/ref.json 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+has side && stamp "side by side" && timeout 400 python3 scripts/side_by_side.py --reference "$REF" --points 102400 \
+  --batch-sizes ${BS:-1 3} --methods ${METHODS:-gem lora adapter prompt} --rounds ${ROUNDS:-7} --json "$OUT/side.json" 2>&1 \
+  | grep -Ev "$F" | tee -a "$LOG"
 ab() {  # $1: a setting of peftbench.backbone.spconv_conv, $2...: its values; bench rows (ABMETHODS) per value
   local attr=$1; shift
   for value in "$@"; do

@@ -1,9 +1,9 @@
 """Which kernels and ops a step is made of, and where the device sits idle (issue 12).
 
 For each workload (``method:mode:batch`` as in ``host_profile.py``), one profiled step after warm-ups:
-the kernels by total device time (with counts), the ops by own host time (with counts), and the
-device's idle gaps between kernels, each with the host op that launched the kernel after it (what
-the device was waiting for).
+the kernels by total device time (with counts), the ops by own host time (with counts), the
+device's idle gaps between kernels, each with the stage and host op that launched the kernel after
+it (what the device was waiting for), and what runs inside the first calls of named ranges (``--anatomy``).
 
     python scripts/kernel_profile.py --workloads frozen:train:3 gem:train:3 --json out.json
 """
@@ -22,21 +22,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftbench.bench_stages import PREFIX, stage_ranges  # noqa: E402
-from peftbench.bench import FROZEN, autocast_for, step_functions, synthetic_scenes, timed  # noqa: E402
-from peftbench.backbone import backbone_config  # noqa: E402
+from peftbench.bench import FROZEN, autocast_for, bench_model, step_functions, synthetic_scenes, timed  # noqa: E402
 from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
-from peftbench.model import Segmentor  # noqa: E402
-from peftbench.registry import build_method  # noqa: E402
-from peftbench.train.precision import store_frozen_weights  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
 def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
     """Kernels by device time, host ops by own time, and device idle gaps by what was launched next."""
-    trace = Path(tempfile.mkdtemp()) / "trace.json"
-    prof.export_chrome_trace(str(trace))
-    events = json.loads(trace.read_text())["traceEvents"]
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
@@ -50,9 +47,10 @@ def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
         around = [r for r in ranges[launch["tid"]] if r["ts"] <= launch["ts"] <= r["ts"] + r["dur"]]
         around.sort(key=lambda r: r["dur"])
         op = next((r["name"] for r in around if not r["name"].startswith(PREFIX)), "?")
+        node = "autograd::engine::evaluate_function"
         stage = next((r["name"][len(PREFIX):] if r["name"].startswith(PREFIX) else
                       "backward: " + r["name"].split(": ", 1)[-1] for r in around
-                      if r["name"].startswith(PREFIX) or r["name"].startswith("autograd::engine::evaluate_function")), "other")
+                      if r["name"].startswith(PREFIX) or r["name"].startswith(node)), "other")
         return op[:70], stage[:60]
 
     by_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -109,7 +107,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--conv-backend", default="auto", help="sparse-conv backend (auto, spconv, gather, torch)")
-    parser.add_argument("--anatomy", nargs="*", default=["spconv::implicit_gemm", "spconv::implicit_gemm_backward"],
+    parser.add_argument("--anatomy", nargs="*",
+                        default=["_SpconvConv", "_SpconvConvBackward", "SparseImplicitGemmFunction"],
                         help="ranges whose first calls are listed with what runs inside them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -119,19 +118,15 @@ def main() -> None:
     scenes = synthetic_scenes(args.points, max(int(b) for _, _, b in work))
     results = []
     for method, mode, batch_size in work:
-        torch.manual_seed(0)
-        model = Segmentor(backbone_config(args.backbone), 20)
-        build_method("linear" if method == FROZEN else method, None).apply(model)
-        model.to(device).train(mode == "train")
-        if device.type == "cuda":
-            store_frozen_weights(model, torch.float16 if args.dtype == "fp16" else torch.bfloat16)
+        model = bench_model(args.backbone, method, device, args.dtype).train(mode == "train")
         batch = collate_points(scenes[: int(batch_size)])
         inputs = model_inputs(to_device(batch, device))
         target = batch["segment"].to(device).clamp(min=0)
         infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, args.dtype),
                                       grad_to_input=method == FROZEN)
         fn = infer if mode == "infer" else train
-        row = {"method": method, "mode": mode, "conv_backend": args.conv_backend, "batch_size": int(batch_size), **timed(fn, device, args.steps)}
+        row = {"method": method, "mode": mode, "conv_backend": args.conv_backend, "batch_size": int(batch_size),
+               **timed(fn, device, args.steps)}
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -142,9 +137,9 @@ def main() -> None:
                 torch.cuda.synchronize()
         row.update(kernel_tables(prof, args.top, tuple(args.anatomy)))
         results.append(row)
-        print(f"== {method} {mode} b{batch_size} ({args.conv_backend}): {row['ms']:.1f} ms wall, {row['host_ms']:.1f} host; profiled step: "
-              f"{row['device_ms']:.1f} ms of kernels in a {row['span_ms']:.1f} ms span, idle {row['idle_ms']:.1f} "
-              f"({row['idle_over_1ms']:.1f} in gaps over 1 ms)")
+        print(f"== {method} {mode} b{batch_size} ({args.conv_backend}): {row['ms']:.1f} ms wall, "
+              f"{row['host_ms']:.1f} host; profiled step: {row['device_ms']:.1f} ms of kernels in a "
+              f"{row['span_ms']:.1f} ms span, idle {row['idle_ms']:.1f} ({row['idle_over_1ms']:.1f} in gaps over 1 ms)")
         for title, key in (("kernels (ms, count)", "kernels"), ("host ops (own ms, count)", "host_ops"),
                            ("device idle before a launch, by stage (ms, gaps)", "idle_before")):
             print(f"  {title}:")

@@ -92,8 +92,23 @@ def install_flash_stand_in(folder: Path) -> None:
     sys.path.append(str(folder))  # after site-packages: a real flash_attn wins
 
 
-def bench_reference(ref_model, backbone: str, workload: str, batches: dict[int, dict], device: torch.device,
-                    steps: int, dtypes: list[str]) -> list[dict]:
+def load_reference(checkout: Path, device: torch.device):
+    """The reference's ``sonata.model`` from a checkout, with the bench's flash-attn stand-in."""
+    from reference_identity import import_reference, patch_spconv_bias_for_cpu
+
+    install_flash_stand_in(checkout.resolve().parent / "shim-bench")
+    ref_model = import_reference(checkout)
+    if device.type == "cpu":  # CPU spconv: bias outside the conv, stream getter patched for backward
+        from peftbench.backbone.spconv_conv import import_spconv
+
+        import_spconv()
+        patch_spconv_bias_for_cpu(ref_model)
+    return ref_model
+
+
+def reference_model(ref_model, backbone: str, workload: str, device: torch.device):
+    """``(backbone, head, forward)``: the reference PTv3 with a Linear head on its hypercolumn; every
+    parameter trains for ``full``, none of the backbone's otherwise."""
     torch.manual_seed(0)
     model = ref_model.PointTransformerV3(**backbone_config(backbone)).to(device)
     head = torch.nn.Linear(sum(backbone_config(backbone)["enc_channels"]), 20).to(device)
@@ -103,6 +118,12 @@ def bench_reference(ref_model, backbone: str, workload: str, batches: dict[int, 
     def forward(data: dict) -> torch.Tensor:
         return head(hypercolumn(model(dict(data))).feat)
 
+    return model, head, forward
+
+
+def bench_reference(ref_model, backbone: str, workload: str, batches: dict[int, dict], device: torch.device,
+                    steps: int, dtypes: list[str]) -> list[dict]:
+    model, head, forward = reference_model(ref_model, backbone, workload, device)
     rows = []
     for batch_size, batch in batches.items():
         inputs = model_inputs(to_device(batch, device))
@@ -139,16 +160,8 @@ def main() -> int:
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
 
-    from reference_identity import import_reference, patch_spconv_bias_for_cpu
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    install_flash_stand_in(Path(args.reference).resolve().parent / "shim-bench")
-    ref_model = import_reference(Path(args.reference))
-    if device.type == "cpu":  # CPU spconv: bias outside the conv, stream getter patched for backward
-        from peftbench.backbone.spconv_conv import import_spconv
-
-        import_spconv()
-        patch_spconv_bias_for_cpu(ref_model)
+    ref_model = load_reference(Path(args.reference), device)
     scenes = synthetic_scenes(args.points, max(args.batch_sizes))
     batches = {b: collate_points(scenes[:b]) for b in args.batch_sizes}
     rows = []

@@ -52,3 +52,55 @@ def test_rows_stages_and_report(tmp_path) -> None:
     device_ratio = gem["train_stages"]["total (sum of stages)"] / rows[0]["train_stages"]["total (sum of stages)"]
     assert "device train / frozen" in text and gem_line.rstrip(" |").endswith(f"{device_ratio:.2f}")
     assert rows[0]["train_min_ms"] <= rows[0]["train_ms"]
+
+
+def test_interleaved_takes_turns_and_compares_round_by_round(monkeypatch) -> None:
+    """Functions are timed in turns, a block of steps each per round; a host that slows down between
+    rounds (here 1x, 2x, 3x) moves both alike and the round-by-round ratio stays the cost ratio."""
+    import peftbench.bench as bench
+    from peftbench.bench import interleaved, round_ratios
+
+    clock, calls, slowdown = [0.0], [], [0]
+
+    def step(name: str, cost: float):
+        def fn() -> None:
+            calls.append(name)
+            clock[0] += cost * slowdown[0]
+        return fn
+
+    def first_of_round() -> None:  # A opens every round (after the warm-up): the host slows down
+        if len(calls) >= 2 and (len(calls) - 2) % 4 == 0:
+            slowdown[0] += 1
+
+    a, b = step("a", 2.0), step("b", 1.0)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    rounds = interleaved({"a": lambda: (first_of_round(), a()), "b": b}, torch.device("cpu"), rounds=3, steps=2,
+                         warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert rounds["a"] == [2000.0, 4000.0, 6000.0] and rounds["b"] == [1000.0, 2000.0, 3000.0]
+    assert round_ratios(rounds, "a", "b") == {"median": 2.0, "min": 2.0, "max": 2.0}
+
+
+def test_side_by_side_builds_every_workload_it_compares() -> None:
+    """scripts/side_by_side.py's functions (the reference stood in for by our own PTv3, which takes the
+    same constructor and gives the same hypercolumn) run, and every comparison names two of them."""
+    import sys
+    import types
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import side_by_side
+
+    from peftbench.backbone import PointTransformerV3
+    from peftbench.bench import synthetic_scenes
+    from peftbench.data.collate import collate_points
+
+    discover()
+    batch = collate_points(synthetic_scenes(600, 2, grid_size=0.1))
+    reference = types.SimpleNamespace(PointTransformerV3=PointTransformerV3)
+    fns = side_by_side.step_fns(batch, torch.device("cpu"), "fp32", reference, "tiny", ["gem"])
+    assert set(fns) == {"ref:infer", "ref:frozen", "ref:full", "frozen:infer", "frozen:train", "full:train",
+                        "gem:infer", "gem:train"}
+    assert all(a in fns and b in fns for _, a, b in side_by_side.COMPARISONS)
+    for fn in fns.values():
+        fn()

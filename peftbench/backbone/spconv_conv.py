@@ -135,7 +135,7 @@ class SpconvRunner:
 
 
 def spconv_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
-    """The dtype spconv computes features of ``dtype`` in: float16 under CUDA float16 autocast, in eval as in training.
+    """The dtype spconv computes ``dtype`` features in: float16 under CUDA float16 autocast, in eval too.
 
     spconv's training path casts its inputs to float16 under autocast (``custom_fwd``); its eval path
     does not, so a float32 residual stream ran the eval convs in float32 SIMT kernels: 33.5 of 64.3 ms

@@ -37,24 +37,40 @@ def test_matches_per_scene_loop(counts: list[int], with_q: bool, read_updated: b
     torch.testing.assert_close(updated.double(), ref_updated, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("counts", [[9], [6, 4, 5]])
+@pytest.mark.parametrize("with_v", [False, True])
 @pytest.mark.parametrize("with_q", [False, True])
 @pytest.mark.parametrize("read_updated", [False, True])
-def test_gradients_match(read_updated: bool, with_q: bool) -> None:
-    """Gradients through both score products (their -inf bias), the detached column max and the
-    read-out equal the per-scene loop's, for every input."""
+def test_gradients_match(read_updated: bool, with_q: bool, with_v: bool, counts: list[int]) -> None:
+    """The written-out backward equals autograd through the per-scene loop for every input (keys,
+    values or keys as values, queries or keys as queries, latents), one scene or several (-inf bias),
+    with a gradient on both outputs."""
     g = torch.Generator().manual_seed(0)
-    counts, m, r = [6, 4, 5], 3, 5
+    m, r = 3, 5
     n = sum(counts)
     batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    inputs = [torch.randn(n, r, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    k, v, q = (torch.randn(n, r, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     latents = torch.randn(len(counts), m, r, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, r, generator=g, dtype=torch.float64)
-    q = inputs[2] if with_q else None
-    out, upd = scene_latent_attention(inputs[0], inputs[1], q, latents, batch, 0.5, read_updated=read_updated)
-    wanted = [*inputs[:2], *([q] if with_q else []), latents]
+    v, q = (v if with_v else None), (q if with_q else None)
+    out, upd = scene_latent_attention(k, v, q, latents, batch, 0.5, read_updated=read_updated)
+    wanted = [t for t in (k, v, q, latents) if t is not None]
     ours = torch.autograd.grad((out * w).sum() + (upd * upd).sum(), wanted)
-    out, upd = _per_point(inputs[0], inputs[1], q, latents, batch, 0.5, read_updated)
+    out, upd = _per_point(k, k if v is None else v, q, latents, batch, 0.5, read_updated)
     ref = torch.autograd.grad((out * w).sum() + (upd * upd).sum(), wanted)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_updated_latents_without_a_gradient_of_their_own() -> None:
+    """Only the read-out used (the last block): the latents' incoming gradient is absent."""
+    g = torch.Generator().manual_seed(1)
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([5, 4]))
+    k = torch.randn(9, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    latents = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    out, _ = scene_latent_attention(k, None, None, latents, batch, 0.5)
+    ours = torch.autograd.grad(out.sum(), [k, latents])
+    ref = torch.autograd.grad(_per_point(k, k, None, latents, batch, 0.5, True)[0].sum(), [k, latents])
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
 

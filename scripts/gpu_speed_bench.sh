@@ -3,6 +3,8 @@
 # in $OUT/log.txt.
 # STAGES picks the parts, which run in this file's order (default: identity probe trials reference bench):
 #   identity   reference identity, fp32, tiny and Sonata-size (scripts/reference_identity.py); cidentity: compiled
+#   launch     host time to issue one op, same shape against a new shape each call (scripts/launch_cost.py)
+#   overheads  the garbage collector's and spconv's allocator callbacks' share of a step (scripts/step_overheads.py)
 #   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
@@ -43,6 +45,9 @@ has identity && stamp identity && timeout 100 python3 scripts/reference_identity
   --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 has cidentity && stamp "identity, compiled" && timeout 300 python3 scripts/reference_identity.py --reference "$REF" --configs tiny \
   --device cuda --backends spconv --compile --json "$OUT/ident_compiled.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
+has launch && stamp "launch cost" && timeout 60 python3 scripts/launch_cost.py --json "$OUT/launch.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+has overheads && stamp "step overheads" && timeout 200 python3 scripts/step_overheads.py --workloads ${OVERHEAD_WORKLOADS:-frozen:train:3 gem:train:3} ${OVERHEAD_ARGS:-} \
+  --json "$OUT/overheads.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
 sed -e 's/^  amp: true/  amp: true\n  compile: true/' /tmp/gpu_speed.yaml > /tmp/gpu_speed_c.yaml

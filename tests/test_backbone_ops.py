@@ -344,6 +344,48 @@ def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_confi
     assert levels >= 2 and point.grid_max() == point.grid_coord.max(0).values.tolist()
 
 
+def test_every_level_s_sites_are_built_before_the_first_block(micro_config) -> None:
+    """The waits of a level's pooling (``unique``) and scene sizes (host ints) come before any block
+    is queued, and the forward then pools onto exactly those sites (no second build, no leftovers)."""
+    from peftbench.backbone import PointTransformerV3
+    from peftbench.backbone.pooling import GridPooling
+    from conftest import random_scene_batch
+
+    model = PointTransformerV3(**micro_config).eval()
+    first_block = next(block for _, block in model.encoder_blocks())
+    planned = []
+
+    def record(_module, args):
+        level, chain = args[0], []
+        while level is not None:
+            assert "scene_counts" in level  # read from the host already
+            chain.append(level)
+            level = level.get("pooled_sites")
+        planned.append(chain)
+
+    first_block.register_forward_pre_hook(record)
+    builds = []
+    original = GridPooling.sites
+
+    def counted(self, point):
+        builds.append("pooled_sites" not in point)
+        return original(self, point)
+
+    GridPooling.sites = counted
+    try:
+        with torch.no_grad():
+            point = model(Point(random_scene_batch()))
+    finally:
+        GridPooling.sites = original
+    levels = [point]
+    while "pooling_parent" in levels[-1]:
+        levels.append(levels[-1]["pooling_parent"])
+    assert len(planned) == 1 and len(planned[0]) == len(levels) == len(micro_config["enc_depths"])
+    assert [level is site for level, site in zip(levels[::-1], planned[0])] == [True] * len(levels)
+    assert builds.count(True) == len(levels) - 1  # each level's sites built once, up front
+    assert not any("pooled_sites" in level for level in levels)
+
+
 def test_hypercolumn_concatenates_every_level_onto_its_finest_sites(micro_config) -> None:
     """Each finest site gets, per level, the features of the cell it pooled into (parent first)."""
     from peftbench.backbone import PointTransformerV3, hypercolumn

@@ -41,31 +41,44 @@ class GridPooling(nn.Module):
         self.norm = nn.Sequential(nn.LayerNorm(out_channels))
         self.act = nn.GELU()
 
+    def sites(self, point: Point) -> Point:
+        """The coarser level's sites for ``point`` (coordinates, scenes, clusters; no features), kept
+        on ``point`` until ``forward`` takes them. ``torch.unique`` waits for the device to finish
+        what is queued, so ``PointTransformerV3.forward`` builds every level's sites before its first
+        block, while the queue is short, instead of after a level's blocks."""
+        if "pooled_sites" not in point:
+            grid = torch.div(point.grid_coord.long(), self.stride, rounding_mode="trunc")
+            # A packed key sorts like the reference's unique over rows of (coord | batch << 48):
+            # scene first, then x, y, z (each < 2**16 because serialization depth <= 16).
+            key = (point.batch.long() << 48) | (grid[:, 0] << 32) | (grid[:, 1] << 16) | grid[:, 2]
+            _, cluster, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+            members = torch.argsort(cluster, stable=True)
+            idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
+            head = members[idx_ptr[:-1]]
+            batch = point.batch[head]
+            scenes = torch.arange(point.num_scenes, device=batch.device)
+            point["pooled_sites"] = Point(
+                grid_coord=grid[head],
+                batch=batch,
+                # scene ends by search (points stay sorted by scene), not bincount: no host sync
+                offset=torch.searchsorted(batch, scenes, right=True),
+                # floor division keeps the per-axis max: the child's from the parent's, no host sync
+                grid_max=[m // self.stride for m in point.grid_max()],
+                pooling_inverse=cluster,
+                pooling_members=members,  # the parent's points, cluster by cluster
+                pooling_ptr=idx_ptr,
+            )
+        return point["pooled_sites"]
+
     def forward(self, point: Point) -> Point:
-        grid = torch.div(point.grid_coord.long(), self.stride, rounding_mode="trunc")
-        # A packed key sorts like the reference's unique over rows of (coord | batch << 48):
-        # scene first, then x, y, z (each < 2**16 because serialization depth <= 16).
-        key = (point.batch.long() << 48) | (grid[:, 0] << 32) | (grid[:, 1] << 16) | grid[:, 2]
-        _, cluster, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
-        indices = torch.argsort(cluster, stable=True)
-        idx_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, dim=0)])
-        head = indices[idx_ptr[:-1]]
-        batch = point.batch[head]
-        scenes = torch.arange(point.num_scenes, device=batch.device)
-        pooled = Point(
-            # every cluster holds at least one point: no empty segments
-            feat=segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce, nonempty=True),
-            coord=segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean", nonempty=True),
-            grid_coord=grid[head],
-            batch=batch,
-            # scene ends by search (points stay sorted by scene), not bincount: no host sync
-            offset=torch.searchsorted(batch, scenes, right=True),
-            # floor division keeps the per-axis max: the child's from the parent's, no host sync
-            grid_max=[m // self.stride for m in point.grid_max()],
-            pooling_inverse=cluster,
-            pooling_parent=point,
-            scene_state=point.scene_state,  # per-scene state flows across levels unchanged
-        )
+        pooled = self.sites(point)
+        del point["pooled_sites"]
+        indices, idx_ptr = pooled.pop("pooling_members"), pooled.pop("pooling_ptr")
+        # every cluster holds at least one point: no empty segments
+        pooled.feat = segment_csr(self.proj(point.feat).index_select(0, indices), idx_ptr, self.reduce, nonempty=True)
+        pooled.coord = segment_csr(point.coord.index_select(0, indices), idx_ptr, "mean", nonempty=True)
+        pooled.pooling_parent = point
+        pooled.scene_state = point.scene_state  # per-scene state flows across levels unchanged
         for name in ("origin_coord", "color"):
             if name in point:
                 pooled[name] = segment_csr(point[name].index_select(0, indices), idx_ptr, "mean", nonempty=True)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from peftbench.backbone.block import Block
+from peftbench.backbone.patch_layout import scene_counts
 from peftbench.backbone.pooling import GridPooling, GridUnpooling
 from peftbench.backbone.serialization import serialize
 from peftbench.backbone.structure import Point
@@ -132,6 +133,17 @@ class PointTransformerV3(nn.Module):
             for p in [*self.embedding.parameters(), *self.enc.parameters()]:
                 p.requires_grad_(False)
 
+    def build_sites(self, point: Point) -> None:
+        """Every encoder level's sites and scene sizes, from the input's coordinates, before any block
+        runs. Each waits for the device (``torch.unique``, a read of the scene ends): built here, the
+        waits find little queued; built after a level's blocks, each waited for all of them, and the
+        device then idled while the host queued the next level's work."""
+        level = point
+        for stage in self.enc.children():
+            if hasattr(stage, "down"):
+                level = stage.down.sites(level)
+            scene_counts(level)
+
     def encoder_blocks(self):
         """Yield ``(stage index, block)`` for every encoder block, in forward order."""
         for s, stage in enumerate(self.enc.children()):
@@ -156,6 +168,7 @@ class PointTransformerV3(nn.Module):
         if generator is not None:
             point["generator"] = generator
         serialize(point, self.order, self.shuffle_orders, generator)
+        self.build_sites(point)
         point = self.embedding(point)
         for init in self.scene_state_init.values():
             init(point)

@@ -28,6 +28,9 @@ from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
+
+
 def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
     """Kernels by device time, host ops by own time, and device idle gaps by what was launched next."""
     with tempfile.TemporaryDirectory() as folder:
@@ -91,11 +94,14 @@ def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
             anatomy.append({"range": name, "us": round(call["dur"], 1),
                             "inside": [[e["name"][:60], round(e["ts"] - call["ts"], 1), round(e["dur"], 1)]
                                        for e in inside][:40]})
+    # the host's waits on the device, in order, each with the op and stage it happened in
+    waits = [[round(e["dur"] / 1000, 3), *enclosing(e)] for e in sorted(events, key=lambda e: e.get("ts", 0))
+             if e.get("cat") == "cuda_runtime" and e.get("name") in WAITS and "dur" in e]
     span = (kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / 1000 if kernels else 0.0
     return {"device_ms": sum(k["dur"] for k in kernels) / 1000, "span_ms": span,
             "idle_ms": sum(g for g, _ in gaps), "idle_over_1ms": sum(g for g, _ in gaps if g > 1.0),
             "kernels": table(by_kernel), "host_ops": table(ops), "idle_before": table(by_stage),
-            "longest_gaps": longest, "anatomy": anatomy}
+            "longest_gaps": longest, "anatomy": anatomy, "waits": waits}
 
 
 def main() -> None:
@@ -148,6 +154,9 @@ def main() -> None:
         print("  longest gaps (ms, stage, op launching the next kernel):")
         for g, stage, op in row["longest_gaps"][:15]:
             print(f"   {g:8.3f}  {stage} / {op}")
+        print(f"  waits on the device ({len(row['waits'])}, ms, stage / op):")
+        for ms, op, stage in row["waits"]:
+            print(f"   {ms:8.3f}  {stage} / {op}")
         for call in row["anatomy"]:
             print(f"  {call['range']}: {call['us']} us: " + "; ".join(f"{n} +{t}/{d}" for n, t, d in call["inside"]))
         del infer, train, model

@@ -344,14 +344,19 @@ def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_confi
     assert levels >= 2 and point.grid_max() == point.grid_coord.max(0).values.tolist()
 
 
-def test_every_level_s_sites_are_built_before_the_first_block(micro_config) -> None:
-    """The waits of a level's pooling (``unique``) and scene sizes (host ints) come before any block
-    is queued, and the forward then pools onto exactly those sites (no second build, no leftovers)."""
+@pytest.mark.parametrize("backend", ["torch", "spconv"])
+def test_every_level_s_sites_are_built_before_the_first_block(micro_config, backend: str) -> None:
+    """The waits of a level's pooling (``unique``), scene sizes (host ints) and sparse-conv index
+    pairs come before any block is queued, and the forward then pools onto exactly those sites and
+    convolves with those pairs (no second build, no leftovers)."""
     from peftbench.backbone import PointTransformerV3
     from peftbench.backbone.pooling import GridPooling
     from conftest import random_scene_batch
 
     model = PointTransformerV3(**micro_config).eval()
+    for conv in model.modules():
+        if isinstance(conv, SubMConv3d):
+            conv.backend = backend
     first_block = next(block for _, block in model.encoder_blocks())
     planned = []
 
@@ -359,6 +364,11 @@ def test_every_level_s_sites_are_built_before_the_first_block(micro_config) -> N
         level, chain = args[0], []
         while level is not None:
             assert "scene_counts" in level  # read from the host already
+            key = f"stage{len(chain)}"
+            if backend == "torch":
+                assert (key, 3) in level["neighbours"]
+            else:
+                assert f"{key}:k3" in level["sparse_conv_feat"].indice_dict
             chain.append(level)
             level = level.get("pooled_sites")
         planned.append(chain)

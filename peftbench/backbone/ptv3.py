@@ -134,15 +134,18 @@ class PointTransformerV3(nn.Module):
                 p.requires_grad_(False)
 
     def build_sites(self, point: Point) -> None:
-        """Every encoder level's sites and scene sizes, from the input's coordinates, before any block
-        runs. Each waits for the device (``torch.unique``, a read of the scene ends): built here, the
-        waits find little queued; built after a level's blocks, each waited for all of them, and the
-        device then idled while the host queued the next level's work."""
+        """Every encoder level's sites, scene sizes and sparse-conv index pairs, from the input's
+        coordinates, before any block runs. Each waits for the device (``torch.unique``, a read of the
+        scene ends, spconv's pair building): built here, the waits find little queued; built after a
+        level's blocks, each waited for all of them, and the device then idled while the host queued
+        the next level's work."""
         level = point
         for stage in self.enc.children():
             if hasattr(stage, "down"):
                 level = stage.down.sites(level)
             scene_counts(level)
+            if hasattr(stage, "block0"):  # the sparse conv's index pairs (spconv waits too)
+                stage.block0.cpe[0].build_index(level)
 
     def encoder_blocks(self):
         """Yield ``(stage index, block)`` for every encoder block, in forward order."""

@@ -222,6 +222,21 @@ class SubMConv3d(nn.Module):
             out = out + self.bias.to(out.dtype)
         return out
 
+    def build_index(self, point: Point) -> None:
+        """Build the index structures this conv would build on its first call on ``point`` (a level's
+        first conv builds them for every conv of the level); spconv's wait on the device while it does.
+        ``PointTransformerV3.build_sites`` calls this for every level before any block runs."""
+        backend = resolve_backend(_default_backend if self.backend == "auto" else self.backend,
+                                  point["grid_coord"].device)
+        if backend == "spconv":
+            from peftbench.backbone.spconv_conv import SpconvRunner, build_index_pairs
+
+            if self._spconv is None:
+                self._spconv = SpconvRunner(self.indice_key, self.kernel_size)
+            build_index_pairs(self._spconv, point, self.training)
+        elif backend == "torch":
+            cached_neighbour_map(point, self.indice_key, self.kernel_size)
+
     def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
         from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)
 

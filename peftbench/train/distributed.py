@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,11 +28,13 @@ from peftbench.errors import PeftbenchError
 
 @dataclasses.dataclass(frozen=True)
 class World:
-    """This process's place in a data-parallel trial."""
+    """This process's place in a data-parallel trial; ``wrappers``: the DDP models ``wrap`` made,
+    whose reducers ``leave`` releases before the process group."""
 
     rank: int
     size: int
     device: torch.device
+    wrappers: list = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     @property
     def is_leader(self) -> bool:
@@ -66,7 +70,20 @@ def join(rank: int, size: int, port: int, timeout_s: float = 1800.0) -> World:
     return World(rank, size, device)
 
 
-def leave() -> None:
+def leave(world: World | None = None) -> None:
+    """Leave the process group, the DDP reducers ``wrap`` made first.
+
+    A reducer freed after its gloo group holds the group's last reference: the group's destructor
+    then joins its worker threads with the GIL held, while a worker waits for the GIL to free a
+    finished work item (a hung rank, py-spy: ``~Reducer -> ~ProcessGroupGloo -> thread::join``).
+    Released first, the group's last reference is Python's, whose destructor lets the GIL go.
+    """
+    for ddp in world.wrappers if world is not None else []:
+        for name in ("logger", "reducer"):  # the logger keeps the reducer too
+            ddp.__dict__.pop(name, None)
+    if world is not None:
+        world.wrappers.clear()
+    gc.collect()  # a wrapper only a reference cycle keeps would otherwise outlive the group
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -78,7 +95,9 @@ def wrap(model: nn.Module, world: World) -> nn.Module:
     branch not taken); DDP would otherwise wait for their gradients forever.
     """
     ids = [world.device.index] if world.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    world.wrappers.append(ddp)
+    return ddp
 
 
 class RankBatchSampler(torch.utils.data.Sampler):
@@ -127,6 +146,11 @@ def spawn_followers(target: Callable[..., None], size: int, port: int, *args: An
 def _follower(index: int, target: Callable[..., None], size: int, port: int, args: tuple) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     target(index + 1, size, port, *args)
+    # Done: exit now, status 0. The interpreter's teardown of gloo's threads can abort (seen:
+    # "terminate called without an active exception") and a follower keeps nothing to tear down.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def wait_followers(context: Any) -> None:

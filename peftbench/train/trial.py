@@ -206,6 +206,7 @@ def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | N
                        size: int, resume: dict[str, Any] | None, checkpoint_every: int | None) -> dict[str, float]:
     port = distributed.free_port()
     followers = distributed.spawn_followers(_follow, size, port, spec, resume)  # every rank resumes the same state
+    world = None
     try:
         world = distributed.join(0, size, port)
         final = run_trial(spec, recorder, report, progress, world, resume, checkpoint_every)
@@ -215,7 +216,7 @@ def _run_data_parallel(spec: dict[str, Any], recorder: Any, report: Callable | N
         distributed.stop_followers(followers)  # they would wait for rank 0 until the group times out
         raise
     finally:
-        distributed.leave()
+        distributed.leave(world)
 
 
 def _follow(rank: int, size: int, port: int, spec: dict[str, Any], resume: dict[str, Any] | None) -> None:
@@ -223,7 +224,7 @@ def _follow(rank: int, size: int, port: int, spec: dict[str, Any], resume: dict[
     try:
         run_trial(spec, _Discard(), world=world, resume=resume)
     finally:
-        distributed.leave()
+        distributed.leave(world)
 
 
 def ensure_pretrained(spec: dict[str, Any], recorder_factory: Callable[[], Any],

@@ -78,10 +78,10 @@ def leave(world: World | None = None) -> None:
     finished work item (a hung rank, py-spy: ``~Reducer -> ~ProcessGroupGloo -> thread::join``).
     Released first, the group's last reference is Python's, whose destructor lets the GIL go.
     """
-    for ddp in world.wrappers if world is not None else []:
-        for name in ("logger", "reducer"):  # the logger keeps the reducer too
-            ddp.__dict__.pop(name, None)
     if world is not None:
+        for ddp in world.wrappers:
+            for name in ("logger", "reducer"):  # the logger keeps the reducer too
+                ddp.__dict__.pop(name, None)
         world.wrappers.clear()
     gc.collect()  # a wrapper only a reference cycle keeps would otherwise outlive the group
     if dist.is_initialized():

@@ -109,16 +109,16 @@ def main() -> int:
     print(f"objects tracked by the collector: {len(gc.get_objects())}, thresholds {gc.get_threshold()}", flush=True)
     gc.callbacks.append(_on_gc)
     spent = time_allocator_callbacks()
-    steps = args.rounds * args.steps
     rounds = interleaved(fns, device, args.rounds, args.steps)
-    per_step_gc = {g: 1000 * sum(t) / (steps * len(work)) for g, t in collections.items()}  # only "on" runs collect
-    result = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "tracked_objects": len(gc.get_objects()), "rows": []}
+    result = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+              "tracked_objects": len(gc.get_objects()), "rows": []}
     for name, ms in rounds.items():
         result["rows"].append({"step": name, "median_ms": sorted(ms)[len(ms) // 2], "rounds_ms": ms})
         print(f"{name:32s} {sorted(ms)[len(ms) // 2]:8.1f} ms  rounds {[round(m, 1) for m in ms]}", flush=True)
-    counts = {g: len(t) for g, t in collections.items()}
-    print(f"collections (all 'gc on' steps): {counts}; ms per step by generation (approx.): "
-          f"{ {g: round(v, 2) for g, v in per_step_gc.items()} }; longest {max((max(t) for t in collections.values()), default=0) * 1000:.1f} ms", flush=True)
+    # warm-up steps included: count, total and longest by generation say when a collection is not steady
+    print("collections by generation (count, total ms, longest ms), warm-up included: "
+          + ", ".join(f"{g}: {len(t)}, {1000 * sum(t):.1f}, {1000 * max(t):.1f}" for g, t in sorted(collections.items())),
+          flush=True)
     for name, times in spent.items():
         if times:
             times = sorted(times)

@@ -345,7 +345,8 @@ def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_confi
 
 
 @pytest.mark.parametrize("backend", ["torch", "spconv"])
-def test_every_level_s_sites_are_built_before_the_first_block(micro_config, backend: str) -> None:
+def test_every_level_s_sites_are_built_before_the_first_block(micro_config, backend: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The waits of a level's pooling (``unique``), scene sizes (host ints) and sparse-conv index
     pairs come before any block is queued, and the forward then pools onto exactly those sites and
     convolves with those pairs (no second build, no leftovers)."""
@@ -381,12 +382,9 @@ def test_every_level_s_sites_are_built_before_the_first_block(micro_config, back
         builds.append("pooled_sites" not in point)
         return original(self, point)
 
-    GridPooling.sites = counted
-    try:
-        with torch.no_grad():
-            point = model(Point(random_scene_batch()))
-    finally:
-        GridPooling.sites = original
+    monkeypatch.setattr(GridPooling, "sites", counted)
+    with torch.no_grad():
+        point = model(Point(random_scene_batch()))
     levels = [point]
     while "pooling_parent" in levels[-1]:
         levels.append(levels[-1]["pooling_parent"])

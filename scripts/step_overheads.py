@@ -11,7 +11,8 @@ workload (``peftbench bench``'s models and steps), in turns:
 * ``gc off``: the collector disabled during the step;
 * then ``gc.freeze()`` (everything alive now moved out of the collector's reach) and ``gc on`` again;
 
-and the allocator callbacks timed from inside (wall per call, and the ``torch.empty`` within it).
+and the allocator callbacks timed from inside (wall per call). Session 27 (H200): 18 us a callback
+(cProfile's figure is its own overhead), and no steady cost of the collector.
 
     python scripts/step_overheads.py --workloads frozen:train:3 gem:train:3 --rounds 5 --json out.json
 """
@@ -73,6 +74,23 @@ def time_allocator_callbacks() -> dict[str, list[float]]:
     return spent
 
 
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def report_rounds(rounds: dict[str, list[float]], suffix: str, result: dict) -> None:
+    for name, ms in rounds.items():
+        result["rows"].append({"step": name + suffix, "median_ms": median(ms), "rounds_ms": ms})
+        print(f"{name + suffix:32s} {median(ms):8.1f} ms  rounds {[round(m, 1) for m in ms]}", flush=True)
+
+
+def report_collections(title: str) -> None:
+    """Count, total and longest ms by generation (warm-up included: a collection that is not steady shows)."""
+    print(f"{title} by generation (count, total ms, longest ms): "
+          + ", ".join(f"{g}: {len(t)}, {1000 * sum(t):.1f}, {1000 * max(t):.1f}" for g, t in sorted(collections.items())),
+          flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", nargs="+", default=["frozen:train:3", "gem:train:3"])
@@ -94,49 +112,42 @@ def main() -> int:
         batch = collate_points(scenes[: int(batch_size)])
         inputs = model_inputs(to_device(batch, device))
         target = batch["segment"].to(device).clamp(min=0)
-        model = bench_model(args.backbone, method, device, "fp16").train(mode == "train")
-        infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, "fp16"),
-                                      grad_to_input=method == FROZEN)
-        step = train if mode == "train" else infer
-        fns[f"{method}:{mode}:{batch_size} gc on"] = step
-        fns[f"{method}:{mode}:{batch_size} gc off"] = gc_off(step)
-        if args.late_sites:  # the same model and step, each level's sites built when it is pooled (before)
-            late = bench_model(args.backbone, method, device, "fp16").train(mode == "train")
-            late.backbone.build_sites = lambda point: None
-            infer, train = step_functions(late, [], late, inputs, target, lambda: autocast_for(device, "fp16"),
+
+        def step_of(late_sites: bool):
+            model = bench_model(args.backbone, method, device, "fp16").train(mode == "train")
+            if late_sites:  # each level's sites built when it is pooled (as before build_sites)
+                model.backbone.build_sites = lambda point: None
+            infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, "fp16"),
                                           grad_to_input=method == FROZEN)
-            fns[f"{method}:{mode}:{batch_size} gc on, late sites"] = train if mode == "train" else infer
+            return train if mode == "train" else infer
+
+        name = f"{method}:{mode}:{batch_size}"
+        fns[f"{name} gc on"] = step_of(False)
+        fns[f"{name} gc off"] = gc_off(fns[f"{name} gc on"])
+        if args.late_sites:
+            fns[f"{name} gc on, late sites"] = step_of(True)
     print(f"objects tracked by the collector: {len(gc.get_objects())}, thresholds {gc.get_threshold()}", flush=True)
     gc.callbacks.append(_on_gc)
     spent = time_allocator_callbacks()
     rounds = interleaved(fns, device, args.rounds, args.steps)
     result = {"gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "tracked_objects": len(gc.get_objects()), "rows": []}
-    for name, ms in rounds.items():
-        result["rows"].append({"step": name, "median_ms": sorted(ms)[len(ms) // 2], "rounds_ms": ms})
-        print(f"{name:32s} {sorted(ms)[len(ms) // 2]:8.1f} ms  rounds {[round(m, 1) for m in ms]}", flush=True)
-    # warm-up steps included: count, total and longest by generation say when a collection is not steady
-    print("collections by generation (count, total ms, longest ms), warm-up included: "
-          + ", ".join(f"{g}: {len(t)}, {1000 * sum(t):.1f}, {1000 * max(t):.1f}" for g, t in sorted(collections.items())),
-          flush=True)
+    report_rounds(rounds, "", result)
+    report_collections("collections")
     for name, times in spent.items():
         if times:
             times = sorted(times)
-            print(f"spconv allocator {name}: {len(times)} calls, median {1e6 * times[len(times) // 2]:.0f} us, "
+            print(f"spconv allocator {name}: {len(times)} calls, median {1e6 * median(times):.0f} us, "
                   f"p90 {1e6 * times[int(0.9 * len(times))]:.0f} us, max {1e6 * times[-1]:.0f} us", flush=True)
     result["collections"] = {str(g): {"count": len(t), "ms": 1000 * sum(t), "max_ms": 1000 * max(t)} for g, t in collections.items()}
-    result["allocator_us"] = {n: sorted(1e6 * x for x in t) [len(t) // 2] for n, t in spent.items() if t}
+    result["allocator_us"] = {n: 1e6 * median(t) for n, t in spent.items() if t}
     # then everything alive now frozen out of the collector's reach, gc on again
     collections.clear()
     gc.collect()
     gc.freeze()
     on = {name: fn for name, fn in fns.items() if "gc on" in name}
-    frozen_rounds = interleaved(on, device, args.rounds, args.steps)
-    for name, ms in frozen_rounds.items():
-        result["rows"].append({"step": name + ", after gc.freeze()", "median_ms": sorted(ms)[len(ms) // 2], "rounds_ms": ms})
-        print(f"{name + ', after gc.freeze()':32s} {sorted(ms)[len(ms) // 2]:8.1f} ms  rounds {[round(m, 1) for m in ms]}", flush=True)
-    print(f"collections after freeze: { {g: len(t) for g, t in collections.items()} }, "
-          f"ms { {g: round(1000 * sum(t), 1) for g, t in collections.items()} }", flush=True)
+    report_rounds(interleaved(on, device, args.rounds, args.steps), ", after gc.freeze()", result)
+    report_collections("collections after gc.freeze()")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

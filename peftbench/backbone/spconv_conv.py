@@ -83,11 +83,12 @@ def keep_index_pairs(sites: Any, out: Any) -> None:
 def build_index_pairs(runner: "SpconvRunner", point: Point, training: bool) -> None:
     """The level's index pairs for ``runner``'s key, built now by a throwaway conv of 16 zero channels
     (spconv builds pairs inside its conv call; a level's real convs then find them)."""
+    built = point.get("sparse_conv_feat")
+    if runner.key is None or (built is not None and runner.key in built.indice_dict):
+        return
     dtype = torch.float16 if point["grid_coord"].is_cuda else torch.float32
     feat = torch.zeros(len(point["grid_coord"]), 16, dtype=dtype, device=point["grid_coord"].device)
     sites = sparse_conv_tensor(point, feat)
-    if runner.key is None or runner.key in sites.indice_dict:
-        return
     k = runner.kernel_size
     with torch.no_grad():
         runner(sites, feat, feat.new_zeros(16, k, k, k, 16), training)

@@ -553,7 +553,8 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if args.backends is None:
-        args.backends = ["spconv", "torch"] if device.type == "cuda" else ["torch"]
+        # auto: spconv with the small levels gathered (sparse_conv.GATHER_MAX_SITES)
+        args.backends = ["auto", "spconv", "torch"] if device.type == "cuda" else ["torch"]
     ref_model = import_reference(Path(args.reference))
     if device.type == "cpu":
         torch.set_num_threads(1)  # spconv's CPU kernels race on more threads (sparse_conv.py)

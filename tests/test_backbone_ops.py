@@ -344,7 +344,7 @@ def test_pooled_levels_carry_offsets_and_grid_max_without_host_syncs(micro_confi
     assert levels >= 2 and point.grid_max() == point.grid_coord.max(0).values.tolist()
 
 
-@pytest.mark.parametrize("backend", ["torch", "spconv"])
+@pytest.mark.parametrize("backend", ["torch", "spconv", "gather"])
 def test_every_level_s_sites_are_built_before_the_first_block(micro_config, backend: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The waits of a level's pooling (``unique``), scene sizes (host ints) and sparse-conv index
@@ -368,6 +368,8 @@ def test_every_level_s_sites_are_built_before_the_first_block(micro_config, back
             key = f"stage{len(chain)}"
             if backend == "torch":
                 assert (key, 3) in level["neighbours"]
+            elif backend == "gather":
+                assert 3 in level["neighbour_tables"] and "sparse_conv_feat" not in level
             else:
                 assert f"{key}:k3" in level["sparse_conv_feat"].indice_dict
             chain.append(level)

@@ -105,3 +105,46 @@ def test_weight_grad_by_segments_equals_the_definition(chunk_rows, segment_rows)
     got = gathered_weight_grad(feat, grad, table, torch.Size([4, 3, 3, 3, 5]), chunk_rows, segment_rows)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_the_gathered_conv_on_small_levels_only_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """spconv's ~0.3 ms of host time a call outweighs a small level's conv: ``auto`` on CUDA gathers at
+    most ``GATHER_MAX_SITES`` sites; an explicit backend and the CPU keep their choice."""
+    from peftbench.backbone import sparse_conv
+
+    monkeypatch.setattr(sparse_conv, "spconv_available", lambda: True)
+    monkeypatch.setattr(sparse_conv, "GATHER_MAX_SITES", 100)
+    cuda = torch.device("cuda")
+    assert sparse_conv.backend_for_sites("auto", cuda, 100) == "gather"
+    assert sparse_conv.backend_for_sites("auto", cuda, 101) == "spconv"
+    assert sparse_conv.backend_for_sites("spconv", cuda, 10) == "spconv"
+    assert sparse_conv.backend_for_sites("auto", "cpu", 10) == "torch"
+    monkeypatch.setattr(sparse_conv, "GATHER_MAX_SITES", 0)
+    assert sparse_conv.backend_for_sites("auto", cuda, 1) == "spconv"
+
+
+def test_under_autocast_the_features_are_cast_before_the_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gathered matrix is k^3 times the features: gathered in the autocast dtype, not in float32 and
+    then cast; values match the float32 conv within bfloat16's precision and the gradient reaches the input."""
+    from peftbench.backbone import gather_conv
+
+    grid, batch = _sites(150, 7, 2, seed=3)
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
+    g = torch.Generator().manual_seed(3)
+    feat, weight = torch.randn(len(grid), 8, generator=g), torch.randn(5, 3, 3, 3, 8, generator=g)
+    expected = gather_submconv(point, feat, weight)
+    gathered_dtypes = []
+    original = gather_conv._gather
+
+    def spy(x, table):
+        gathered_dtypes.append(x.dtype)
+        return original(x, table)
+
+    monkeypatch.setattr(gather_conv, "_gather", spy)
+    feat = feat.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gather_submconv(point, feat, weight)
+    out.float().sum().backward()
+    assert gathered_dtypes == [torch.bfloat16, torch.bfloat16]  # forward, and the input gradient's
+    assert out.dtype == torch.bfloat16 and feat.grad is not None and feat.grad.dtype == torch.float32
+    torch.testing.assert_close(out.float(), expected, atol=0.05 * expected.abs().max().item(), rtol=0)

@@ -7,17 +7,27 @@ my neighbour at offset o is me, so it is the same gather of the output gradient 
 kernel's offsets reversed. Deterministic (no atomics), no host syncs.
 
 Measured on an H200 for GEM's rank-32 Spatial Adapter (batch 3 x 102,400 points, fp16): slower
-than spconv (64 ms of backward device time per step against spconv's ~44 ms), so GEM keeps
-spconv; this backend stays for deterministic runs and as the reference formulation.
+than spconv over every level (64 ms of backward device time per step against spconv's ~44 ms).
+On CUDA, ``auto`` takes it on small levels only (``sparse_conv.GATHER_MAX_SITES``), where spconv's
+host cost per call outweighs the device work; it is also the deterministic path. Under autocast the
+features are cast to the autocast dtype before the gather (not the gathered k^3-times-larger matrix).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from peftbench.backbone.sparse_conv import kernel_offsets
 from peftbench.backbone.structure import Point
+
+
+@functools.lru_cache(maxsize=None)
+def _offsets_on(kernel_size: int, device: torch.device) -> Tensor:
+    """``kernel_offsets`` on ``device``, copied once: a copy from pageable host memory waits for the device."""
+    return kernel_offsets(kernel_size).to(device)
 
 
 def neighbour_table(grid_coord: Tensor, batch: Tensor, kernel_size: int, side: int) -> Tensor:
@@ -30,7 +40,7 @@ def neighbour_table(grid_coord: Tensor, batch: Tensor, kernel_size: int, side: i
     coord = grid_coord.long() + c0
     keys = ((batch.long() * side + coord[:, 0]) * side + coord[:, 1]) * side + coord[:, 2]
     sorted_keys, perm = torch.sort(keys)
-    offsets = kernel_offsets(kernel_size).to(keys.device)
+    offsets = _offsets_on(kernel_size, keys.device)
     shifts = (offsets[:, 0] * side + offsets[:, 1]) * side + offsets[:, 2]      # (k^3,)
     query = keys.unsqueeze(1) + shifts                                          # (N, k^3)
     pos = torch.searchsorted(sorted_keys, query).clamp_(max=max(len(keys) - 1, 0))
@@ -39,11 +49,11 @@ def neighbour_table(grid_coord: Tensor, batch: Tensor, kernel_size: int, side: i
 
 
 def cached_neighbour_table(point: Point, kernel_size: int) -> Tensor:
-    """``neighbour_table`` memoised on the point; coordinates are below 2**serialized_depth."""
+    """``neighbour_table`` memoised on the point; coordinates bounded by the host-side ``grid_max``
+    (a pooled level's comes from its parent's: no wait on the device)."""
     cache = point.setdefault("neighbour_tables", {})
     if kernel_size not in cache:
-        depth = point.get("serialized_depth")
-        side = (1 << depth) if depth is not None else int(point["grid_coord"].max()) + 1
+        side = max(point.grid_max()) + 1
         cache[kernel_size] = neighbour_table(point["grid_coord"], point["batch"], kernel_size, side)
     return cache[kernel_size]
 
@@ -90,10 +100,9 @@ def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape
 class _GatherConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, table: Tensor) -> Tensor:  # type: ignore[override]
-        out_ch, in_ch = weight.shape[0], weight.shape[-1]
-        w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch)                   # (out, k^3, in)
         ctx.save_for_backward(feat, weight, table)
-        return _gather(feat, table) @ w.permute(1, 2, 0).reshape(-1, out_ch)
+        # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
+        return nn.functional.linear(_gather(feat, table), weight.to(feat.dtype).reshape(weight.shape[0], -1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -111,4 +120,6 @@ class _GatherConv(torch.autograd.Function):
 
 def gather_submconv(point: Point, feat: Tensor, weight: Tensor) -> Tensor:
     """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]."""
+    if torch.is_autocast_enabled(feat.device.type):
+        feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     return _GatherConv.apply(feat, weight, cached_neighbour_table(point, weight.shape[1]))

@@ -8,6 +8,9 @@ Sonata checkpoints load unchanged.
 * ``torch``: pure torch (CPU or CUDA); neighbour pairs cached on the point per ``indice_key``.
 * ``spconv``: spconv 2.x (fast on GPU; ``spconv_conv``); imported lazily, bias added outside
   the conv because the CPU build refuses it.
+* ``gather``: one gather and one matmul (``gather_conv``). ``auto`` on CUDA picks it over spconv on
+  levels of at most ``GATHER_MAX_SITES`` sites: a spconv call costs ~0.3 ms of host time whatever its
+  size (its tuner lookup and kernel dispatch), more than a small level's whole conv on the device.
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ def spconv_available() -> bool:
     except Exception:  # noqa: BLE001 - any import failure means "use the torch backend"
         return False
     return True
+
+
+# ``auto`` on CUDA: the gathered conv on levels of at most this many sites (0: spconv on every level).
+GATHER_MAX_SITES = 16384
+
+
+def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
+    """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
+    gathered conv instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites."""
+    backend = resolve_backend(name, device)
+    if name == "auto" and backend == "spconv" and sites <= GATHER_MAX_SITES:
+        return "gather"
+    return backend
 
 
 def resolve_backend(name: str, device: torch.device | str) -> str:
@@ -207,8 +223,7 @@ class SubMConv3d(nn.Module):
         if feat.shape[0] != len(point["grid_coord"]) or feat.shape[-1] != self.in_channels:
             raise PeftbenchError(f"SubMConv3d: feat {tuple(feat.shape)} does not match "
                                  f"{len(point['grid_coord'])} sites x {self.in_channels} channels")
-        name = _default_backend if self.backend == "auto" else self.backend
-        backend = resolve_backend(name, feat.device)
+        backend = self._backend(point, feat.device)
         if backend == "gather":
             from peftbench.backbone.gather_conv import gather_submconv  # (imports this module)
 
@@ -226,9 +241,12 @@ class SubMConv3d(nn.Module):
         """Build the index structures this conv would build on its first call on ``point`` (a level's
         first conv builds them for every conv of the level); spconv's wait on the device while it does.
         ``PointTransformerV3.build_sites`` calls this for every level before any block runs."""
-        backend = resolve_backend(_default_backend if self.backend == "auto" else self.backend,
-                                  point["grid_coord"].device)
-        if backend == "spconv":
+        backend = self._backend(point, point["grid_coord"].device)
+        if backend == "gather":
+            from peftbench.backbone.gather_conv import cached_neighbour_table
+
+            cached_neighbour_table(point, self.kernel_size)
+        elif backend == "spconv":
             from peftbench.backbone.spconv_conv import SpconvRunner, build_index_pairs
 
             if self._spconv is None:
@@ -236,6 +254,10 @@ class SubMConv3d(nn.Module):
             build_index_pairs(self._spconv, point, self.training)
         elif backend == "torch":
             cached_neighbour_map(point, self.indice_key, self.kernel_size)
+
+    def _backend(self, point: Point, device: torch.device) -> str:
+        return backend_for_sites(_default_backend if self.backend == "auto" else self.backend, device,
+                                 len(point["grid_coord"]))
 
     def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
         from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)

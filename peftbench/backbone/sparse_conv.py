@@ -52,7 +52,7 @@ def spconv_available() -> bool:
 
 
 # ``auto`` on CUDA: the gathered conv on levels of at most this many sites (0: spconv on every level).
-GATHER_MAX_SITES = 16384
+GATHER_MAX_SITES = 65536
 
 
 def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:

@@ -9,10 +9,12 @@ paper's Pct column is matched by counting without the linear head, see ``peftben
 CA projections ``shared_qk`` (matches 1.8M), points reading the *updated* latents
 (``read_latents``). The registered names ``gem``, ``sa`` and ``ca`` are the paper's Table 6a rows.
 
-Precision: the Context Adapter's affinity, per-scene softmax and context accumulation run in
-float32 whatever the autocast dtype and device (projections run in the autocast dtype; their
-outputs are cast in, the result is cast back), so a softmax over ~100k points is not at the
-mercy of an autocast op list.
+Precision: the Context Adapter runs in float32 whatever the autocast dtype and device (its
+projections, affinity, per-scene softmax and context accumulation; the result is cast back to its
+input's dtype), so a softmax over ~100k points is not at the mercy of an autocast op list. Both
+adapters' d x r projections run in float32 (``float32_linear``): the casts to and from the autocast
+dtype around them (a kernel and a backward node each, ~14 a GEM block) cost a GPU step more host
+time than the small float32 products; the Spatial Adapter's sparse conv runs in the autocast dtype.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ class GEMConfig(MethodConfig):
     latent_init_std: float = 0.02
 
 
+def float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` in float32 with autocast off (see the module's precision note)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return nn.functional.linear(x.float(), weight, bias)
+
+
 class SpatialAdapter(nn.Module):
     """down (d->r) -> sparse conv k^3 at rank r (reusing the CPE's neighbour map) -> ReLU -> up (r->d)."""
 
@@ -61,7 +69,8 @@ class SpatialAdapter(nn.Module):
             nn.init.zeros_(self.up.bias)
 
     def forward(self, point, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.conv(point, self.down(x))))
+        hidden = self.act(self.conv(point, float32_linear(x, self.down.weight)))  # the conv: autocast dtype
+        return float32_linear(hidden, self.up.weight, self.up.bias).to(x.dtype)
 
 
 class LatentBank(nn.Module):
@@ -110,11 +119,10 @@ class ContextAdapter(nn.Module):
     def forward(self, point, h: torch.Tensor) -> torch.Tensor:
         if self.bank is not None:
             self.bank(point)
-        # the projections as one matmul in the autocast dtype (one cast of h, one product and one
-        # cast in, each with its backward, instead of one per projection), split in float32
+        # the projections as one float32 matmul, split
         names = [name for name in ("k", "v", "q") if hasattr(self, name)]
         weight = torch.cat([getattr(self, name).weight for name in names]) if len(names) > 1 else self.k.weight
-        parts = dict(zip(names, nn.functional.linear(h, weight).float().split(self.k.out_features, dim=-1)))
+        parts = dict(zip(names, float32_linear(h, weight).split(self.k.out_features, dim=-1)))
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         latents = point.scene_state["gem_latents"]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
@@ -122,7 +130,7 @@ class ContextAdapter(nn.Module):
                                               read_updated=self.read_latents == "updated",
                                               scene_bias=cached_off_scene_bias(point, latents.shape[1]))
         point.scene_state["gem_latents"] = latents
-        return self.up(out.to(h.dtype))                                 # cast out
+        return float32_linear(out, self.up.weight).to(h.dtype)
 
 
 @register

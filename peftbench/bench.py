@@ -129,13 +129,16 @@ def bench_model(backbone: str, method: str, device: torch.device, dtype: str, se
 
 
 def step_functions(model: torch.nn.Module, head_params: list[torch.nn.Parameter], forward: Callable[[dict], Any],
-                   inputs: dict, target: torch.Tensor, autocast_ctx: Callable[[], Any], grad_to_input: bool
-                   ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``(infer, train)`` closures; shared by our models and the reference (same loss, optimizer)."""
+                   inputs: dict, target: torch.Tensor, autocast_ctx: Callable[[], Any], grad_to_input: bool,
+                   fused_optimizer: bool = True) -> tuple[Callable[[], None], Callable[[], None]]:
+    """``(infer, train)`` closures; shared by our models and the reference (same loss, AdamW). The AdamW is
+    fused on CUDA as our trainer builds it (``train.optim.build_optimizer``); the reference passes
+    ``fused_optimizer=False``, as Pointcept builds its AdamW."""
     from torch.autograd.profiler import record_function
 
     trainable = [p for p in model.parameters() if p.requires_grad] + head_params
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+    fused = fused_optimizer and all(p.is_cuda for p in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=fused or None)
     train_inputs = dict(inputs)
     if grad_to_input:  # frozen backbone: the gradient must still flow through every block
         train_inputs["feat"] = inputs["feat"].clone().requires_grad_(True)

@@ -130,7 +130,8 @@ def bench_reference(ref_model, backbone: str, workload: str, batches: dict[int, 
         target = batch["segment"].to(device).clamp(min=0)
         for dtype in dtypes:
             infer, train = step_functions(model, list(head.parameters()), forward, inputs, target,
-                                          lambda: autocast_for(device, dtype), grad_to_input=workload == "frozen")
+                                          lambda: autocast_for(device, dtype), grad_to_input=workload == "frozen",
+                                          fused_optimizer=False)
             row = {"impl": "reference", "method": workload, "batch_size": batch_size, "dtype": dtype,
                    "points": len(target)}
             if workload == "infer":

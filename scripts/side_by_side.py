@@ -42,7 +42,7 @@ def step_fns(batch: dict, device: torch.device, dtype: str, ref_model, backbone:
     for workload in ("infer", "frozen", "full"):  # the reference: one model per workload, in its mode
         model, head, forward = reference_model(ref_model, backbone, workload, device)
         infer, train = step_functions(model, list(head.parameters()), forward, inputs, target, autocast,
-                                      grad_to_input=workload == "frozen")
+                                      grad_to_input=workload == "frozen", fused_optimizer=False)
         model.train(workload != "infer")
         fns[f"ref:{workload}"] = infer if workload == "infer" else train
     for method in (FROZEN, "full", *methods):

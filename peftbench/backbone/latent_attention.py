@@ -45,7 +45,7 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
 class _LatentAttention(torch.autograd.Function):
     """The core in float32, with its backward written out: a Context Adapter call, forward and backward,
     takes 70 top-level ops and 25 autograd nodes instead of 76 and 39 (``scripts/context_adapter_ops.py``;
-    GEM's step waits on the host's launches).
+    GEM's step waits on the host's launches); 65 and 19 with its projections in float32 too.
 
     Forward, for the (M, r) latents L of all scenes (M = B*m), bias b (0 / -inf: other scenes' columns):
         A = b + k (sL)^T;  E = exp(A - colmax A);  T = colsum E;  U = L + (E^T V) / T

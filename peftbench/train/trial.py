@@ -16,6 +16,7 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.compiled import compile_blocks
+from peftbench.backbone import sparse_conv
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
 from peftbench.data.collate import collate_points
 from peftbench.data.prefetch import EpochBatches
@@ -104,7 +105,10 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     trainable, total = count_parameters(model)
     recorder.log_metrics({"params/trainable": trainable, "params/total": total,
                           "params/trainable_pct": 100.0 * trainable / total})
-    backend = resolve_backend(spec["backbone"].get("conv_backend", "auto"), device)
+    requested = spec["backbone"].get("conv_backend", "auto")
+    backend = resolve_backend(requested, device)
+    if requested == "auto" and backend == "spconv":  # what a run on another threshold can be told apart by
+        backend = f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
                                             "classes": list(classes),
                                             "split": {k: split_record[k] for k in ("split", "source", "hash")}}},

@@ -107,7 +107,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
                           "params/trainable_pct": 100.0 * trainable / total})
     requested = spec["backbone"].get("conv_backend", "auto")
     backend = resolve_backend(requested, device)
-    if requested == "auto" and backend == "spconv":  # what a run on another threshold can be told apart by
+    if requested == "auto" and backend == "spconv":  # the threshold is part of what ran
         backend = f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
                                             "classes": list(classes),

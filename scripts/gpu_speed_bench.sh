@@ -22,6 +22,8 @@
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
 #   side       the reference's workloads, ours and METHODS' timed in turns in one process, ratios round by round
 #              (scripts/side_by_side.py, ROUNDS default 7)
+#   sideab     the same from the checkout in $BASE (e.g. `git archive` of an older commit, git-ignored) and from
+#              this tree, alternately, AB_TURNS times (default 2): two commits' ratios on one machine
 #   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
 #              and by gathered matmuls
 #   compile    the bench with --compile
@@ -100,6 +102,17 @@ has bench && stamp "bench fp16" && timeout 220 python3 -m peftbench.cli bench --
 has side && stamp "side by side" && timeout 400 python3 scripts/side_by_side.py --reference "$REF" --points 102400 \
   --batch-sizes ${BS:-1 3} --methods ${METHODS:-gem lora adapter prompt} --rounds ${ROUNDS:-7} --json "$OUT/side.json" 2>&1 \
   | grep -Ev "$F" | tee -a "$LOG"
+if has sideab; then
+  ref_abs=$(realpath "$REF")
+  for turn in $(seq "${AB_TURNS:-2}"); do
+    for tree in "$(realpath "$BASE")" "$PWD"; do
+      name=$([ "$tree" = "$PWD" ] && echo new || echo base)
+      stamp "side by side, $name, turn $turn" && (cd "$tree" && PYTHONPATH=/tmp/site:$tree timeout 300 python3 \
+        scripts/side_by_side.py --reference "$ref_abs" --points 102400 --batch-sizes ${BS:-3} --methods ${METHODS:-gem} \
+        --rounds ${ROUNDS:-5} --json "$OUT/sideab_${name}_$turn.json") 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+    done
+  done
+fi
 ab() {  # $1: a setting of peftbench.backbone.spconv_conv, $2...: its values; bench rows (ABMETHODS) per value
   local attr=$1; shift
   for value in "$@"; do

@@ -74,3 +74,30 @@ def test_attention_never_asks_for_cudnn_sdpa(monkeypatch: pytest.MonkeyPatch) ->
     SerializedAttention(32, 4, 16)(point, point.feat).sum().backward()
     assert seen and all(not cudnn and flash for cudnn, flash in seen)
     assert torch.backends.cuda.cudnn_sdp_enabled()  # the process-wide setting is restored
+
+
+@pytest.mark.parametrize("counts,k", [([70, 33, 129], 32), ([10, 64], 16), ([9, 9], 16), ([2, 30, 7], 4)])
+def test_rows_to_and_from_slots_give_index_select_s_values_and_gradients(counts: list[int], k: int) -> None:
+    """The slot maps' backwards gather with the inverse map instead of index_add: same gradients,
+    padding repeats (a point in two slots) and short patches included."""
+    torch.manual_seed(0)
+    n = sum(counts)
+    point = Point(grid_coord=torch.randint(0, 16, (n, 3)), offset=torch.tensor(counts).cumsum(0),
+                  feat=torch.randn(n, 8))
+    serialize(point, ("z", "hilbert"), shuffle_orders=False)
+    layout = cached_patch_layout(point, k)
+    slots = layout.order(point, 1)
+    assert len(slots.repeats) == sum(-(-c // k) * k - c for c in counts if c >= k)
+    rows = torch.randn(n, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(len(slots.gather), 8, dtype=torch.float64)
+    ours = slots.to_slots(rows)
+    theirs = rows.index_select(0, slots.gather)
+    assert torch.equal(ours, theirs)
+    grads = [torch.autograd.grad((out * weight).sum(), rows)[0] for out in (ours, theirs)]
+    assert torch.allclose(*grads, atol=1e-12)
+    in_slots = torch.randn(len(slots.gather), 8, dtype=torch.float64, requires_grad=True)
+    back = torch.randn(n, 8, dtype=torch.float64)
+    ours, theirs = slots.from_slots(in_slots), in_slots.index_select(0, slots.scatter)
+    assert torch.equal(ours, theirs)
+    grads = [torch.autograd.grad((out * back).sum(), in_slots)[0] for out in (ours, theirs)]
+    assert torch.allclose(*grads, atol=1e-12)

@@ -58,9 +58,28 @@ def cached_neighbour_table(point: Point, kernel_size: int) -> Tensor:
     return cache[kernel_size]
 
 
+def cached_reversed_table(point: Point, kernel_size: int) -> Tensor:
+    """The neighbour table with its offsets reversed (column o holds the neighbour at -o), once per level."""
+    cache = point.setdefault("reversed_neighbour_tables", {})
+    if kernel_size not in cache:
+        cache[kernel_size] = cached_neighbour_table(point, kernel_size).flip(1)
+    return cache[kernel_size]
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_row(channels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    with torch.inference_mode(False):  # usable in autograd whatever mode built it
+        return torch.zeros(1, channels, dtype=dtype, device=device)
+
+
+def _padded(x: Tensor) -> Tensor:
+    """``x`` followed by a zero row (index N: an absent neighbour), one copy and no fill a call."""
+    return torch.cat([x, _zero_row(x.shape[1], x.dtype, x.device)])
+
+
 def _gather(x: Tensor, table: Tensor) -> Tensor:
     """(N, k^3 * C): row n holds the C features of each of its k^3 neighbours (zeros if absent)."""
-    return _gather_padded(torch.cat([x, x.new_zeros(1, x.shape[1])]), table)
+    return _gather_padded(_padded(x), table)
 
 
 def _gather_padded(padded: Tensor, table: Tensor) -> Tensor:
@@ -73,53 +92,71 @@ def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape
     """KRSC weight gradient ``dW[:, o] = sum_p grad[p]^T feat[table[p, o]]``, float32.
 
     Per chunk of sites (its gathered rows are the only large temporary, ~0.2 GB at 2**17 sites,
-    27 offsets, 32 channels, fp16), the sum over sites is split into segments of ``segment_rows``:
-    one batched matmul gives each segment's (out, k^3 * in) partial, summed in float32, so a half
-    result is rounded per segment, not once over 2**17 rows (fp16 error 1.5-4e-4 of the max against
-    spconv's 2-32e-4 on an H200). Not faster than one matmul there (forward + backward 7.1-7.3 ms at
-    307k sites either way, spconv's 1.8): CUDA keeps spconv's backward for trainable weights.
+    27 offsets, 32 channels, fp16), the sum over sites is one matmul with a float32 result
+    (``_sum_over_sites``).
     """
     out_ch, in_ch = weight_shape[0], weight_shape[-1]
     grad = grad.to(feat.dtype)
-    padded = torch.cat([feat, feat.new_zeros(1, in_ch)])
-    total = torch.zeros(out_ch, table.shape[1] * in_ch, dtype=torch.float32, device=feat.device)
+    padded = _padded(feat)
+    total = None
     for start in range(0, len(feat), chunk_rows):
-        g = grad[start:start + chunk_rows]
         x = _gather_padded(padded, table[start:start + chunk_rows])                # (m, k^3 * in)
-        segments = len(g) // segment_rows
-        head = segments * segment_rows
-        if segments:
-            parts = torch.bmm(g[:head].view(segments, segment_rows, out_ch).transpose(1, 2),
-                              x[:head].view(segments, segment_rows, -1))              # (s, out, k^3 * in)
-            total += parts.sum(0, dtype=torch.float32)
-        if head < len(g):
-            total += (g[head:].T @ x[head:]).float()
+        part = _sum_over_sites(grad[start:start + chunk_rows], x, segment_rows)
+        total = part if total is None else total.add_(part)
+    if total is None:
+        total = torch.zeros(out_ch, table.shape[1] * in_ch, dtype=torch.float32, device=feat.device)
     return total.view(out_ch, -1, in_ch).reshape(weight_shape)
+
+
+def _sum_over_sites(g: Tensor, x: Tensor, segment_rows: int) -> Tensor:
+    """``g^T x`` (out, cols) in float32.
+
+    Half inputs on CUDA: one matmul that keeps cuBLAS's float32 accumulator as its result. Elsewhere
+    the sum is split into segments of ``segment_rows``: one batched matmul gives each segment's
+    partial, summed in float32, so a half result is rounded per segment, not once over 2**17 rows
+    (fp16 error 1.5-4e-4 of the max against spconv's 2-32e-4 on an H200).
+    """
+    if g.is_cuda and g.dtype in (torch.float16, torch.bfloat16):
+        return torch.mm(g.T, x, out_dtype=torch.float32)
+    segments = len(g) // segment_rows
+    head = segments * segment_rows
+    total = torch.zeros(g.shape[1], x.shape[1], dtype=torch.float32, device=g.device)
+    if segments:
+        parts = torch.bmm(g[:head].view(segments, segment_rows, -1).transpose(1, 2),
+                          x[:head].view(segments, segment_rows, -1))                  # (s, out, cols)
+        total += parts.sum(0, dtype=torch.float32)
+    if head < len(g):
+        total += (g[head:].T @ x[head:]).float()
+    return total
 
 
 class _GatherConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat: Tensor, weight: Tensor, table: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(feat, weight, table)
+    def forward(ctx, feat: Tensor, weight: Tensor, table: Tensor,  # type: ignore[override]
+                reversed_table: Tensor | None) -> Tensor:
+        ctx.save_for_backward(feat, weight, table, reversed_table)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
         return nn.functional.linear(_gather(feat, table), weight.to(feat.dtype).reshape(weight.shape[0], -1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, weight, table = ctx.saved_tensors
+        feat, weight, table, reversed_table = ctx.saved_tensors
         out_ch, in_ch = weight.shape[0], weight.shape[-1]
         grad = grad.to(feat.dtype)
-        w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch)
         d_feat = d_weight = None
-        if ctx.needs_input_grad[0]:  # offsets reversed: row (o, out) of the flipped kernel
-            d_feat = _gather(grad, table) @ w.flip(1).permute(1, 0, 2).reshape(-1, in_ch)
+        if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
+            w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch).permute(1, 0, 2).reshape(-1, in_ch)
+            d_feat = _gather(grad, reversed_table) @ w
         if ctx.needs_input_grad[1]:
             d_weight = gathered_weight_grad(feat, grad, table, weight.shape).to(weight.dtype)
-        return d_feat, d_weight, None
+        return d_feat, d_weight, None, None
 
 
 def gather_submconv(point: Point, feat: Tensor, weight: Tensor) -> Tensor:
     """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]."""
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
-    return _GatherConv.apply(feat, weight, cached_neighbour_table(point, weight.shape[1]))
+    k = weight.shape[1]
+    backward = torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad)
+    return _GatherConv.apply(feat, weight, cached_neighbour_table(point, k),
+                             cached_reversed_table(point, k) if backward else None)

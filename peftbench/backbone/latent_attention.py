@@ -45,7 +45,8 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
 class _LatentAttention(torch.autograd.Function):
     """The core in float32, with its backward written out: a Context Adapter call, forward and backward,
     takes 70 top-level ops and 25 autograd nodes instead of 76 and 39 (``scripts/context_adapter_ops.py``;
-    GEM's step waits on the host's launches); 65 and 19 with its projections in float32 too.
+    GEM's step waits on the host's launches); 65 and 19 with its projections in float32 too; 61 and 19
+    with the scaled latents kept for the backward.
 
     Forward, for the (M, r) latents L of all scenes (M = B*m), bias b (0 / -inf: other scenes' columns):
         A = b + k (sL)^T;  E = exp(A - colmax A);  T = colsum E;  U = L + (E^T V) / T
@@ -56,7 +57,8 @@ class _LatentAttention(torch.autograd.Function):
     def forward(ctx, k: Tensor, v: Tensor | None, q: Tensor | None, lat: Tensor,  # type: ignore[override]
                 bias: Tensor | None, scale: float, read_updated: bool) -> tuple[Tensor, Tensor]:
         values = k if v is None else v
-        scores = _scores(k, lat * scale, bias)                                     # A (N, M)
+        scaled_lat = lat * scale
+        scores = _scores(k, scaled_lat, bias)                                      # A (N, M)
         # softmax over the points as column max / sum reductions, which use the whole GPU (torch's
         # softmax over dim 0 parallelises over the few columns only: 23 ms of device time for GEM's
         # branches in an H200 batch-3 forward); the max is a constant shift of that softmax
@@ -68,12 +70,13 @@ class _LatentAttention(torch.autograd.Function):
         updated = lat + context                                                     # U
         reads = q is not None or read_updated
         read_keys = k if q is None else q
-        read_lat = updated if read_updated else lat
+        scaled_read = updated * scale if read_updated else scaled_lat
         # a softmax over all M columns with the other scenes' at -inf is the softmax over my m
         # latents, with zeros elsewhere: what the read-out multiplies by all M latents
-        spread = (_scores(read_keys, read_lat * scale, bias) if reads else scores).softmax(dim=-1)
+        spread = (_scores(read_keys, scaled_read, bias) if reads else scores).softmax(dim=-1)
         out = spread @ updated
-        ctx.save_for_backward(k, v, q, lat, exp, total, context, updated, spread)
+        # the scaled latents kept (M x r each): two kernels fewer in the backward
+        ctx.save_for_backward(k, v, q, exp, total, context, updated, spread, scaled_lat, scaled_read)
         ctx.scale, ctx.read_updated, ctx.reads = scale, read_updated, reads
         return out, updated
 
@@ -88,7 +91,7 @@ class _LatentAttention(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, d_out: Tensor, d_updated: Tensor | None) -> tuple:
-        k, v, q, lat, exp, total, context, updated, spread = ctx.saved_tensors
+        k, v, q, exp, total, context, updated, spread, scaled_lat, scaled_read = ctx.saved_tensors
         scale = ctx.scale
         values = k if v is None else v
         read_keys = k if q is None else q
@@ -97,7 +100,7 @@ class _LatentAttention(torch.autograd.Function):
         d_read = torch._softmax_backward_data(d_spread, spread, -1, spread.dtype)   # dR (N, M)
         d_lat = None
         if ctx.reads:  # R = b + Q (sX)^T
-            d_read_keys = d_read @ ((updated if ctx.read_updated else lat) * scale)
+            d_read_keys = d_read @ scaled_read
             d_x = d_read.T @ read_keys                                             # / s below
             if ctx.read_updated:
                 d_updated = d_updated.add_(d_x, alpha=scale)
@@ -108,17 +111,16 @@ class _LatentAttention(torch.autograd.Function):
             d_read_keys, d_scores = None, d_read
         # U = L + C / T: dL += dU;  d(C) = dU / T;  dT = -sum_r dU C / T^2 = -sum_r (dU / T) (C / T)
         d_context = d_updated / total.unsqueeze(1)
-        d_total = -(d_context * context).sum(dim=1)
+        minus_d_total = (d_context * context).sum(dim=1)
         # C = E^T V, T = colsum E, E = exp(A - max): dA = E * (V dC^T + dT) (+ dR where R = A)
-        d_affinity = torch.addmm(d_total.unsqueeze(0), values, d_context.T).mul_(exp)
+        d_affinity = torch.addmm(minus_d_total.unsqueeze(0), values, d_context.T, beta=-1).mul_(exp)
         if d_scores is not None:
             d_affinity = d_affinity.add_(d_scores)
         d_values = exp @ d_context
         # A = b + k (sL)^T
-        d_k = d_affinity @ (lat * scale)
+        keys_read = d_read_keys is not None and q is None  # the keys doubled as queries: their read term too
+        d_k = torch.addmm(d_read_keys, d_affinity, scaled_lat) if keys_read else d_affinity @ scaled_lat
         d_lat = torch.addmm(d_updated if d_lat is None else d_lat.add_(d_updated), d_affinity.T, k, alpha=scale)
-        if d_read_keys is not None and q is None:
-            d_k = d_k.add_(d_read_keys)
         if v is None:
             d_k = d_k.add_(d_values)
         return (d_k, None if v is None else d_values, None if q is None else d_read_keys, d_lat, None, None, None)

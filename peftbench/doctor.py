@@ -72,15 +72,14 @@ def backends() -> list[tuple[str, str]]:
     """The choices a trial makes with the suites' default ``conv_backend: auto``."""
     import torch
 
-    from peftbench.backbone.sparse_conv import GATHER_MAX_SITES, GATHER_MAX_SITES_NARROW, NARROW_CHANNELS, resolve_backend
+    from peftbench.backbone.sparse_conv import GATHER_MAX_SITES, resolve_backend
 
     on_cuda = torch.cuda.is_available()
     device = torch.device("cuda" if on_cuda else "cpu")
     chosen = resolve_backend("auto", device)
     spconv_error = _spconv_import_error()
     if on_cuda:
-        why = (f"spconv imports and a GPU is visible; levels of at most {GATHER_MAX_SITES:,} sites "
-               f"({GATHER_MAX_SITES_NARROW:,} for convs of at most {NARROW_CHANNELS} input channels) take the "
+        why = (f"spconv imports and a GPU is visible; levels of at most {GATHER_MAX_SITES:,} sites take the "
                "gathered conv instead (spconv's host time per call outweighs their work)" if chosen == "spconv" else
                f"spconv does not import ({spconv_error}); install the spconv-cuXXX matching torch's CUDA "
                "(pip install 'peftbench[cu126]') for faster convs")

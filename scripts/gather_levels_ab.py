@@ -10,7 +10,6 @@ blocks), so 16384 gathers on the last two levels (15 of 24 blocks) and 65536 on 
 Also the largest difference of the float32 forward from the first value's (the same conv either way).
 
     python scripts/gather_levels_ab.py --values 0 16384 65536 --workloads frozen:train:3 gem:train:3 --json ab.json
-    python scripts/gather_levels_ab.py --setting GATHER_MAX_SITES_NARROW --values 0 400000 --workloads sa:train:3
 """
 
 from __future__ import annotations
@@ -31,17 +30,13 @@ from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
-SETTING = "GATHER_MAX_SITES"  # --setting: or GATHER_MAX_SITES_NARROW (GEM's rank-r Spatial Adapter convs)
-
-
 def with_gather_max_sites(value: int, fn):
     def step():
-        saved = getattr(sparse_conv, SETTING)
-        setattr(sparse_conv, SETTING, value)
+        saved, sparse_conv.GATHER_MAX_SITES = sparse_conv.GATHER_MAX_SITES, value
         try:
             return fn()
         finally:
-            setattr(sparse_conv, SETTING, saved)
+            sparse_conv.GATHER_MAX_SITES = saved
     return step
 
 
@@ -59,7 +54,6 @@ def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.devi
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--setting", default="GATHER_MAX_SITES", choices=["GATHER_MAX_SITES", "GATHER_MAX_SITES_NARROW"])
     parser.add_argument("--values", type=int, nargs="+", default=[0, 16384, 65536])
     parser.add_argument("--workloads", nargs="+", default=["frozen:train:3", "gem:train:3", "full:train:3",
                                                            "frozen:infer:3", "gem:infer:3"])
@@ -70,8 +64,6 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
     args = parser.parse_args()
-    global SETTING
-    SETTING = args.setting
     discover()
     device = torch.device(args.device)
     work = [w.split(":") for w in args.workloads]
@@ -93,9 +85,9 @@ def main() -> int:
         for value in args.values:
             ms = rounds[str(value)]
             ratio = round_ratios(rounds, str(value), str(args.values[0]))
-            result["rows"].append({"workload": name, args.setting.lower(): value, "rounds_ms": ms, **ratio,
+            result["rows"].append({"workload": name, "gather_max_sites": value, "rounds_ms": ms, **ratio,
                                    "fp32_difference": difference})
-            print(f"{name:18s} {args.setting}={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
+            print(f"{name:18s} GATHER_MAX_SITES={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
                   f"/ {args.values[0]}: {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]", flush=True)
         del fns, model, infer, train
         if device.type == "cuda":

@@ -488,31 +488,3 @@ def test_spconv_backward_tuned_once_per_channels_at_the_first_size(monkeypatch: 
     runner.tune_backward(None, torch.randn(50, 8), torch.randn(8, 3, 3, 3, 8), True)  # other channels: tunes
     assert calls == [(1000, True), (50, True)] and backwards == [1000, 50]
     assert weight.grad is None  # the throwaway gradient reaches nothing of the model
-
-
-def test_method_branches_sparse_convs_get_their_index_built_before_the_first_block(micro_config) -> None:
-    """A branch's conv may run another backend than the CPE's (on CUDA, ``auto`` gathers GEM's narrow
-    Spatial Adapter convs on larger levels than the CPE's): ``build_sites`` builds its index too."""
-    from peftbench.backbone import PointTransformerV3
-    from conftest import random_scene_batch
-
-    model = PointTransformerV3(**micro_config).eval()
-    for conv in model.modules():
-        if isinstance(conv, SubMConv3d):
-            conv.backend = "torch"
-    for _, block in model.encoder_blocks():
-        block.cpe_branches["side"] = SubMConv3d(block.channels, block.channels, 3, bias=False,
-                                                indice_key=block.indice_key, backend="gather")
-    built = []
-
-    def record(_module, args):
-        level, stage = args[0], 0
-        while level is not None:  # the CPE's pairs (torch) and the branch's table (gather), every level
-            built.append((f"stage{stage}", 3) in level["neighbours"])
-            built.append(3 in level.get("neighbour_tables", {}))
-            level, stage = level.get("pooled_sites"), stage + 1
-
-    next(block for _, block in model.encoder_blocks()).register_forward_pre_hook(record)
-    with torch.no_grad():
-        model(Point(random_scene_batch()))
-    assert len(built) == 2 * len(micro_config["enc_depths"]) and all(built)

@@ -119,11 +119,6 @@ def test_auto_takes_the_gathered_conv_on_small_levels_only_on_cuda(monkeypatch: 
     assert sparse_conv.backend_for_sites("auto", cuda, 101) == "spconv"
     assert sparse_conv.backend_for_sites("spconv", cuda, 10) == "spconv"
     assert sparse_conv.backend_for_sites("auto", "cpu", 10) == "torch"
-    monkeypatch.setattr(sparse_conv, "GATHER_MAX_SITES_NARROW", 1000)  # narrow convs: a larger bound
-    assert sparse_conv.backend_for_sites("auto", cuda, 1000, channels=sparse_conv.NARROW_CHANNELS) == "gather"
-    assert sparse_conv.backend_for_sites("auto", cuda, 1001, channels=sparse_conv.NARROW_CHANNELS) == "spconv"
-    assert sparse_conv.backend_for_sites("auto", cuda, 101, channels=sparse_conv.NARROW_CHANNELS + 1) == "spconv"
-    assert sparse_conv.backend_for_sites("spconv", cuda, 10, channels=8) == "spconv"
     monkeypatch.setattr(sparse_conv, "GATHER_MAX_SITES", 0)
     assert sparse_conv.backend_for_sites("auto", cuda, 1) == "spconv"
 

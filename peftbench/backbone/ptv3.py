@@ -11,7 +11,6 @@ from peftbench.backbone.block import Block
 from peftbench.backbone.patch_layout import scene_counts
 from peftbench.backbone.pooling import GridPooling, GridUnpooling
 from peftbench.backbone.serialization import serialize
-from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.backbone.structure import Point
 from peftbench.errors import PeftbenchError
 
@@ -145,10 +144,8 @@ class PointTransformerV3(nn.Module):
             if hasattr(stage, "down"):
                 level = stage.down.sites(level)
             scene_counts(level)
-            if hasattr(stage, "block0"):  # the sparse convs' index pairs (spconv waits too), method branches' too
-                for conv in stage.block0.modules():
-                    if isinstance(conv, SubMConv3d):
-                        conv.build_index(level)
+            if hasattr(stage, "block0"):  # the sparse conv's index pairs (spconv waits too)
+                stage.block0.cpe[0].build_index(level)
 
     def encoder_blocks(self):
         """Yield ``(stage index, block)`` for every encoder block, in forward order."""

@@ -9,9 +9,8 @@ Sonata checkpoints load unchanged.
 * ``spconv``: spconv 2.x (fast on GPU; ``spconv_conv``); imported lazily, bias added outside
   the conv because the CPU build refuses it.
 * ``gather``: one gather and one matmul (``gather_conv``). ``auto`` on CUDA picks it over spconv on
-  levels of at most ``GATHER_MAX_SITES`` sites (``GATHER_MAX_SITES_NARROW`` for narrow convs): a spconv
-  call costs ~0.3 ms of host time whatever its size (its tuner lookup and kernel dispatch), more than a
-  small level's whole conv on the device.
+  levels of at most ``GATHER_MAX_SITES`` sites: a spconv call costs ~0.3 ms of host time whatever its
+  size (its tuner lookup and kernel dispatch), more than a small level's whole conv on the device.
 """
 
 from __future__ import annotations
@@ -52,21 +51,15 @@ def spconv_available() -> bool:
     return True
 
 
-# ``auto`` on CUDA: the gathered conv on levels of at most this many sites (0: spconv on every level),
-# and for convs of at most NARROW_CHANNELS input channels (GEM's rank-r Spatial Adapter) on levels of at
-# most GATHER_MAX_SITES_NARROW: their gathered matrix (sites x k^3 x channels) is small for its sites.
+# ``auto`` on CUDA: the gathered conv on levels of at most this many sites (0: spconv on every level).
 GATHER_MAX_SITES = 65536
-NARROW_CHANNELS = 32
-GATHER_MAX_SITES_NARROW = 400_000
 
 
-def backend_for_sites(name: str, device: torch.device | str, sites: int, channels: int | None = None) -> str:
-    """The backend a conv over ``sites`` sites (of ``channels`` input channels) runs: ``resolve_backend``,
-    except that ``auto`` takes the gathered conv instead of spconv on small levels (see above)."""
+def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
+    """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
+    gathered conv instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites."""
     backend = resolve_backend(name, device)
-    narrow = channels is not None and channels <= NARROW_CHANNELS
-    if name == "auto" and backend == "spconv" and (
-            sites <= GATHER_MAX_SITES or (narrow and sites <= GATHER_MAX_SITES_NARROW)):
+    if name == "auto" and backend == "spconv" and sites <= GATHER_MAX_SITES:
         return "gather"
     return backend
 
@@ -264,7 +257,7 @@ class SubMConv3d(nn.Module):
 
     def _backend(self, point: Point, device: torch.device) -> str:
         return backend_for_sites(_default_backend if self.backend == "auto" else self.backend, device,
-                                 len(point["grid_coord"]), self.in_channels)
+                                 len(point["grid_coord"]))
 
     def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
         from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)

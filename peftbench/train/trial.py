@@ -108,8 +108,7 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     requested = spec["backbone"].get("conv_backend", "auto")
     backend = resolve_backend(requested, device)
     if requested == "auto" and backend == "spconv":  # the threshold is part of what ran
-        backend = (f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites "
-                   f"({sparse_conv.GATHER_MAX_SITES_NARROW} at <= {sparse_conv.NARROW_CHANNELS} channels)")
+        backend = f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
                                             "classes": list(classes),
                                             "split": {k: split_record[k] for k in ("split", "source", "hash")}}},

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
+from peftbench.backbone.block import CPEConvBranch
 from peftbench.backbone.latent_attention import cached_off_scene_bias, scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
@@ -49,16 +50,21 @@ class GEMConfig(MethodConfig):
 
 
 def float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` in float32 with autocast off (see the module's precision note)."""
+    """``x @ weight.T + bias`` in the weight's dtype (float32; autocast off: see the module's precision note)."""
     with torch.autocast(x.device.type, enabled=False):
-        return nn.functional.linear(x.float(), weight, bias)
+        return nn.functional.linear(x.to(weight.dtype), weight, bias)
 
 
-class SpatialAdapter(nn.Module):
-    """down (d->r) -> sparse conv k^3 at rank r (reusing the CPE's neighbour map) -> ReLU -> up (r->d)."""
+class SpatialAdapter(CPEConvBranch):
+    """down (d->r) -> sparse conv k^3 at rank r (reusing the CPE's neighbour map) -> ReLU -> up (r->d).
+
+    With the CPE's kernel the block runs ``conv(down(x))`` as one conv of ``x`` by the weights
+    ``W_o @ W_down`` (``conv_weight``), extra output columns of the CPE's conv call.
+    """
 
     def __init__(self, channels: int, rank: int, kernel_size: int, indice_key: str, bias: bool) -> None:
         super().__init__()
+        self.kernel_size = kernel_size
         self.down = nn.Linear(channels, rank, bias=False)
         self.conv = SubMConv3d(rank, rank, kernel_size, bias=False, indice_key=indice_key)
         self.act = nn.ReLU()
@@ -68,9 +74,15 @@ class SpatialAdapter(nn.Module):
         if bias:
             nn.init.zeros_(self.up.bias)
 
+    def conv_weight(self) -> torch.Tensor:
+        weight = self.conv.weight  # (r, k, k, k, r) @ (r, d) -> (r, k, k, k, d), float32
+        return float32_linear(weight.reshape(-1, weight.shape[-1]), self.down.weight.t()).view(*weight.shape[:-1], -1)
+
+    def after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return float32_linear(self.act(conv_out), self.up.weight, self.up.bias).to(x.dtype)
+
     def forward(self, point, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(self.conv(point, float32_linear(x, self.down.weight)))  # the conv: autocast dtype
-        return float32_linear(hidden, self.up.weight, self.up.bias).to(x.dtype)
+        return self.after_conv(point, self.conv(point, float32_linear(x, self.down.weight)), x)  # conv: autocast dtype
 
 
 class LatentBank(nn.Module):

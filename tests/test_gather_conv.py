@@ -148,3 +148,33 @@ def test_under_autocast_the_features_are_cast_before_the_gather(monkeypatch: pyt
     assert gathered_dtypes == [torch.bfloat16, torch.bfloat16]  # forward, and the input gradient's
     assert out.dtype == torch.bfloat16 and feat.grad is not None and feat.grad.dtype == torch.float32
     torch.testing.assert_close(out.float(), expected, atol=0.05 * expected.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["gather", "torch", "spconv"])
+def test_extra_weight_columns_equal_a_second_conv_and_only_trainable_rows_get_gradients(backend: str) -> None:
+    """``SubMConv3d(point, feat, extra)``: the extra columns from the same call, a frozen weight's
+    rows get no gradient, the features' gradient sums both convs' (GEM's SA beside the CPE)."""
+    from peftbench.backbone.sparse_conv import SubMConv3d, spconv_available
+
+    if backend == "spconv" and not spconv_available():
+        pytest.skip("spconv not installed")
+    grid, batch = _sites(90, 6, 2, seed=3)
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
+    g = torch.Generator().manual_seed(2)
+    dtype = torch.float32 if backend == "spconv" else torch.float64  # spconv's CPU kernels: no float64
+    conv = SubMConv3d(5, 4, 3, bias=True, indice_key="t", backend=backend).to(dtype).requires_grad_(False)
+    torch.nn.init.normal_(conv.bias)
+    feat = torch.randn(len(grid), 5, generator=g, dtype=dtype, requires_grad=True)
+    extra = torch.randn(3, 3, 3, 3, 5, generator=g, dtype=dtype, requires_grad=True)
+    out, extra_out = conv(point, feat, extra)
+    reference = submconv_torch(feat, torch.cat([conv.weight, extra]), build_neighbour_map(grid, batch, 3))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, reference[:, :4] + conv.bias, **tol)
+    torch.testing.assert_close(extra_out, reference[:, 4:], **tol)
+    w_out = torch.randn(len(grid), 7, generator=g, dtype=dtype)
+    grads = torch.autograd.grad((torch.cat([out, extra_out], 1) * w_out).sum(), [feat, extra])
+    ref_grads = torch.autograd.grad((torch.cat([reference[:, :4] + conv.bias, reference[:, 4:]], 1) * w_out).sum(),
+                                    [feat, extra])
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref, **tol)
+    assert conv.weight.grad is None

@@ -5,8 +5,9 @@
     h = norm2(x);  x = x + drop_path(mlp(h)  + Σ mlp_branches(h))    (parallel adapter)
     x = x + Σ post_mlp(x)                                   (sequential bottleneck adapter)
 
-Every branch is called as ``branch(point, x)``. Empty slots add no state-dict keys, so a block
-with no method attached is exactly Sonata's block (same keys, same numbers).
+Every branch is called as ``branch(point, x)``, except that a ``cpe_branches`` entry that is a
+``CPEConvBranch`` with the CPE's kernel rides on the CPE's own conv call. Empty slots add no state-dict
+keys, so a block with no method attached is exactly Sonata's block (same keys, same numbers).
 """
 
 from __future__ import annotations
@@ -52,9 +53,34 @@ class PositionEncoding(nn.Sequential):
         super().__init__(SubMConv3d(channels, channels, 3, bias=True, indice_key=indice_key),
                          nn.Linear(channels, channels), nn.LayerNorm(channels))
 
-    def forward(self, point: Point, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, point: Point, x: torch.Tensor,  # type: ignore[override]
+                extra_conv_weight: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The CPE of ``x``; with ``extra_conv_weight``, also that conv of ``x`` from the same conv call."""
         conv, linear, norm = self
-        return norm(linear(conv(point, x)))
+        if extra_conv_weight is None:
+            return norm(linear(conv(point, x)))
+        out, extra = conv(point, x, extra_conv_weight)
+        return norm(linear(out)), extra
+
+
+class CPEConvBranch(nn.Module):
+    """A ``cpe_branches`` entry whose first op is a bias-free sparse conv of the block's input.
+
+    Where its ``kernel_size`` is the CPE's, the block computes that conv as extra output columns of the
+    CPE's conv (``conv_weight``: one gather or spconv call for both, the same values) and passes them
+    to ``after_conv``; elsewhere it calls ``forward``. On a GPU a sparse-conv call costs more host time
+    than its small-level work (GEM's Spatial Adapter: 24 of them a step, twice with backward).
+    """
+
+    kernel_size: int
+
+    def conv_weight(self) -> torch.Tensor:
+        """KRSC ``(out, k, k, k, in)``: the branch's conv as a conv of the block's input."""
+        raise NotImplementedError
+
+    def after_conv(self, point: Point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The branch's output from its conv's output ``conv_out`` (and the block input ``x``)."""
+        raise NotImplementedError
 
 
 class Block(nn.Module):
@@ -82,7 +108,7 @@ class Block(nn.Module):
         # the CPE's conv to the attention's patches instead of breaking before the qkv projection.
         layout = self.attn.layout(point)
         x = point.feat
-        x = x + _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
+        x = x + self._position_encoding(point, x)
         h = self.norm1(x)
         x = x + self.drop_path(_with_branches(self.attn(point, h, layout), self.attn_branches, point, h))
         h = self.norm2(x)
@@ -91,6 +117,22 @@ class Block(nn.Module):
             x = _with_branches(x, self.post_mlp, point, x)
         point.feat = x
         return point
+
+
+    def _position_encoding(self, point: Point, x: torch.Tensor) -> torch.Tensor:
+        """``cpe(x) + Σ cpe_branches(x)``, the ``CPEConvBranch`` entries through the CPE's conv call."""
+        kernel = self.cpe[0].kernel_size
+        shared = [b for b in self.cpe_branches.values() if isinstance(b, CPEConvBranch) and b.kernel_size == kernel]
+        if not shared:
+            return _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
+        weights = [branch.conv_weight() for branch in shared]
+        out, extra = self.cpe(point, x, torch.cat(weights) if len(weights) > 1 else weights[0])
+        for branch, conv_out in zip(shared, extra.split([len(w) for w in weights], dim=1)):
+            out = out + branch.after_conv(point, conv_out, x)
+        for branch in self.cpe_branches.values():
+            if all(branch is not s for s in shared):
+                out = out + branch(point, x)
+        return out
 
 
 def _with_branches(out: torch.Tensor, slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor:

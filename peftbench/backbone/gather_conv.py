@@ -89,7 +89,7 @@ def _gather_padded(padded: Tensor, table: Tensor) -> Tensor:
 
 def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape: torch.Size,
                          chunk_rows: int = 1 << 17, segment_rows: int = 2048) -> Tensor:
-    """KRSC weight gradient ``dW[:, o] = sum_p grad[p]^T feat[table[p, o]]``, float32.
+    """KRSC weight gradient ``dW[:, o] = sum_p grad[p]^T feat[table[p, o]]``, float32 (float64 from float64).
 
     Per chunk of sites (its gathered rows are the only large temporary, ~0.2 GB at 2**17 sites,
     27 offsets, 32 channels, fp16), the sum over sites is one matmul with a float32 result
@@ -104,7 +104,7 @@ def gathered_weight_grad(feat: Tensor, grad: Tensor, table: Tensor, weight_shape
         part = _sum_over_sites(grad[start:start + chunk_rows], x, segment_rows)
         total = part if total is None else total.add_(part)
     if total is None:
-        total = torch.zeros(out_ch, table.shape[1] * in_ch, dtype=torch.float32, device=feat.device)
+        total = torch.zeros(out_ch, table.shape[1] * in_ch, dtype=_sum_dtype(feat.dtype), device=feat.device)
     return total.view(out_ch, -1, in_ch).reshape(weight_shape)
 
 
@@ -120,43 +120,58 @@ def _sum_over_sites(g: Tensor, x: Tensor, segment_rows: int) -> Tensor:
         return torch.mm(g.T, x, out_dtype=torch.float32)
     segments = len(g) // segment_rows
     head = segments * segment_rows
-    total = torch.zeros(g.shape[1], x.shape[1], dtype=torch.float32, device=g.device)
+    dtype = _sum_dtype(g.dtype)
+    total = torch.zeros(g.shape[1], x.shape[1], dtype=dtype, device=g.device)
     if segments:
         parts = torch.bmm(g[:head].view(segments, segment_rows, -1).transpose(1, 2),
                           x[:head].view(segments, segment_rows, -1))                  # (s, out, cols)
-        total += parts.sum(0, dtype=torch.float32)
+        total += parts.sum(0, dtype=dtype)
     if head < len(g):
-        total += (g[head:].T @ x[head:]).float()
+        total += (g[head:].T @ x[head:]).to(dtype)
     return total
+
+
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 class _GatherConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat: Tensor, weight: Tensor, table: Tensor,  # type: ignore[override]
+    def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
                 reversed_table: Tensor | None) -> Tensor:
-        ctx.save_for_backward(feat, weight, table, reversed_table)
+        ctx.save_for_backward(feat, weight, extra, table, reversed_table)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
-        return nn.functional.linear(_gather(feat, table), weight.to(feat.dtype).reshape(weight.shape[0], -1))
+        return nn.functional.linear(_gather(feat, table), _rows(weight, extra, feat.dtype).flatten(1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, weight, table, reversed_table = ctx.saved_tensors
-        out_ch, in_ch = weight.shape[0], weight.shape[-1]
+        feat, weight, extra, table, reversed_table = ctx.saved_tensors
         grad = grad.to(feat.dtype)
-        d_feat = d_weight = None
+        d_feat = d_weight = d_extra = None
         if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
-            w = weight.to(feat.dtype).reshape(out_ch, -1, in_ch).permute(1, 0, 2).reshape(-1, in_ch)
-            d_feat = _gather(grad, reversed_table) @ w
-        if ctx.needs_input_grad[1]:
-            d_weight = gathered_weight_grad(feat, grad, table, weight.shape).to(weight.dtype)
-        return d_feat, d_weight, None, None
+            w = _rows(weight, extra, feat.dtype)
+            d_feat = _gather(grad, reversed_table) @ w.transpose(0, 1).reshape(-1, w.shape[-1])
+        # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
+        for i, rows, cols in ((1, weight, slice(0, len(weight))), (2, extra, slice(len(weight), None))):
+            if ctx.needs_input_grad[i]:
+                d = gathered_weight_grad(feat, grad[:, cols], table, rows.shape).to(rows.dtype)
+                d_weight, d_extra = (d, d_extra) if i == 1 else (d_weight, d)
+        return d_feat, d_weight, d_extra, None, None
 
 
-def gather_submconv(point: Point, feat: Tensor, weight: Tensor) -> Tensor:
-    """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]."""
+def _rows(weight: Tensor, extra: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """(out + extra out, k^3, in): ``weight``'s output rows, then ``extra``'s, in ``dtype``."""
+    w = weight.to(dtype).flatten(1, 3)
+    return w if extra is None else torch.cat([w, extra.to(dtype).flatten(1, 3)])
+
+
+def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | None = None) -> Tensor:
+    """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]; ``extra``
+    (KRSC, same k and in) adds output columns after ``weight``'s from the same gather."""
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     k = weight.shape[1]
-    backward = torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad)
-    return _GatherConv.apply(feat, weight, cached_neighbour_table(point, k),
+    backward = torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad
+                                            or (extra is not None and extra.requires_grad))
+    return _GatherConv.apply(feat, weight, extra, cached_neighbour_table(point, k),
                              cached_reversed_table(point, k) if backward else None)

@@ -219,7 +219,10 @@ class SubMConv3d(nn.Module):
                 f"bias={self.bias is not None}, indice_key={self.indice_key!r}, backend={self.backend!r}")
 
     @torch.compiler.disable  # spconv's driver and host-side caches: eager under train.compile
-    def forward(self, point: Point, feat: Tensor) -> Tensor:
+    def forward(self, point: Point, feat: Tensor, extra_weight: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """The conv of ``feat``; with ``extra_weight`` (KRSC, same kernel and input channels, no bias) also
+        that conv's output columns from the same gather / spconv call: ``(out, extra_out)``."""
         if feat.shape[0] != len(point["grid_coord"]) or feat.shape[-1] != self.in_channels:
             raise PeftbenchError(f"SubMConv3d: feat {tuple(feat.shape)} does not match "
                                  f"{len(point['grid_coord'])} sites x {self.in_channels} channels")
@@ -227,15 +230,18 @@ class SubMConv3d(nn.Module):
         if backend == "gather":
             from peftbench.backbone.gather_conv import gather_submconv  # (imports this module)
 
-            out = gather_submconv(point, feat, self.weight)
-        elif backend == "spconv":
-            out = self._forward_spconv(point, feat)
+            out = gather_submconv(point, feat, self.weight, extra_weight)
         else:
-            nmap = cached_neighbour_map(point, self.indice_key, self.kernel_size)
-            out = submconv_torch(feat, self.weight, nmap)
+            weight = self.weight if extra_weight is None else torch.cat([self.weight, extra_weight.to(self.weight.dtype)])
+            if backend == "spconv":
+                out = self._forward_spconv(point, feat, weight)
+            else:
+                out = submconv_torch(feat, weight, cached_neighbour_map(point, self.indice_key, self.kernel_size))
+        if extra_weight is not None:
+            out, extra = out[:, :self.out_channels], out[:, self.out_channels:]
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
-        return out
+        return out if extra_weight is None else (out, extra)
 
     def build_index(self, point: Point) -> None:
         """Build the index structures this conv would build on its first call on ``point`` (a level's
@@ -259,9 +265,9 @@ class SubMConv3d(nn.Module):
         return backend_for_sites(_default_backend if self.backend == "auto" else self.backend, device,
                                  len(point["grid_coord"]))
 
-    def _forward_spconv(self, point: Point, feat: Tensor) -> Tensor:
+    def _forward_spconv(self, point: Point, feat: Tensor, weight: Tensor) -> Tensor:
         from peftbench.backbone.spconv_conv import SpconvRunner, spconv_submconv  # (imports gather_conv)
 
         if self._spconv is None:
             self._spconv = SpconvRunner(self.indice_key, self.kernel_size)
-        return spconv_submconv(self._spconv, point, feat, self.weight, self.training)
+        return spconv_submconv(self._spconv, point, feat, weight, self.training)

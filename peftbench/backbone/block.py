@@ -118,7 +118,6 @@ class Block(nn.Module):
         point.feat = x
         return point
 
-
     def _position_encoding(self, point: Point, x: torch.Tensor) -> torch.Tensor:
         """``cpe(x) + Σ cpe_branches(x)``, the ``CPEConvBranch`` entries through the CPE's conv call."""
         kernel = self.cpe[0].kernel_size
@@ -127,7 +126,8 @@ class Block(nn.Module):
             return _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
         weights = [branch.conv_weight() for branch in shared]
         out, extra = self.cpe(point, x, torch.cat(weights) if len(weights) > 1 else weights[0])
-        for branch, conv_out in zip(shared, extra.split([len(w) for w in weights], dim=1)):
+        conv_outs = extra.split([len(w) for w in weights], dim=1) if len(shared) > 1 else (extra,)
+        for branch, conv_out in zip(shared, conv_outs):
             out = out + branch.after_conv(point, conv_out, x)
         for branch in self.cpe_branches.values():
             if all(branch is not s for s in shared):

@@ -237,8 +237,8 @@ class SubMConv3d(nn.Module):
                 out = self._forward_spconv(point, feat, weight)
             else:
                 out = submconv_torch(feat, weight, cached_neighbour_map(point, self.indice_key, self.kernel_size))
-        if extra_weight is not None:
-            out, extra = out[:, :self.out_channels], out[:, self.out_channels:]
+        if extra_weight is not None:  # split: its backward is one cat (two slices' would be two zero fills)
+            out, extra = out.split([self.out_channels, len(extra_weight)], dim=1)
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out if extra_weight is None else (out, extra)

@@ -130,7 +130,7 @@ class Block(nn.Module):
         for branch, conv_out in zip(shared, conv_outs):
             out = out + branch.after_conv(point, conv_out, x)
         for branch in self.cpe_branches.values():
-            if all(branch is not s for s in shared):
+            if branch not in shared:
                 out = out + branch(point, x)
         return out
 

@@ -152,10 +152,10 @@ class _GatherConv(torch.autograd.Function):
             w = _rows(weight, extra, feat.dtype)
             d_feat = _gather(grad, reversed_table) @ w.transpose(0, 1).reshape(-1, w.shape[-1])
         # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
-        for i, rows, cols in ((1, weight, slice(0, len(weight))), (2, extra, slice(len(weight), None))):
-            if ctx.needs_input_grad[i]:
-                d = gathered_weight_grad(feat, grad[:, cols], table, rows.shape).to(rows.dtype)
-                d_weight, d_extra = (d, d_extra) if i == 1 else (d_weight, d)
+        if ctx.needs_input_grad[1]:
+            d_weight = gathered_weight_grad(feat, grad[:, :len(weight)], table, weight.shape).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            d_extra = gathered_weight_grad(feat, grad[:, len(weight):], table, extra.shape).to(extra.dtype)
         return d_feat, d_weight, d_extra, None, None
 
 

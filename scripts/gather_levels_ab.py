@@ -8,6 +8,8 @@ matmul) costs a few ops but reads every k^3 neighbour, present or not. On the be
 102,400 points) the encoder's levels hold ~307k, 161k, 35.6k, 8.3k and 2.1k sites (Sonata: 3, 3, 3, 12 and 3
 blocks), so 16384 gathers on the last two levels (15 of 24 blocks) and 65536 on the last three.
 Also the largest difference of the float32 forward from the first value's (the same conv either way).
+``--setting module:NAME`` takes another integer setting the same way (e.g.
+``peftbench.backbone.layer_norm:TRITON_MAX_CHANNELS``).
 
     python scripts/gather_levels_ab.py --values 0 16384 65536 --workloads frozen:train:3 gem:train:3 --json ab.json
 """
@@ -15,6 +17,7 @@ Also the largest difference of the float32 forward from the first value's (the s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -23,20 +26,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftbench.backbone import sparse_conv  # noqa: E402
 from peftbench.bench import FROZEN, autocast_for, bench_model, interleaved, round_ratios, step_functions, synthetic_scenes  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
-def with_gather_max_sites(value: int, fn):
+SETTING = ["peftbench.backbone.sparse_conv", "GATHER_MAX_SITES"]  # module, name: --setting
+
+
+def with_setting(value: int, fn):
+    module, name = importlib.import_module(SETTING[0]), SETTING[1]
+
     def step():
-        saved, sparse_conv.GATHER_MAX_SITES = sparse_conv.GATHER_MAX_SITES, value
+        saved = getattr(module, name)
+        setattr(module, name, value)
         try:
             return fn()
         finally:
-            sparse_conv.GATHER_MAX_SITES = saved
+            setattr(module, name, saved)
     return step
 
 
@@ -47,7 +55,7 @@ def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.devi
     for value in values:
         with torch.no_grad():
             generator = torch.Generator(device).manual_seed(0)  # the same order shuffle each time
-            outs.append(with_gather_max_sites(value, lambda: model(dict(inputs), generator))())
+            outs.append(with_setting(value, lambda: model(dict(inputs), generator))())
     scale = outs[0].abs().max().item()
     return max((out - outs[0]).abs().max().item() / scale for out in outs[1:])
 
@@ -57,6 +65,7 @@ def main() -> int:
     parser.add_argument("--values", type=int, nargs="+", default=[0, 16384, 65536])
     parser.add_argument("--workloads", nargs="+", default=["frozen:train:3", "gem:train:3", "full:train:3",
                                                            "frozen:infer:3", "gem:infer:3"])
+    parser.add_argument("--setting", default=":".join(SETTING), help="module:NAME of the integer setting")
     parser.add_argument("--points", type=int, default=102400)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
@@ -64,6 +73,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
     args = parser.parse_args()
+    SETTING[:] = args.setting.split(":")
     discover()
     device = torch.device(args.device)
     work = [w.split(":") for w in args.workloads]
@@ -77,7 +87,7 @@ def main() -> int:
         model = bench_model(args.backbone, method, device, "fp16").train(mode == "train")
         infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, "fp16"),
                                       grad_to_input=method == FROZEN)
-        fns = {str(v): with_gather_max_sites(v, train if mode == "train" else infer) for v in args.values}
+        fns = {str(v): with_setting(v, train if mode == "train" else infer) for v in args.values}
         rounds = interleaved(fns, device, args.rounds, args.steps)
         name = f"{method}:{mode}:{batch_size}"
         difference = fp32_difference(args.backbone, method, inputs, device, args.values)
@@ -85,9 +95,9 @@ def main() -> int:
         for value in args.values:
             ms = rounds[str(value)]
             ratio = round_ratios(rounds, str(value), str(args.values[0]))
-            result["rows"].append({"workload": name, "gather_max_sites": value, "rounds_ms": ms, **ratio,
+            result["rows"].append({"workload": name, "setting": args.setting, "value": value, "rounds_ms": ms, **ratio,
                                    "fp32_difference": difference})
-            print(f"{name:18s} GATHER_MAX_SITES={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
+            print(f"{name:18s} {SETTING[1]}={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
                   f"/ {args.values[0]}: {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]", flush=True)
         del fns, model, infer, train
         if device.type == "cuda":

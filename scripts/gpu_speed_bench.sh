@@ -3,10 +3,12 @@
 # in $OUT/log.txt.
 # STAGES picks the parts, which run in this file's order (default: identity probe trials reference bench):
 #   identity   reference identity, fp32, tiny and Sonata-size (scripts/reference_identity.py); cidentity: compiled
+#   lnorm      the Triton LayerNorm's tests on CUDA and its device time against torch's per level (scripts/layer_norm_bench.py)
 #   launch     host time to issue one op, same shape against a new shape each call (scripts/launch_cost.py)
 #   overheads  the garbage collector's and spconv's allocator callbacks' share of a step (scripts/step_overheads.py)
 #   gab        the step with small levels gathered instead of spconv, per GATHER_MAX_SITES value in turns
-#              (scripts/gather_levels_ab.py; GAB_VALUES default "0 16384 65536", GAB_WORKLOADS)
+#              (scripts/gather_levels_ab.py; GAB_VALUES default "0 16384 65536", GAB_WORKLOADS; GAB_SETTING
+#              module:NAME for another integer setting)
 #   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
@@ -49,11 +51,13 @@ has identity && stamp identity && timeout 150 python3 scripts/reference_identity
   --json "$OUT/ident.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
 has cidentity && stamp "identity, compiled" && timeout 300 python3 scripts/reference_identity.py --reference "$REF" --configs tiny \
   --device cuda --backends spconv --compile --json "$OUT/ident_compiled.json" 2>&1 | grep -Ev "$F" | tail -15 | tee -a "$LOG"
+has lnorm && stamp "layer norm" && (timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_layer_norm.py 2>&1 | tail -3; \
+  timeout 120 python3 scripts/layer_norm_bench.py --json "$OUT/lnorm.json" 2>&1) | grep -Ev "$F" | tee -a "$LOG"
 has launch && stamp "launch cost" && timeout 60 python3 scripts/launch_cost.py --json "$OUT/launch.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has overheads && stamp "step overheads" && timeout 200 python3 scripts/step_overheads.py --workloads ${OVERHEAD_WORKLOADS:-frozen:train:3 gem:train:3} ${OVERHEAD_ARGS:-} \
   --json "$OUT/overheads.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has gab && stamp "gathered levels" && timeout 240 python3 scripts/gather_levels_ab.py --values ${GAB_VALUES:-0 16384 65536} \
-  ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} --json "$OUT/gab.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+  ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} ${GAB_SETTING:+--setting $GAB_SETTING} --json "$OUT/gab.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
 sed -e 's/^  amp: true/  amp: true\n  compile: true/' /tmp/gpu_speed.yaml > /tmp/gpu_speed_c.yaml

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():  # Triton kernels run on CPU tensors through its interpreter (read at import)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from peftbench.backbone import backbone_config
 

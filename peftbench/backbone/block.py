@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from peftbench.backbone.attention import SerializedAttention
+from peftbench.backbone.layer_norm import LayerNorm
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.backbone.structure import Point
 
@@ -51,7 +52,7 @@ class PositionEncoding(nn.Sequential):
 
     def __init__(self, channels: int, indice_key: str) -> None:
         super().__init__(SubMConv3d(channels, channels, 3, bias=True, indice_key=indice_key),
-                         nn.Linear(channels, channels), nn.LayerNorm(channels))
+                         nn.Linear(channels, channels), LayerNorm(channels))
 
     def forward(self, point: Point, x: torch.Tensor,  # type: ignore[override]
                 extra_conv_weight: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +93,10 @@ class Block(nn.Module):
         self.channels = channels
         self.indice_key = indice_key
         self.cpe = PositionEncoding(channels, indice_key)
-        self.norm1 = nn.Sequential(nn.LayerNorm(channels))
+        self.norm1 = nn.Sequential(LayerNorm(channels))
         self.attn = SerializedAttention(channels, num_heads, patch_size, qkv_bias, qk_scale, attn_drop,
                                         proj_drop, order_index, enable_flash)
-        self.norm2 = nn.Sequential(nn.LayerNorm(channels))
+        self.norm2 = nn.Sequential(LayerNorm(channels))
         self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio), proj_drop))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.cpe_branches = nn.ModuleDict()

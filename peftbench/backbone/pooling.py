@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftbench.backbone.layer_norm import LayerNorm
 from peftbench.backbone.serialization import serialize
 from peftbench.backbone.structure import Point
 
@@ -38,7 +39,7 @@ class GridPooling(nn.Module):
         self.reduce = reduce
         self.shuffle_orders = shuffle_orders
         self.proj = nn.Linear(in_channels, out_channels)
-        self.norm = nn.Sequential(nn.LayerNorm(out_channels))
+        self.norm = nn.Sequential(LayerNorm(out_channels))
         self.act = nn.GELU()
 
     def sites(self, point: Point) -> Point:
@@ -97,8 +98,8 @@ class GridUnpooling(nn.Module):
 
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels), nn.GELU())
-        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.LayerNorm(out_channels),
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), LayerNorm(out_channels), nn.GELU())
+        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), LayerNorm(out_channels),
                                        nn.GELU())
 
     def forward(self, point: Point) -> Point:

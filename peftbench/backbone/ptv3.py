@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from peftbench.backbone.block import Block
+from peftbench.backbone.layer_norm import LayerNorm
 from peftbench.backbone.patch_layout import scene_counts
 from peftbench.backbone.pooling import GridPooling, GridUnpooling
 from peftbench.backbone.serialization import serialize
@@ -24,7 +25,7 @@ class Embedding(nn.Module):
         super().__init__()
         self.stem = nn.Sequential()
         self.stem.add_module("linear", nn.Linear(in_channels, channels))
-        self.stem.add_module("norm", nn.LayerNorm(channels))
+        self.stem.add_module("norm", LayerNorm(channels))
         self.stem.add_module("act", nn.GELU())
         self.mask_token = nn.Parameter(torch.zeros(1, channels)) if mask_token else None
 

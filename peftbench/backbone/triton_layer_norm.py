@@ -93,9 +93,11 @@ class TritonLayerNorm(torch.autograd.Function):
         tiles = triton.cdiv(rows, block_rows)
         affine_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dx = torch.empty_like(x)
-        parts = torch.empty((2, tiles if affine_grad else 0, cols), dtype=torch.float32, device=x.device)
+        # per-tile column sums of the affine gradients (frozen: x stands in, never written)
+        parts = torch.empty((2, tiles, cols), dtype=torch.float32, device=x.device) if affine_grad else None
+        dw_parts, db_parts = parts if affine_grad else (x, x)
         if rows:
-            _backward_kernel[(tiles,)](x, weight, dy.contiguous(), dx, mean, rstd, parts[0], parts[1], rows, cols,
+            _backward_kernel[(tiles,)](x, weight, dy.contiguous(), dx, mean, rstd, dw_parts, db_parts, rows, cols,
                                        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, AFFINE_GRAD=affine_grad)
-        dw, db = parts.sum(dim=1).to(weight.dtype).unbind(0) if affine_grad else (None, None)
+        dw, db = parts.sum(dim=1).to(weight.dtype) if affine_grad else (None, None)
         return dx, dw, db, None, None

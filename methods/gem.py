@@ -62,6 +62,8 @@ class SpatialAdapter(CPEConvBranch):
     ``W_o @ W_down`` (``conv_weight``), extra output columns of the CPE's conv call.
     """
 
+    float32_weights = True  # its projections read float32 weights (``float32_linear``): never cast for it
+
     def __init__(self, channels: int, rank: int, kernel_size: int, indice_key: str, bias: bool) -> None:
         super().__init__()
         self.kernel_size = kernel_size
@@ -109,6 +111,8 @@ class ContextAdapter(nn.Module):
     update, which for ``shared_qk`` reuses step 1's affinity (one n x m matrix, the single-affinity
     reading of ``gem-paper.md`` §1.3).
     """
+
+    float32_weights = True  # its projections read float32 weights (``float32_linear``): never cast for it
 
     def __init__(self, channels: int, rank: int, proj: str, bank: LatentBank | None,
                  read_latents: str = "updated") -> None:

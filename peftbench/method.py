@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from peftbench.errors import PeftbenchError
+from peftbench.train.precision import forget_cast_candidates
 
 
 HEAD_PREFIXES = ("seg_head.", "backbone.dec.")
@@ -59,6 +60,7 @@ class Method:
     def apply(self, model: nn.Module) -> nn.Module:
         """Attach, then freeze everything this method does not train."""
         self.attach(model)
+        forget_cast_candidates(model)
         if self.prefix and not any(self.owns(n) for n, _ in model.named_parameters()):
             raise PeftbenchError(f"method {self.name!r} attached no parameters with prefix {self.prefix!r}: "
                                  "check its target settings")

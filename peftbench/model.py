@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from peftbench.backbone import Point, PointTransformerV3, hypercolumn, hypercolumn_linear
+from peftbench.train.precision import trainable_weights_cast_once
 
 
 class Segmentor(nn.Module):
@@ -31,6 +32,7 @@ class Segmentor(nn.Module):
         return point.feat
 
     def forward(self, data: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.backbone.enc_mode:  # the head per level: no (N, 1232) hypercolumn in memory
-            return hypercolumn_linear(self.backbone(Point(data), generator), self.seg_head)
-        return self.seg_head(self.features(data, generator))
+        with trainable_weights_cast_once(self):  # training under autocast: one cast of the trainable Linears
+            if self.backbone.enc_mode:  # the head per level: no (N, 1232) hypercolumn in memory
+                return hypercolumn_linear(self.backbone(Point(data), generator), self.seg_head)
+            return self.seg_head(self.features(data, generator))

@@ -12,7 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("peftbench", "torch", "numpy", "ray", "mlflow", "huggingface_hub", "tqdm", "pyyaml")
+PACKAGES = ("peftbench", "torch", "numpy", "ray", "mlflow", "huggingface_hub", "tqdm", "pyyaml", "triton")
 
 
 def _version(dist: str) -> str:
@@ -90,7 +90,19 @@ def backends() -> list[tuple[str, str]]:
     rows = [("device", f"{device} (a trial uses CUDA whenever torch sees a GPU)"),
             ("sparse conv", f"{chosen}: {why}")]
     rows.append(("attention", _attention_choice(on_cuda)))
+    rows.append(("layer norm", _layer_norm_choice(on_cuda)))
     return rows
+
+
+def _layer_norm_choice(on_cuda: bool) -> str:
+    from peftbench.backbone import layer_norm
+
+    if not on_cuda:
+        return "torch's (the Triton kernels for narrow rows run on CUDA only)"
+    if layer_norm.triton_function() is None:
+        return "torch's: Triton does not import (CUDA builds of torch bring it)"
+    return (f"Triton kernels for rows of at most {layer_norm.TRITON_MAX_CHANNELS} channels (torch's spends one "
+            "thread block per row), torch's above")
 
 
 def _attention_choice(on_cuda: bool) -> str:

@@ -68,6 +68,8 @@ def test_doctor_reports_versions_backends_and_paths(tmp_path, monkeypatch, capsy
     attention = next(line for line in out.splitlines() if line.strip().startswith("attention"))
     assert ("spconv:" in sparse) if torch.cuda.is_available() else ("torch: no GPU" in sparse)
     assert "scaled_dot_product_attention" in attention
+    norm = next(line for line in out.splitlines() if line.strip().startswith("layer norm"))
+    assert ("Triton kernels for rows of at most" in norm) if torch.cuda.is_available() else ("CUDA only" in norm)
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out
     assert str(tmp_path / "hf") in out and "not cached" in out
 

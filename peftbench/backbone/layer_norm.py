@@ -15,7 +15,7 @@ TRITON_MAX_CHANNELS = 128  # widest rows sent to the Triton kernels (0: never)
 
 
 @functools.cache
-def _triton_function():
+def triton_function():
     """The kernels' autograd Function, or None without Triton (imported on first use: Triton is optional)."""
     try:
         from peftbench.backbone.triton_layer_norm import TritonLayerNorm
@@ -28,7 +28,7 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # under torch.compile, Inductor writes its own fused kernel
         if (x.is_cuda and x.dim() == 2 and x.shape[1] <= TRITON_MAX_CHANNELS and self.weight is not None
-                and self.bias is not None and not torch.compiler.is_compiling() and _triton_function() is not None):
+                and self.bias is not None and not torch.compiler.is_compiling() and triton_function() is not None):
             return triton_layer_norm(x, self.weight, self.bias, self.eps)
         return super().forward(x)
 
@@ -37,4 +37,4 @@ def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """``F.layer_norm`` of (N, C) rows, its output dtype included: float32 under autocast (LayerNorm is on
     autocast's float32 list), else ``x``'s."""
     out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
-    return _triton_function().apply(x, weight, bias, eps, out_dtype)
+    return triton_function().apply(x, weight, bias, eps, out_dtype)

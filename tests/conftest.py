@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 if not torch.cuda.is_available():  # Triton kernels run on CPU tensors through its interpreter (read at import)
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # setup.sh installs it beside the venv, for the tests only
+    TRITON_FOR_TESTS = Path(__file__).resolve().parents[1] / ".venv" / "triton-tests"
+    if TRITON_FOR_TESTS.is_dir():
+        sys.path.append(str(TRITON_FOR_TESTS))
 
 from peftbench.backbone import backbone_config
 

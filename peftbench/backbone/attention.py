@@ -62,13 +62,11 @@ class SerializedAttention(nn.Module):
         out = self.attend_patches(qkv, layout)
         return self.proj_drop(self.proj(slots.from_slots(out.reshape(-1, self.channels))))
 
-    @torch.compiler.disable  # host ints and dict caches: eager under train.compile (graph break)
     def layout(self, point: Point) -> tuple[SlotMap, PatchLayout]:
         """``(slot map, layout)`` of this block's order (cached on the level's point)."""
         layout = cached_patch_layout(point, self.effective_patch_size(point))
         return layout.order(point, self.order_index), layout
 
-    @torch.compiler.disable  # a Python loop over short patches and the SDPA backend choice: eager
     def attend_patches(self, qkv: torch.Tensor, layout: PatchLayout) -> torch.Tensor:
         """(slots, 3, H, d) gathered rows -> (slots, H, d) attention output, patch by patch.
 

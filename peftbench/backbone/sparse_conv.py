@@ -218,7 +218,6 @@ class SubMConv3d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"bias={self.bias is not None}, indice_key={self.indice_key!r}, backend={self.backend!r}")
 
-    @torch.compiler.disable  # spconv's driver and host-side caches: eager under train.compile
     def forward(self, point: Point, feat: Tensor, extra_weight: Tensor | None = None
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """The conv of ``feat``; with ``extra_weight`` (KRSC, same kernel and input channels, no bias) also

@@ -99,3 +99,14 @@ def test_full_fine_tuning_casts_its_weights_in_one_node_not_one_each(micro_confi
     per_weight_autocast, none = casts()
     assert (one_node, none) == (1, 0)
     assert per_weight_autocast - per_weight >= len(cast_once_candidates(model)) > 50
+
+
+def test_compiled_blocks_keep_autocasts_own_casts(micro_config):
+    # dynamo would guard on the per-step weight copies swapped into the modules
+    from peftbench.backbone.compiled import compile_blocks
+    from peftbench.train.precision import _trainable_float32
+
+    model = _model_with("full", micro_config)
+    assert len(_trainable_float32(model)) > 50
+    compile_blocks(model)
+    assert _trainable_float32(model) == []

@@ -43,7 +43,10 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
 
     Call after the method is attached (branches are part of the traced graph).
     """
+    from peftbench.train.precision import keep_autocast_casts
+
     keep_eager_methods()
+    keep_autocast_casts(model)
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
         if hasattr(config, name):

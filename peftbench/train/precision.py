@@ -80,6 +80,11 @@ def forget_cast_candidates(model: nn.Module) -> None:
     model.__dict__.pop("_cast_once_candidates", None)
 
 
+def keep_autocast_casts(model: nn.Module) -> None:
+    """``model`` is left to autocast's own casts (compiled blocks: dynamo would guard on each step's copies)."""
+    model.__dict__["_cast_once_candidates"] = []
+
+
 def _trainable_float32(model: nn.Module) -> list[tuple[nn.Module, str, nn.Parameter]]:
     if "_cast_once_candidates" not in model.__dict__:  # listed once: ~600 modules, ~1 ms of host time
         model.__dict__["_cast_once_candidates"] = cast_once_candidates(model)

@@ -3,7 +3,8 @@
 # in $OUT/log.txt.
 # STAGES picks the parts, which run in this file's order (default: identity probe trials reference bench):
 #   identity   reference identity, fp32, tiny and Sonata-size (scripts/reference_identity.py); cidentity: compiled
-#   lnorm      the Triton LayerNorm's tests on CUDA and its device time against torch's per level (scripts/layer_norm_bench.py)
+#   lnorm      the Triton LayerNorm's tests on CUDA, its host cost a call and its device time against torch's per level
+#              (scripts/layer_norm_bench.py)
 #   launch     host time to issue one op, same shape against a new shape each call (scripts/launch_cost.py)
 #   overheads  the garbage collector's and spconv's allocator callbacks' share of a step (scripts/step_overheads.py)
 #   gab        the step with small levels gathered instead of spconv, per GATHER_MAX_SITES value in turns

@@ -32,11 +32,10 @@ from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
-SETTING = ["peftbench.backbone.sparse_conv", "GATHER_MAX_SITES"]  # module, name: --setting
-
-
-def with_setting(value: int, fn):
-    module, name = importlib.import_module(SETTING[0]), SETTING[1]
+def with_setting(setting: str, value: int, fn):
+    """``fn`` run with the integer ``setting`` (``module:NAME``) at ``value``."""
+    module_name, name = setting.split(":")
+    module = importlib.import_module(module_name)
 
     def step():
         saved = getattr(module, name)
@@ -48,14 +47,15 @@ def with_setting(value: int, fn):
     return step
 
 
-def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.device, values: list[int]) -> float:
+def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.device, setting: str,
+                    values: list[int]) -> float:
     """Largest |logit difference| / largest |logit| of a float32 eval forward, each value against the first."""
     model = bench_model(backbone, method, device, "fp32").eval()
     outs = []
     for value in values:
         with torch.no_grad():
             generator = torch.Generator(device).manual_seed(0)  # the same order shuffle each time
-            outs.append(with_setting(value, lambda: model(dict(inputs), generator))())
+            outs.append(with_setting(setting, value, lambda: model(dict(inputs), generator))())
     scale = outs[0].abs().max().item()
     return max((out - outs[0]).abs().max().item() / scale for out in outs[1:])
 
@@ -65,7 +65,8 @@ def main() -> int:
     parser.add_argument("--values", type=int, nargs="+", default=[0, 16384, 65536])
     parser.add_argument("--workloads", nargs="+", default=["frozen:train:3", "gem:train:3", "full:train:3",
                                                            "frozen:infer:3", "gem:infer:3"])
-    parser.add_argument("--setting", default=":".join(SETTING), help="module:NAME of the integer setting")
+    parser.add_argument("--setting", default="peftbench.backbone.sparse_conv:GATHER_MAX_SITES",
+                        help="module:NAME of the integer setting")
     parser.add_argument("--points", type=int, default=102400)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
@@ -73,7 +74,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--json")
     args = parser.parse_args()
-    SETTING[:] = args.setting.split(":")
+    setting_name = args.setting.split(":")[1]
     discover()
     device = torch.device(args.device)
     work = [w.split(":") for w in args.workloads]
@@ -87,17 +88,17 @@ def main() -> int:
         model = bench_model(args.backbone, method, device, "fp16").train(mode == "train")
         infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(device, "fp16"),
                                       grad_to_input=method == FROZEN)
-        fns = {str(v): with_setting(v, train if mode == "train" else infer) for v in args.values}
+        fns = {str(v): with_setting(args.setting, v, train if mode == "train" else infer) for v in args.values}
         rounds = interleaved(fns, device, args.rounds, args.steps)
         name = f"{method}:{mode}:{batch_size}"
-        difference = fp32_difference(args.backbone, method, inputs, device, args.values)
+        difference = fp32_difference(args.backbone, method, inputs, device, args.setting, args.values)
         print(f"{name}: float32 forward, largest difference / largest logit {difference:.1e}", flush=True)
         for value in args.values:
             ms = rounds[str(value)]
             ratio = round_ratios(rounds, str(value), str(args.values[0]))
             result["rows"].append({"workload": name, "setting": args.setting, "value": value, "rounds_ms": ms, **ratio,
                                    "fp32_difference": difference})
-            print(f"{name:18s} {SETTING[1]}={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
+            print(f"{name:18s} {setting_name}={value:<7d} {sorted(ms)[len(ms) // 2]:7.1f} ms  "
                   f"/ {args.values[0]}: {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]", flush=True)
         del fns, model, infer, train
         if device.type == "cuda":

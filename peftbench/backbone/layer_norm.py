@@ -1,4 +1,5 @@
-"""``nn.LayerNorm`` (same parameters, keys and numbers) whose narrow CUDA rows take the Triton kernels.
+"""``nn.LayerNorm`` (same parameters and keys; equal numbers up to float32 rounding) whose narrow CUDA rows
+take the Triton kernels.
 
 torch's CUDA LayerNorm spends one thread block per row, slow at the widths of Sonata's first levels
 (see ``triton_layer_norm``). Elsewhere (CPU, wide rows, no Triton) this is torch's LayerNorm.

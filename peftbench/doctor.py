@@ -72,6 +72,7 @@ def backends() -> list[tuple[str, str]]:
     """The choices a trial makes with the suites' default ``conv_backend: auto``."""
     import torch
 
+    from peftbench.backbone.gather_conv import kernels_available
     from peftbench.backbone.sparse_conv import GATHER_MAX_SITES, resolve_backend
 
     on_cuda = torch.cuda.is_available()
@@ -80,7 +81,10 @@ def backends() -> list[tuple[str, str]]:
     spconv_error = _spconv_import_error()
     if on_cuda:
         why = (f"spconv imports and a GPU is visible; levels of at most {GATHER_MAX_SITES:,} sites take the "
-               "gathered conv instead (spconv's host time per call outweighs their work)" if chosen == "spconv" else
+               "gathered conv instead (spconv's host time per call outweighs their work)"
+               + ("; under fp16/bf16 autocast every level does, by Triton kernels (faster than spconv)"
+                  if kernels_available() else "; Triton does not import, so larger levels stay with spconv")
+               if chosen == "spconv" else
                f"spconv does not import ({spconv_error}); install the spconv-cuXXX matching torch's CUDA "
                "(pip install 'peftbench[cu126]') for faster convs")
     else:

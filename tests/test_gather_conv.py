@@ -123,6 +123,24 @@ def test_auto_takes_the_gathered_conv_on_small_levels_only_on_cuda(monkeypatch: 
     assert sparse_conv.backend_for_sites("auto", cuda, 1) == "spconv"
 
 
+def test_auto_gathers_every_level_where_the_triton_kernels_take_the_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under CUDA half autocast with Triton the kernels beat spconv at every level; in float32 or without
+    Triton, large levels stay with spconv."""
+    from peftbench.backbone import gather_conv, sparse_conv
+
+    monkeypatch.setattr(sparse_conv, "spconv_available", lambda: True)
+    cuda, large = torch.device("cuda"), sparse_conv.GATHER_MAX_SITES + 1
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    for dtype, kernels, expected in ((torch.float16, True, "gather"), (torch.bfloat16, True, "gather"),
+                                     (torch.float32, True, "spconv"), (torch.float16, False, "spconv")):
+        monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type, dtype=dtype: dtype)
+        monkeypatch.setattr(gather_conv, "triton_kernels", lambda name, kernels=kernels: object() if kernels else None)
+        assert sparse_conv.backend_for_sites("auto", cuda, large) == expected, (dtype, kernels)
+    monkeypatch.setattr(gather_conv, "TRITON_CONV", 0)
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.float16)
+    assert sparse_conv.backend_for_sites("auto", cuda, large) == "spconv"
+
+
 def test_under_autocast_the_features_are_cast_before_the_gather(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gathered matrix is k^3 times the features: gathered in the autocast dtype, not in float32 and
     then cast; values match the float32 conv within bfloat16's precision and the gradient reaches the input."""

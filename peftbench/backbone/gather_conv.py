@@ -6,10 +6,11 @@ keeping it; the input gradient needs no scatter: on a submanifold the neighbour 
 my neighbour at offset o is me, so it is the same gather of the output gradient with the
 kernel's offsets reversed. Deterministic (no atomics), no host syncs.
 
-Measured on an H200 for GEM's rank-32 Spatial Adapter (batch 3 x 102,400 points, fp16): slower
-than spconv over every level (64 ms of backward device time per step against spconv's ~44 ms).
-On CUDA, ``auto`` takes it on small levels only (``sparse_conv.GATHER_MAX_SITES``), where spconv's
-host cost per call outweighs the device work; it is also the deterministic path. Under autocast the
+CUDA half features with Triton take ``triton_gather_conv`` instead: each matmul loads its gathered rows
+itself, so the (N, k^3*C) matrix never exists (H100, batch 3: forward 0.74 -> 0.25 ms at 35.6k x 192
+sites, and 0.32 ms at 307k x 48 where the gather path took 5.3). Without it the gather path is slower than
+spconv on large levels, so ``auto`` then takes it on small levels only (``sparse_conv.GATHER_MAX_SITES``),
+where spconv's host cost per call outweighs the device work. Both are deterministic. Under autocast the
 features are cast to the autocast dtype before the gather (not the gathered k^3-times-larger matrix).
 """
 
@@ -22,6 +23,12 @@ from torch import Tensor, nn
 
 from peftbench.backbone.sparse_conv import kernel_offsets
 from peftbench.backbone.structure import Point
+from peftbench.backbone.triton_support import triton_kernels
+
+# CUDA half features: the forward, input gradient and weight gradient as one Triton kernel each, with the
+# gather inside (``triton_gather_conv``); 0: gather, then matmul
+TRITON_CONV = 1
+HALF = (torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,27 +143,63 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _GatherConv(torch.autograd.Function):
+    """``kernels``: the Triton kernels' module (the gather inside each matmul), or None (gather, then matmul,
+    with ``reversed_table`` for the input gradient)."""
+
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
-                reversed_table: Tensor | None) -> Tensor:
+                reversed_table: Tensor | None, kernels) -> Tensor:
         ctx.save_for_backward(feat, weight, extra, table, reversed_table)
+        ctx.kernels = kernels
+        if kernels is not None:
+            return kernels.gather_matmul(feat, table, _rows(weight, extra, feat.dtype), transposed=False)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
         return nn.functional.linear(_gather(feat, table), _rows(weight, extra, feat.dtype).flatten(1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         feat, weight, extra, table, reversed_table = ctx.saved_tensors
+        kernels = ctx.kernels
         grad = grad.to(feat.dtype)
         d_feat = d_weight = d_extra = None
         if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
             w = _rows(weight, extra, feat.dtype)
-            d_feat = _gather(grad, reversed_table) @ w.transpose(0, 1).reshape(-1, w.shape[-1])
+            if kernels is not None:
+                d_feat = kernels.gather_matmul(grad, table, w, transposed=True)
+            else:
+                d_feat = _gather(grad, reversed_table) @ w.transpose(0, 1).reshape(-1, w.shape[-1])
         # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
         if ctx.needs_input_grad[1]:
-            d_weight = gathered_weight_grad(feat, grad[:, :len(weight)], table, weight.shape).to(weight.dtype)
+            d_weight = _weight_grad(kernels, feat, grad[:, :len(weight)], table, weight)
         if ctx.needs_input_grad[2]:
-            d_extra = gathered_weight_grad(feat, grad[:, len(weight):], table, extra.shape).to(extra.dtype)
-        return d_feat, d_weight, d_extra, None, None
+            d_extra = _weight_grad(kernels, feat, grad[:, len(weight):], table, extra)
+        return d_feat, d_weight, d_extra, None, None, None
+
+
+def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, weight: Tensor) -> Tensor:
+    if kernels is not None:
+        return kernels.gather_weight_grad(feat, table, grad).view(weight.shape).to(weight.dtype)
+    return gathered_weight_grad(feat, grad, table, weight.shape).to(weight.dtype)
+
+
+def _triton_for(feat: Tensor):
+    """The Triton kernels' module where they take this conv (``TRITON_CONV``, CUDA, half features), else None."""
+    if TRITON_CONV and feat.is_cuda and feat.dtype in HALF:
+        return triton_kernels("triton_gather_conv")
+    return None
+
+
+def kernels_take(device: torch.device) -> bool:
+    """Whether the Triton kernels take a conv on ``device`` now: CUDA under half autocast, Triton importable.
+    ``sparse_conv``'s ``auto`` then gathers on every level, spconv's too (H100, batch 3, kernel device ms against
+    spconv's module call: ``scripts/gather_conv_bench.py``; train steps A/B'd in ``reports/bench/notes.md``)."""
+    return (device.type == "cuda" and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in HALF
+            and kernels_available())
+
+
+def kernels_available() -> bool:
+    """``TRITON_CONV`` is on and the Triton kernels import."""
+    return bool(TRITON_CONV) and triton_kernels("triton_gather_conv") is not None
 
 
 def _rows(weight: Tensor, extra: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -173,5 +216,6 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
     k = weight.shape[1]
     backward = torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad
                                             or (extra is not None and extra.requires_grad))
-    return _GatherConv.apply(feat, weight, extra, cached_neighbour_table(point, k),
-                             cached_reversed_table(point, k) if backward else None)
+    kernels = _triton_for(feat)
+    reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
+    return _GatherConv.apply(feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels)

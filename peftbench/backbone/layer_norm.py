@@ -7,22 +7,18 @@ torch's CUDA LayerNorm spends one thread block per row, slow at the widths of So
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
+
+from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_MAX_CHANNELS = 128  # widest rows sent to the Triton kernels (0: never)
 
 
-@functools.cache
 def triton_function():
-    """The kernels' autograd Function, or None without Triton (imported on first use: Triton is optional)."""
-    try:
-        from peftbench.backbone.triton_layer_norm import TritonLayerNorm
-    except ImportError:
-        return None
-    return TritonLayerNorm
+    """The kernels' autograd Function, or None without Triton."""
+    kernels = triton_kernels("triton_layer_norm")
+    return None if kernels is None else kernels.TritonLayerNorm
 
 
 class LayerNorm(nn.LayerNorm):

@@ -10,7 +10,8 @@ Sonata checkpoints load unchanged.
   the conv because the CPU build refuses it.
 * ``gather``: one gather and one matmul (``gather_conv``). ``auto`` on CUDA picks it over spconv on
   levels of at most ``GATHER_MAX_SITES`` sites: a spconv call costs ~0.3 ms of host time whatever its
-  size (its tuner lookup and kernel dispatch), more than a small level's whole conv on the device.
+  size (its tuner lookup and kernel dispatch), more than a small level's whole conv on the device. Under
+  half autocast with Triton, on every level: its Triton kernels (the gather inside the matmul) beat spconv.
 """
 
 from __future__ import annotations
@@ -57,10 +58,14 @@ GATHER_MAX_SITES = 65536
 
 def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
     """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
-    gathered conv instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites."""
+    gathered conv instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites, and on every level where
+    its Triton kernels take the conv (``gather_conv.kernels_take``: CUDA half autocast)."""
     backend = resolve_backend(name, device)
-    if name == "auto" and backend == "spconv" and sites <= GATHER_MAX_SITES:
-        return "gather"
+    if name == "auto" and backend == "spconv":
+        from peftbench.backbone.gather_conv import kernels_take  # (imports this module)
+
+        if sites <= GATHER_MAX_SITES or kernels_take(torch.device(device)):
+            return "gather"
     return backend
 
 

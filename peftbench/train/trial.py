@@ -16,7 +16,7 @@ import torch
 from peftbench.backbone import backbone_config
 from peftbench.backbone.checkpoint import load_backbone_state, read_checkpoint, save_sonata_checkpoint
 from peftbench.backbone.compiled import compile_blocks
-from peftbench.backbone import sparse_conv
+from peftbench.backbone import gather_conv, sparse_conv
 from peftbench.backbone.sparse_conv import resolve_backend, set_default_backend
 from peftbench.data.collate import collate_points
 from peftbench.data.prefetch import EpochBatches
@@ -108,7 +108,8 @@ def run_trial(spec: dict[str, Any], recorder: Any,
     requested = spec["backbone"].get("conv_backend", "auto")
     backend = resolve_backend(requested, device)
     if requested == "auto" and backend == "spconv":  # the threshold is part of what ran
-        backend = f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
+        backend = (f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
+                   + ("; every level under half autocast (Triton kernels)" if gather_conv.kernels_available() else ""))
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
                                             "classes": list(classes),
                                             "split": {k: split_record[k] for k in ("split", "source", "hash")}}},

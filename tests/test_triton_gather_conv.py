@@ -1,0 +1,103 @@
+"""The gathered conv's Triton kernel (gather inside the matmul) against the gather-then-matmul path: on CUDA
+in float16 where there is one, else on CPU in float32 through Triton's interpreter (conftest turns it on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from peftbench.backbone import gather_conv  # noqa: E402
+from peftbench.backbone.structure import Point  # noqa: E402
+from tests.test_gather_conv import _sites  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE, DTYPE = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    import peftbench.backbone.triton_gather_conv as module
+    return module
+
+
+def _case(sites: int, in_ch: int, out_ch: int, seed: int):
+    grid, batch = _sites(sites, 6, 2, seed=seed)  # two scenes: neighbours never cross them; many are absent
+    table = gather_conv.neighbour_table(grid, batch, 3, side=6).to(DEVICE)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(grid), in_ch, generator=g).to(DEVICE, DTYPE)
+    weight = (torch.randn(out_ch, 27, in_ch, generator=g) / 8).to(DEVICE, DTYPE)
+    return grid, batch, table, x, weight
+
+
+# 90 sites x 2 scenes: two tiles of 64 rows, the second partial; 48 -> 40 columns: a partial K tile (32 + 16)
+# and one N tile; 24 -> 160: N in two tiles of 128, the second partial
+@pytest.mark.parametrize("in_ch, out_ch", [(48, 40), (24, 160), (16, 16)])
+def test_forward_and_input_gradient_equal_gather_then_matmul(kernels, in_ch, out_ch):
+    _, _, table, x, weight = _case(90, in_ch, out_ch, seed=in_ch)
+    padded = torch.cat([x, x.new_zeros(1, in_ch)]).double()
+    expected = torch.einsum("pki,oki->po", padded[table], weight.double())
+    got = kernels.gather_matmul(x, table, weight, transposed=False)
+    assert got.dtype == x.dtype and got.shape == (len(x), out_ch)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-3 * expected.abs().max().item())
+
+    grad = torch.randn(len(x), out_ch, generator=torch.Generator().manual_seed(7)).to(DEVICE, DTYPE)
+    padded_grad = torch.cat([grad, grad.new_zeros(1, out_ch)]).double()
+    # the input gradient by its definition: every site scatters W[:, o]^T grad[p] to its neighbour at o
+    expected_dx = torch.zeros(len(x) + 1, in_ch, dtype=torch.float64, device=DEVICE)
+    expected_dx.index_add_(0, table.reshape(-1),
+                           torch.einsum("po,oki->pki", padded_grad[:-1], weight.double()).reshape(-1, in_ch))
+    got_dx = kernels.gather_matmul(grad, table, weight, transposed=True)
+    assert got_dx.shape == x.shape
+    torch.testing.assert_close(got_dx.double(), expected_dx[:-1], rtol=0, atol=2e-3 * expected_dx.abs().max().item())
+
+
+@pytest.mark.parametrize("programs", [1024, 27 * 2])
+def test_weight_gradient_equals_its_definition(kernels, programs):
+    """One split of the rows, or several (27 offsets x 1 tile x 2 splits: partial sums added); the output
+    gradient a column slice of a wider one, as the CPE's rows and GEM's extra rows are."""
+    _, _, table, x, _ = _case(90, 40, 8, seed=5)
+    wide = torch.randn(len(x), 24, generator=torch.Generator().manual_seed(6)).to(DEVICE, DTYPE)
+    dy = wide[:, 16:]
+    padded = torch.cat([x, x.new_zeros(1, 40)]).double()
+    expected = torch.einsum("po,pki->oki", dy.double(), padded[table])
+    got = kernels.gather_weight_grad(x, table, dy, programs=programs)
+    assert got.dtype == torch.float32 and got.shape == (8, 27, 40)
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-3 * expected.abs().max().item())
+
+
+def test_no_sites(kernels):
+    x, table, weight = torch.zeros(0, 16, device=DEVICE), torch.zeros(0, 27, dtype=torch.long, device=DEVICE), \
+        torch.zeros(8, 27, 16, device=DEVICE)
+    assert kernels.gather_matmul(x, table, weight, transposed=False).shape == (0, 8)
+    assert kernels.gather_weight_grad(x, table, torch.zeros(0, 8, device=DEVICE)).abs().sum() == 0
+
+
+def test_gathered_conv_takes_the_kernel_with_extra_columns_values_and_gradients(kernels, monkeypatch):
+    """Through ``gather_submconv`` (as GEM's Spatial Adapter's extra columns use it): the kernel's path gives the
+    gather path's output and input, weight and extra-weight gradients, and builds no reversed table."""
+    grid, batch, _, x, _ = _case(90, 24, 16, seed=3)
+    g = torch.Generator().manual_seed(4)
+    weight = (torch.randn(16, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
+    extra = (torch.randn(8, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
+    dy = torch.randn(len(x), 24, generator=g).to(DEVICE, DTYPE)
+
+    def run(use_kernel: bool):
+        monkeypatch.setattr(gather_conv, "_triton_for", lambda feat: kernels if use_kernel else None)
+        point = Point(grid_coord=grid.to(DEVICE), batch=batch.to(DEVICE), feat=x)
+        leaves = [t.clone().requires_grad_() for t in (x, weight, extra)]
+        out = gather_conv.gather_submconv(point, *leaves)
+        out.backward(dy)
+        return [out, *(t.grad for t in leaves)], "reversed_neighbour_tables" in point
+
+    (got, built_reversed), (expected, built_reversed_before) = run(True), run(False)
+    assert not built_reversed and built_reversed_before
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=2e-3 * b.abs().max().item())
+
+
+@pytest.mark.skipif(not CUDA, reason="the dispatch to the kernel is for CUDA half features")
+def test_cuda_half_features_take_the_kernel_and_float32_does_not():
+    assert gather_conv._triton_for(torch.zeros(1, device="cuda", dtype=torch.float16)) is not None
+    assert gather_conv._triton_for(torch.zeros(1, device="cuda")) is None

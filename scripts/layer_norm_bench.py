@@ -64,14 +64,31 @@ class _Empty(torch.autograd.Function):
         return torch.empty_like(dy)
 
 
+class _LaunchInBackward(torch.autograd.Function):
+    """``_Empty`` whose backward launches the bare backward kernel: a Triton launch from autograd's device thread."""
+
+    @staticmethod
+    def forward(ctx, x, launch):
+        ctx.launch = launch
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        ctx.launch()
+        return torch.empty_like(dy), None
+
+
 def host_costs() -> dict:
-    """us per call at 64 x 48: torch's LayerNorm, ours, our kernels' bare Triton launches, and an autograd
-    Function that launches nothing (where our backward's extra host time goes)."""
+    """us per call at 64 x 48: torch's LayerNorm, ours, our kernels' bare Triton launches, an autograd
+    Function that launches nothing and one whose backward makes the bare launch (where our backward's extra host
+    time goes)."""
     x = torch.randn(64, 48, device="cuda")
     w, b = torch.ones(48, device="cuda"), torch.zeros(48, device="cuda")
     xg, dy = x.clone().requires_grad_(), torch.randn_like(x)
     y, stats = torch.empty_like(x), torch.empty((2, 64), device="cuda")
     rows, block_cols = kernels._blocks(48)
+    bare_backward = lambda: kernels._backward_kernel[(1,)](  # noqa: E731
+        x, w, dy, y, stats[0], stats[1], x, x, 64, 48, BLOCK_ROWS=rows, BLOCK_COLS=block_cols, AFFINE_GRAD=False)
     costs = {
         "torch forward": host_us(lambda: F.layer_norm(x, (48,), w, b, 1e-5)),
         "ours forward": host_us(lambda: triton_layer_norm(x, w, b, 1e-5)),
@@ -79,9 +96,10 @@ def host_costs() -> dict:
             x, w, b, y, stats[0], stats[1], 64, 48, 1e-5, BLOCK_ROWS=rows, BLOCK_COLS=block_cols)),
         "torch forward + backward": host_us(lambda: torch.autograd.grad(F.layer_norm(xg, (48,), w, b, 1e-5), xg, dy)),
         "ours forward + backward": host_us(lambda: torch.autograd.grad(triton_layer_norm(xg, w, b, 1e-5), xg, dy)),
-        "bare backward launch": host_us(lambda: kernels._backward_kernel[(1,)](
-            x, w, dy, y, stats[0], stats[1], x, x, 64, 48, BLOCK_ROWS=rows, BLOCK_COLS=block_cols, AFFINE_GRAD=False)),
+        "bare backward launch": host_us(bare_backward),
         "empty Function fwd + bwd": host_us(lambda: torch.autograd.grad(_Empty.apply(xg), xg, dy)),
+        "Function launching in bwd": host_us(lambda: torch.autograd.grad(_LaunchInBackward.apply(xg, bare_backward),
+                                                                         xg, dy)),
     }
     for name, us in costs.items():
         print(f"host per call, {name:26s} {us:7.1f} us")

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
 def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, out_ptr, rows, k_dim, n_dim, offsets,
                           w_stride_o, w_stride_k, w_stride_n,
                           REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -40,7 +40,7 @@ def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, out_ptr, rows, k_dim, n_dim, 
              mask=row_in[:, None] & col_in[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _weight_grad_kernel(x_ptr, table_ptr, dy_ptr, part_ptr, rows, in_dim, out_dim, offsets, dy_stride,
                         rows_per_split, BLOCK_P: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
     o = tl.program_id(0)

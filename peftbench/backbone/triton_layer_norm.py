@@ -17,7 +17,7 @@ import triton.language as tl
 TILE_ELEMENTS = 4096  # rows per program = this / the padded row width
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
 def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, cols, eps,
                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -37,7 +37,7 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, rows, cols, 
     tl.store(rstd_ptr + row, rstd, mask=row_in)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["rows"])
 def _backward_kernel(x_ptr, w_ptr, dy_ptr, dx_ptr, mean_ptr, rstd_ptr, dw_part_ptr, db_part_ptr, rows, cols,
                      BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, AFFINE_GRAD: tl.constexpr):
     tile = tl.program_id(0)

@@ -78,20 +78,29 @@ class LoRALinear(nn.Module):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x_lora = self.lora_dropout(x)
+        base = self.base_layer(x)
+        a, b = self.factors()
+        update_in = nn.functional.linear(self.lora_dropout(x), a).reshape(-1, a.shape[0])
+        # base + scaling * (x A^T) B^T as one addmm (the scaling in its epilogue): no (N, out) update, zeros,
+        # concat or scaling pass, and one matmul for all parts (~7 fewer ops a block, forward and backward)
+        return torch.addmm(base.reshape(-1, base.shape[-1]), update_in, b.t(), alpha=self.scaling).view(base.shape)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` with ``B @ A * scaling`` the update: for qkv parts, their A stacked (k*r, in) and their B
+        block-diagonal (out, k*r), zero rows where a part has no update."""
         if self.parts is None:
-            return self.base_layer(x) + self.lora_B(self.lora_A(x_lora)) * self.scaling
-        updates = {part: self.lora_B[part](self.lora_A[part](x_lora)) for part in self.parts}
-        zeros = torch.zeros_like(next(iter(updates.values())))
-        return self.base_layer(x) + torch.cat([updates.get(part, zeros) for part in QKV], dim=-1) * self.scaling
+            return self.lora_A.weight, self.lora_B.weight
+        ordered = [part for part in QKV if part in self.parts]
+        a = torch.cat([self.lora_A[part].weight for part in ordered])
+        part_rows = self.base_layer.out_features // len(QKV)
+        b = torch.block_diag(*[self.lora_B[part].weight if part in self.parts else a.new_zeros(part_rows, 0)
+                               for part in QKV])
+        return a, b
 
     def delta_weight(self) -> torch.Tensor:
         """``B @ A * scaling``, the (out, in) update that ``merge`` adds to the base weight."""
-        if self.parts is None:
-            return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
-        rows = {part: self.lora_B[part].weight @ self.lora_A[part].weight for part in self.parts}
-        zeros = torch.zeros_like(next(iter(rows.values())))
-        return torch.cat([rows.get(part, zeros) for part in QKV], dim=0) * self.scaling
+        a, b = self.factors()
+        return (b @ a) * self.scaling
 
     def merged(self) -> nn.Linear:
         """The base layer with the update folded in (in place: no copy of a large weight)."""

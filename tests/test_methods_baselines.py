@@ -143,6 +143,32 @@ def test_lora_qkv_targets_update_only_the_chosen_parts(micro_config, scene_batch
         _with_method(micro_config, "lora", {"qkv_targets": "k,v"})
 
 
+@pytest.mark.parametrize("parts", [("q", "k"), ("q", "v"), ("q",), None])
+def test_lora_linear_equals_its_definition_values_and_gradients(parts):
+    """One stacked matmul and one addmm compute ``base(x) + [B_q A_q x, B_k A_k x, 0] * scaling`` (or the
+    whole-layer ``B A x``), with every part's gradients, in float64."""
+    from methods.lora import QKV, LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(torch.nn.Linear(6, 18).double(), r=2, scaling=0.75, dropout=0.0, parts=parts)
+    for param in layer.parameters():
+        torch.nn.init.normal_(param)  # lora_B starts at zero: make every part count
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(5, 18, dtype=torch.float64)
+    got = layer(x)
+    got_grads = torch.autograd.grad(got, [x, *layer.parameters()], dy)
+    if parts is None:
+        update = layer.lora_B(layer.lora_A(x))
+    else:
+        updates = {part: layer.lora_B[part](layer.lora_A[part](x)) for part in parts}
+        update = torch.cat([updates.get(part, x.new_zeros(5, 6)) for part in QKV], dim=1)
+    expected = layer.base_layer(x) + update * 0.75
+    expected_grads = torch.autograd.grad(expected, [x, *layer.parameters()], dy)
+    torch.testing.assert_close(got, expected)
+    for a, b in zip(got_grads, expected_grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_bad_settings_say_how_to_fix(micro_config):
     with pytest.raises(PeftbenchError, match="post_mlp"):
         _with_method(micro_config, "adapter", {"placement": "after_mlp"})

@@ -80,13 +80,12 @@ def backends() -> list[tuple[str, str]]:
     chosen = resolve_backend("auto", device)
     spconv_error = _spconv_import_error()
     if on_cuda:
-        why = (f"spconv imports and a GPU is visible; levels of at most {GATHER_MAX_SITES:,} sites take the "
-               "gathered conv instead (spconv's host time per call outweighs their work)"
-               + ("; under fp16/bf16 autocast every level does, by Triton kernels (faster than spconv)"
-                  if kernels_available() else "; Triton does not import, so larger levels stay with spconv")
-               if chosen == "spconv" else
-               f"spconv does not import ({spconv_error}); install the spconv-cuXXX matching torch's CUDA "
-               "(pip install 'peftbench[cu126]') for faster convs")
+        kernels = ("under fp16/bf16 autocast every level takes the gathered conv's Triton kernels (faster than spconv); "
+                   if kernels_available() else "Triton does not import, so no level takes the gathered conv's kernels; ")
+        why = kernels + (f"otherwise spconv, with levels of at most {GATHER_MAX_SITES:,} sites gathered (spconv's host "
+                         "time per call outweighs their work)" if chosen == "spconv" else
+                         f"otherwise the torch conv: spconv does not import ({spconv_error}); install the spconv-cuXXX "
+                         "matching torch's CUDA (pip install 'peftbench[cu126]') for faster float32 convs")
     else:
         state = "imports" if spconv_error is None else f"does not import ({spconv_error})"
         why = (f"no GPU: auto picks spconv on CUDA only (its CPU kernels run under a one-thread guard); "

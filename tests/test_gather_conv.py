@@ -124,8 +124,8 @@ def test_auto_takes_the_gathered_conv_on_small_levels_only_on_cuda(monkeypatch: 
 
 
 def test_auto_gathers_every_level_where_the_triton_kernels_take_the_conv(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under CUDA half autocast with Triton the kernels beat spconv at every level; in float32 or without
-    Triton, large levels stay with spconv."""
+    """Under CUDA half autocast with Triton the kernels beat spconv at every level, and take the conv where spconv
+    is missing too; in float32 or without Triton, large levels stay with spconv (or the torch conv)."""
     from peftbench.backbone import gather_conv, sparse_conv
 
     monkeypatch.setattr(sparse_conv, "spconv_available", lambda: True)
@@ -136,8 +136,14 @@ def test_auto_gathers_every_level_where_the_triton_kernels_take_the_conv(monkeyp
         monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type, dtype=dtype: dtype)
         monkeypatch.setattr(gather_conv, "triton_kernels", lambda name, kernels=kernels: object() if kernels else None)
         assert sparse_conv.backend_for_sites("auto", cuda, large) == expected, (dtype, kernels)
-    monkeypatch.setattr(gather_conv, "TRITON_CONV", 0)
     monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.float16)
+    monkeypatch.setattr(gather_conv, "triton_kernels", lambda name: object())
+    monkeypatch.setattr(sparse_conv, "spconv_available", lambda: False)  # the kernels need no spconv
+    assert sparse_conv.backend_for_sites("auto", cuda, large) == "gather"
+    assert sparse_conv.backend_for_sites("torch", cuda, large) == "torch"  # an explicit backend stays
+    monkeypatch.setattr(gather_conv, "TRITON_CONV", 0)
+    assert sparse_conv.backend_for_sites("auto", cuda, large) == "torch"
+    monkeypatch.setattr(sparse_conv, "spconv_available", lambda: True)
     assert sparse_conv.backend_for_sites("auto", cuda, large) == "spconv"
 
 
@@ -196,3 +202,20 @@ def test_extra_weight_columns_equal_a_second_conv_and_only_trainable_rows_get_gr
     for ours, ref in zip(grads, ref_grads):
         torch.testing.assert_close(ours, ref, **tol)
     assert conv.weight.grad is None
+
+
+@pytest.mark.parametrize("kernels, spconv, says", [
+    (True, True, ["every level takes the gathered conv's Triton kernels", "otherwise spconv, with levels of at most"]),
+    (True, False, ["every level takes the gathered conv's Triton kernels", "otherwise the torch conv"]),
+    (False, True, ["Triton does not import", "otherwise spconv"])])
+def test_doctor_says_which_conv_a_gpu_run_takes(monkeypatch: pytest.MonkeyPatch, kernels, spconv, says) -> None:
+    from peftbench import doctor
+    from peftbench.backbone import gather_conv, sparse_conv
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(gather_conv, "kernels_available", lambda: kernels)
+    monkeypatch.setattr(sparse_conv, "spconv_available", lambda: spconv)
+    monkeypatch.setattr(doctor, "_spconv_import_error", lambda: None if spconv else "no module named spconv")
+    line = dict(doctor.backends())["sparse conv"]
+    assert line.startswith("spconv:" if spconv else "torch:") and all(part in line for part in says), line

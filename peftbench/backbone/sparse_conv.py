@@ -11,7 +11,8 @@ Sonata checkpoints load unchanged.
 * ``gather``: one gather and one matmul (``gather_conv``). ``auto`` on CUDA picks it over spconv on
   levels of at most ``GATHER_MAX_SITES`` sites: a spconv call costs ~0.3 ms of host time whatever its
   size (its tuner lookup and kernel dispatch), more than a small level's whole conv on the device. Under
-  half autocast with Triton, on every level: its Triton kernels (the gather inside the matmul) beat spconv.
+  CUDA half autocast with Triton, on every level, spconv or not: its Triton kernels (the gather inside the
+  matmul) beat spconv.
 """
 
 from __future__ import annotations
@@ -58,13 +59,13 @@ GATHER_MAX_SITES = 65536
 
 def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
     """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
-    gathered conv instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites, and on every level where
-    its Triton kernels take the conv (``gather_conv.kernels_take``: CUDA half autocast)."""
+    gathered conv on every level where its Triton kernels take the conv (``gather_conv.kernels_take``: CUDA half
+    autocast), and otherwise instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites."""
     backend = resolve_backend(name, device)
-    if name == "auto" and backend == "spconv":
+    if name == "auto" and torch.device(device).type == "cuda":
         from peftbench.backbone.gather_conv import kernels_take  # (imports this module)
 
-        if sites <= GATHER_MAX_SITES or kernels_take(torch.device(device)):
+        if kernels_take(torch.device(device)) or (backend == "spconv" and sites <= GATHER_MAX_SITES):
             return "gather"
     return backend
 

@@ -107,9 +107,10 @@ def run_trial(spec: dict[str, Any], recorder: Any,
                           "params/trainable_pct": 100.0 * trainable / total})
     requested = spec["backbone"].get("conv_backend", "auto")
     backend = resolve_backend(requested, device)
-    if requested == "auto" and backend == "spconv":  # the threshold is part of what ran
-        backend = (f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites"
-                   + ("; every level under half autocast (Triton kernels)" if gather_conv.kernels_available() else ""))
+    if requested == "auto" and device.type == "cuda":  # the rules are part of what ran
+        backend = (("gather (Triton kernels) on every level under half autocast, else " if gather_conv.kernels_available()
+                    else "") + (f"spconv, gather at <= {sparse_conv.GATHER_MAX_SITES} sites" if backend == "spconv"
+                                else backend))
     recorder.log_dict({**spec, "resolved": {"device": str(device), "conv_backend": backend,
                                             "classes": list(classes),
                                             "split": {k: split_record[k] for k in ("split", "source", "hash")}}},

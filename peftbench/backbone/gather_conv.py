@@ -191,8 +191,8 @@ def _triton_for(feat: Tensor):
 
 def kernels_take(device: torch.device) -> bool:
     """Whether the Triton kernels take a conv on ``device`` now: CUDA under half autocast, Triton importable.
-    ``sparse_conv``'s ``auto`` then gathers on every level, spconv's too (H100, batch 3, kernel device ms against
-    spconv's module call: ``scripts/gather_conv_bench.py``; train steps A/B'd in ``reports/bench/notes.md``)."""
+    ``sparse_conv``'s ``auto`` then gathers on every level, spconv installed or not (H100, batch 3: the kernels
+    against spconv's module call in ``scripts/gather_conv_bench.py``; train steps A/B'd in ``reports/bench/notes.md``)."""
     return (device.type == "cuda" and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") in HALF
             and kernels_available())
 

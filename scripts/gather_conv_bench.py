@@ -27,7 +27,8 @@ from scripts.conv_backward_bench import level_points  # noqa: E402
 
 MATMUL_TILES = [{"rows": 64, "out": 128, "reduce": 32, "warps": 4}, {"rows": 128, "out": 128, "reduce": 32, "warps": 8},
                 {"rows": 64, "out": 64, "reduce": 64, "warps": 4}, {"rows": 128, "out": 64, "reduce": 64, "warps": 4},
-                {"rows": 32, "out": 64, "reduce": 32, "warps": 2}]
+                {"rows": 32, "out": 64, "reduce": 32, "warps": 2}, {"rows": 128, "out": 64, "reduce": 16, "warps": 4},
+                {"rows": 128, "out": 64, "reduce": 16, "warps": 8}]  # reduction tiles of 16: 48 channels unpadded
 WEIGHT_GRAD_TILES = [{"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024},
                      {"rows": 128, "out": 64, "in": 64, "warps": 8, "programs": 1024},
                      {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 4096},

@@ -81,7 +81,7 @@ class _LaunchInBackward(torch.autograd.Function):
 def host_costs() -> dict:
     """us per call at 64 x 48: torch's LayerNorm, ours, our kernels' bare Triton launches, an autograd
     Function that launches nothing and one whose backward makes the bare launch (where our backward's extra host
-    time goes)."""
+    time goes), and the compiled kernel launched directly, without ``JITFunction.run``."""
     x = torch.randn(64, 48, device="cuda")
     w, b = torch.ones(48, device="cuda"), torch.zeros(48, device="cuda")
     xg, dy = x.clone().requires_grad_(), torch.randn_like(x)
@@ -101,6 +101,15 @@ def host_costs() -> dict:
         "Function launching in bwd": host_us(lambda: torch.autograd.grad(_LaunchInBackward.apply(xg, bare_backward),
                                                                          xg, dy)),
     }
+    try:  # the compiled kernel launched without JITFunction.run (its argument binding and cache lookup)
+        direct = bare_backward()[(1, 1, 1)]
+        direct_backward = lambda: direct(  # noqa: E731
+            x, w, dy, y, stats[0], stats[1], x, x, 64, 48, rows, block_cols, False)
+        costs["direct backward launch"] = host_us(direct_backward)
+        costs["Function direct-launching in bwd"] = host_us(
+            lambda: torch.autograd.grad(_LaunchInBackward.apply(xg, direct_backward), xg, dy))
+    except Exception as error:  # noqa: BLE001 - a diagnostic: Triton's internals differ between versions
+        print(f"direct launch unavailable: {error!r}")
     for name, us in costs.items():
         print(f"host per call, {name:26s} {us:7.1f} us")
     return costs

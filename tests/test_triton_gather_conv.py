@@ -1,5 +1,6 @@
-"""The gathered conv's Triton kernel (gather inside the matmul) against the gather-then-matmul path: on CUDA
-in float16 where there is one, else on CPU in float32 through Triton's interpreter (conftest turns it on)."""
+"""The gathered conv's Triton kernels (the gather inside the matmul) against their definitions and the
+gather-then-matmul path: on CUDA in float16 and bfloat16 where there is one, else on CPU in float32 through
+Triton's interpreter (conftest turns it on)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def _case(sites: int, in_ch: int, out_ch: int, seed: int, dtype: torch.dtype = D
     return grid, batch, table, x, weight
 
 
-# 90 sites x 2 scenes: two tiles of 64 rows, the second partial; 48 -> 40 columns: a partial K tile (32 + 16)
-# and one N tile; 24 -> 160: N in two tiles of 128, the second partial
+# 2 scenes x 90 sites: tiles of 64 rows, the last partial; 48 -> 40 columns: a partial K tile (32 + 16) and
+# one N tile; 24 -> 160: N in two tiles of 128, the second partial
 @pytest.mark.parametrize("dtype, tolerance", DTYPES)
 @pytest.mark.parametrize("in_ch, out_ch", [(48, 40), (24, 160), (16, 16)])
 def test_forward_and_input_gradient_equal_gather_then_matmul(kernels, in_ch, out_ch, dtype, tolerance):

@@ -82,7 +82,8 @@ class LoRALinear(nn.Module):
         a, b = self.factors()
         update_in = nn.functional.linear(self.lora_dropout(x), a).reshape(-1, a.shape[0])
         # base + scaling * (x A^T) B^T as one addmm (the scaling in its epilogue): no (N, out) update, zeros,
-        # concat or scaling pass, and one matmul for all parts (~7 fewer ops a block, forward and backward)
+        # concat or scaling pass, and one matmul for all parts (a Sonata step on CPU, ops over frozen's:
+        # mm 187 -> 92 + 24 addmm, linear 96 -> 24, mul 48 -> 0)
         return torch.addmm(base.reshape(-1, base.shape[-1]), update_in, b.t(), alpha=self.scaling).view(base.shape)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,10 +5,10 @@ block launches ~40 small ops. Compiled with dynamic shapes, the linear / norm / 
 between a block's sparse conv and its patch attention become a few fused kernels whatever the
 batch's point count (no recompile per batch). The sparse conv (spconv's Python driver) and the
 patch attention (host-int patch layout, per-short-patch SDPA calls) stay eager (``torch.compiler.disable``
-on ``SubMConv3d.forward``, ``SerializedAttention.layout`` / ``attend_patches``, applied by ``compile_blocks``:
-as decorators they imported ``torch._dynamo`` with the backbone: model and trainer imports took 6.3 s
-and 468 MB on a 2-core CPU with Triton installed, 1.2 s and 236 MB without the import): the graph breaks there. Method branches are traced
-like the rest; their sparse convs stay eager too.
+on ``SubMConv3d.forward``, ``SerializedAttention.layout`` / ``attend_patches``), applied by ``compile_blocks``:
+the graph breaks there. As decorators they imported ``torch._dynamo`` with the backbone (model and trainer
+imports took 6.3 s and 468 MB on a 2-core CPU with Triton installed, 1.2 s and 236 MB without the import).
+Method branches are traced like the rest; their sparse convs stay eager too.
 
 Measured on an H200 (reports/bench/notes.md, 2026-12-03): minutes of compiling, then slower
 than eager except batch-3 inference. Off by default.

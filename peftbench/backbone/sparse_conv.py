@@ -61,11 +61,12 @@ def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
     """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
     gathered conv on every level where its Triton kernels take the conv (``gather_conv.kernels_take``: CUDA half
     autocast), and otherwise instead of spconv on a level of at most ``GATHER_MAX_SITES`` sites."""
+    device = torch.device(device)
     backend = resolve_backend(name, device)
-    if name == "auto" and torch.device(device).type == "cuda":
+    if name == "auto" and device.type == "cuda":
         from peftbench.backbone.gather_conv import kernels_take  # (imports this module)
 
-        if kernels_take(torch.device(device)) or (backend == "spconv" and sites <= GATHER_MAX_SITES):
+        if kernels_take(device) or (backend == "spconv" and sites <= GATHER_MAX_SITES):
             return "gather"
     return backend
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from peftbench import Method, MethodConfig, register
 from peftbench.backbone.block import CPEConvBranch
-from peftbench.backbone.latent_attention import cached_off_scene_bias, scene_latent_attention
+from peftbench.backbone.latent_attention import cached_off_scene_bias, kernels_take, scene_latent_attention
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -142,9 +142,9 @@ class ContextAdapter(nn.Module):
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         latents = point.scene_state["gem_latents"]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
+        scene_bias = None if kernels_take(k) else cached_off_scene_bias(point, latents.shape[1])
         out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale,
-                                              read_updated=self.read_latents == "updated",
-                                              scene_bias=cached_off_scene_bias(point, latents.shape[1]))
+                                              read_updated=self.read_latents == "updated", scene_bias=scene_bias)
         point.scene_state["gem_latents"] = latents
         return float32_linear(out, self.up.weight).to(h.dtype)
 

@@ -9,14 +9,27 @@ the tiny m-column scores) is negligible for the batch sizes a GPU holds.
 
 Precision: affinity, both softmaxes and every accumulation run in float32 with autocast off,
 whatever the caller's dtype (the Context Adapter's float32 contract).
+
+On CUDA the same core runs as Triton kernels (``triton_latent_attention``; switch ``TRITON_LATENT``): 3 launches
+a forward and 4 a backward instead of ~13 and ~20, the (N, B*m) scores kept in registers.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from peftbench.backbone.structure import Point
+from peftbench.backbone.triton_support import triton_kernels
+
+TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
+
+
+def kernels_take(points: Tensor) -> ModuleType | None:
+    """The Triton kernels' module where they take the core for ``points`` (CUDA, Triton importable), else None."""
+    return triton_kernels("triton_latent_attention") if TRITON_LATENT and points.is_cuda else None
 
 
 def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latents: Tensor, batch: Tensor,
@@ -30,10 +43,18 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     a softmax over the m latents of ``q . L_new`` (``read_updated``) or ``q . L_old``; ``q=None``
     means the keys double as queries, and with ``read_updated=False`` the read reuses the first
     affinity. ``out`` is (N, r) float32; the latents (B, m, r) float32. ``scene_bias``:
-    ``off_scene_bias(batch, B, m)``, passed by callers that keep it for every block of a level.
+    ``off_scene_bias(batch, B, m)``, passed by callers that keep it for every block of a level (the kernels
+    mask by ``batch`` and need none).
     """
     num_scenes, m, r = latents.shape
+    kernels = kernels_take(k)
     with torch.autocast(device_type=k.device.type, enabled=False):
+        if kernels is not None:
+            out, updated = _KernelLatentAttention.apply(k.float(), None if v is None else v.float(),
+                                                        None if q is None else q.float(),
+                                                        latents.float().reshape(-1, r), batch, m, scale,
+                                                        read_updated, kernels)
+            return out, updated.view(num_scenes, m, r)
         if num_scenes > 1 and scene_bias is None:
             scene_bias = off_scene_bias(batch, num_scenes, m)
         out, updated = _LatentAttention.apply(k.float(), None if v is None else v.float(),
@@ -124,6 +145,26 @@ class _LatentAttention(torch.autograd.Function):
         if v is None:
             d_k = d_k.add_(d_values)
         return (d_k, None if v is None else d_values, None if q is None else d_read_keys, d_lat, None, None, None)
+
+
+class _KernelLatentAttention(torch.autograd.Function):
+    """``_LatentAttention`` as the Triton kernels: the backward recomputes the scores from the saved inputs."""
+
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor | None, q: Tensor | None, lat: Tensor, batch: Tensor,  # type: ignore[override]
+                m: int, scale: float, read_updated: bool, kernels) -> tuple[Tensor, Tensor]:
+        out, updated, *stats = kernels.forward(k, v, q, lat, batch, m, scale, read_updated)
+        ctx.save_for_backward(k, v, q, lat, batch, updated, *stats)
+        ctx.m, ctx.scale, ctx.read_updated, ctx.kernels = m, scale, read_updated, kernels
+        return out, updated
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out: Tensor, d_updated: Tensor | None):  # type: ignore[override]
+        k, v, q, lat, batch, updated, *stats = ctx.saved_tensors
+        grads = ctx.kernels.backward(d_out.float(), None if d_updated is None else d_updated.float(), k, v, q, lat,
+                                     batch, ctx.m, ctx.scale, ctx.read_updated, updated, *stats)
+        return (*grads, None, None, None, None, None)
 
 
 def _scores(rows: Tensor, latents: Tensor, bias: Tensor | None) -> Tensor:

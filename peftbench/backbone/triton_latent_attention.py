@@ -1,0 +1,303 @@
+"""GEM's Context Adapter core (``latent_attention``) as seven Triton kernels, forward and backward.
+
+The torch core launches ~13 kernels a forward and ~20 a backward, each over (N, B*m) score matrices; GEM's
+step is bound by the host's launches (issue 12). Here the scores never leave registers: the softmax over a
+scene's points is an online softmax over row tiles (running column max, sum and weighted values per program,
+then one program combines them); the read-out is one pass over row tiles; the backward is a pass over the
+rows for the read-out's gradients, a combine, a pass recomputing the affinity for the keys' and values'
+gradients, and a last combine for the latents'. All products are float32 (``input_precision="ieee"``): the
+Context Adapter's float32 contract.
+
+Points are masked to their own scene's m latent columns by their scene index (no (N, B*m) bias).
+Imported only where Triton is used (CUDA, or CPU tests with ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_ROWS = 64
+PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
+
+
+@triton.jit
+def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in, r, scale,
+            RP: tl.constexpr):
+    """(rows tile, RP) loaded and its masked scores against ``lat`` (MP, RP): -inf off the row's scene."""
+    ch = tl.arange(0, RP)
+    x = tl.load(rows_ptr + row.to(tl.int64)[:, None] * row_stride + ch[None, :],
+                mask=row_in[:, None] & (ch < r)[None, :], other=0.0)
+    scene = tl.load(batch_ptr + row, mask=row_in, other=-1).to(tl.int32)
+    scores = tl.dot(x, tl.trans(lat * scale), input_precision="ieee")
+    valid = (scene[:, None] == col_scene[None, :]) & col_in[None, :] & row_in[:, None]
+    return x, tl.where(valid, scores, float("-inf"))
+
+
+@triton.jit
+def _load_latents(ptr, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    return tl.load(ptr + col[:, None] * r + ch[None, :], mask=(col < n_cols)[:, None] & (ch < r)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_latents(ptr, value, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    tl.store(ptr + col[:, None] * r + ch[None, :], value, mask=(col < n_cols)[:, None] & (ch < r)[None, :])
+
+
+@triton.jit
+def _row_softmax(scores):
+    e = tl.exp(scores - tl.max(scores, axis=1)[:, None])
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, part_max_ptr, part_sum_ptr,
+                             part_ctx_ptr, rows, r, n_cols, m, scale, tiles_per_program,
+                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    col = tl.arange(0, MP)
+    col_in = col < n_cols
+    lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
+    run_max = tl.full((MP,), float("-inf"), tl.float32)
+    run_sum = tl.zeros((MP,), tl.float32)
+    acc = tl.zeros((MP, RP), tl.float32)
+    for t in range(tiles_per_program):
+        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
+        row_in = row < rows
+        _, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col_in, r, scale, RP)
+        ch = tl.arange(0, RP)
+        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :],
+                    mask=row_in[:, None] & (ch < r)[None, :], other=0.0)
+        new_max = tl.maximum(run_max, tl.max(scores, axis=0))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a column with no rows yet: nothing to shift
+        alpha = tl.exp(run_max - shift)
+        e = tl.exp(scores - shift[None, :])
+        run_sum = run_sum * alpha + tl.sum(e, axis=0)
+        acc = acc * alpha[:, None] + tl.dot(tl.trans(e), v, input_precision="ieee")
+        run_max = new_max
+    tl.store(part_max_ptr + pid * MP + col, run_max)
+    tl.store(part_sum_ptr + pid * MP + col, run_sum)
+    ch = tl.arange(0, RP)
+    tl.store(part_ctx_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], acc)
+
+
+@triton.jit
+def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr,
+                            updated_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    top = tl.full((MP,), float("-inf"), tl.float32)
+    for p in range(programs):
+        top = tl.maximum(top, tl.load(part_max_ptr + p * MP + col))
+    shift = tl.where(top == float("-inf"), 0.0, top)
+    total = tl.zeros((MP,), tl.float32)
+    context = tl.zeros((MP, RP), tl.float32)
+    for p in range(programs):
+        weight = tl.exp(tl.load(part_max_ptr + p * MP + col) - shift)
+        total += tl.load(part_sum_ptr + p * MP + col) * weight
+        context += tl.load(part_ctx_ptr + (p * MP + col[:, None]) * RP + ch[None, :]) * weight[:, None]
+    # normalised after the sum, as the torch core: a sum of exps <= 1 keeps more bits than N weights of ~1/N
+    context = context / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(shift_ptr + col, shift)
+    tl.store(total_ptr + col, total)
+    _store_latents(context_ptr, context, r, n_cols, RP, MP)
+    _store_latents(updated_ptr, _load_latents(lat_ptr, r, n_cols, RP, MP) + context, r, n_cols, RP, MP)
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, rows, r, n_cols, m, scale,
+                 RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row_in = row < rows
+    col = tl.arange(0, MP)
+    scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
+    _, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
+    spread = _row_softmax(tl.where(row_in[:, None], scores, 0.0))  # rows past the end: no -inf-only rows
+    out = tl.dot(spread, _load_latents(updated_ptr, r, n_cols, RP, MP), input_precision="ieee")
+    ch = tl.arange(0, RP)
+    tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_in[:, None] & (ch < r)[None, :])
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, d_q_ptr, part_du_ptr,
+                          part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program,
+                          RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
+    updated = _load_latents(updated_ptr, r, n_cols, RP, MP)
+    d_updated = tl.zeros((MP, RP), tl.float32)
+    d_scored = tl.zeros((MP, RP), tl.float32)
+    for t in range(tiles_per_program):
+        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
+        row_in = row < rows
+        row_mask = row_in[:, None] & (ch < r)[None, :]
+        q, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
+        spread = tl.where(row_in[:, None], _row_softmax(tl.where(row_in[:, None], scores, 0.0)), 0.0)
+        d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
+        d_spread = tl.dot(d_out, tl.trans(updated), input_precision="ieee")
+        d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
+        d_q = tl.dot(d_read, scored, input_precision="ieee") * scale
+        tl.store(d_q_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_q, mask=row_mask)
+        d_updated += tl.dot(tl.trans(spread), d_out, input_precision="ieee")
+        d_scored += tl.dot(tl.trans(d_read), q, input_precision="ieee")
+    tl.store(part_du_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_updated)
+    tl.store(part_ds_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_scored * scale)
+
+
+@triton.jit
+def _sum_parts(part_ptr, programs, RP: tl.constexpr, MP: tl.constexpr):
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    acc = tl.zeros((MP, RP), tl.float32)
+    for p in range(programs):
+        acc += tl.load(part_ptr + (p * MP + col[:, None]) * RP + ch[None, :])
+    return acc
+
+
+@triton.jit
+def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
+                         minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
+                         HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
+                         MP: tl.constexpr):
+    col = tl.arange(0, MP)
+    d_updated = _sum_parts(part_du_ptr, programs, RP, MP)
+    d_scored = _sum_parts(part_ds_ptr, programs, RP, MP)
+    if HAS_D_UPDATED:
+        d_updated += _load_latents(d_updated_in_ptr, r, n_cols, RP, MP)
+    if READ_UPDATED:
+        d_updated += d_scored
+        d_lat = d_updated
+    else:
+        d_lat = d_updated + d_scored
+    # U = L + C / T: d(C/T) = dU / T, and -dT = sum_r (dU / T) (C / T)
+    total = tl.load(total_ptr + col)
+    d_context = d_updated / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(minus_d_total_ptr + col, tl.sum(d_context * _load_latents(context_ptr, r, n_cols, RP, MP), axis=1))
+    _store_latents(d_context_ptr, d_context, r, n_cols, RP, MP)
+    _store_latents(d_lat_ptr, d_lat, r, n_cols, RP, MP)
+
+
+@triton.jit(do_not_specialize=["rows"])
+def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
+                             minus_d_total_ptr, d_q_ptr, d_k_ptr, d_v_ptr, part_dl_ptr, rows, r, n_cols, m, scale,
+                             tiles_per_program, KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr,
+                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
+    lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
+    d_context = _load_latents(d_context_ptr, r, n_cols, RP, MP)
+    shift = tl.load(shift_ptr + col)
+    minus_d_total = tl.load(minus_d_total_ptr + col)
+    d_lat = tl.zeros((MP, RP), tl.float32)
+    for t in range(tiles_per_program):
+        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
+        row_in = row < rows
+        row_mask = row_in[:, None] & (ch < r)[None, :]
+        k, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col < n_cols, r, scale, RP)
+        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
+        exp = tl.exp(scores - shift[None, :])  # E; 0 off the scene
+        # C = E^T V, T = colsum E, E = exp(A - shift): dA = E * (V dC^T - dT)
+        d_scores = exp * (tl.dot(v, tl.trans(d_context), input_precision="ieee") - minus_d_total[None, :])
+        d_v = tl.dot(exp, d_context, input_precision="ieee")
+        d_k = tl.dot(d_scores, lat, input_precision="ieee") * scale
+        if KEYS_READ:
+            d_k += tl.load(d_q_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
+        if KEYS_ARE_VALUES:
+            d_k += d_v
+        else:
+            tl.store(d_v_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_v, mask=row_mask)
+        tl.store(d_k_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_k, mask=row_mask)
+        d_lat += tl.dot(tl.trans(d_scores), k, input_precision="ieee")
+    tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
+
+
+@triton.jit
+def _latent_grad_kernel(part_dl_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
+    d_lat = _load_latents(d_lat_ptr, r, n_cols, RP, MP) + _sum_parts(part_dl_ptr, programs, RP, MP)
+    _store_latents(d_lat_ptr, d_lat, r, n_cols, RP, MP)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` where its rows are contiguous (a column slice of the projections is read in place)."""
+    return t if t.stride(1) == 1 else t.contiguous()
+
+
+class Plan:
+    """Tile sizes and row-reduction programs for N points and M = B*m latent columns of rank r."""
+
+    def __init__(self, rows: int, n_cols: int, r: int) -> None:
+        self.rows, self.n_cols, self.r = rows, n_cols, r
+        self.rp = max(16, triton.next_power_of_2(r))  # tl.dot takes sides of at least 16
+        self.mp = max(16, triton.next_power_of_2(n_cols))
+        tiles = max(1, triton.cdiv(rows, BLOCK_ROWS))
+        self.tiles_per_program = triton.cdiv(tiles, PROGRAMS)
+        self.programs = triton.cdiv(tiles, self.tiles_per_program)
+        self.read_grid = (tiles,)
+
+    def parts(self, device: torch.device, *shape: int) -> torch.Tensor:
+        return torch.empty((self.programs, self.mp, *shape), dtype=torch.float32, device=device)
+
+
+def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int,
+            scale: float, read_updated: bool) -> tuple[torch.Tensor, ...]:
+    """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
+    projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
+    points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
+    are what the backward reads."""
+    k = _rows(k)
+    v, q = (k if t is None else _rows(t) for t in (v, q))
+    rows, r = k.shape
+    n_cols = lat.shape[0]
+    plan = Plan(rows, n_cols, r)
+    device = k.device
+    part_max, part_sum, part_ctx = plan.parts(device), plan.parts(device), plan.parts(device, plan.rp)
+    shift, total = (torch.empty(plan.mp, dtype=torch.float32, device=device) for _ in range(2))
+    context, updated = torch.empty_like(lat), torch.empty_like(lat)
+    meta = dict(RP=plan.rp, MP=plan.mp)
+    _context_partials_kernel[(plan.programs,)](k, k.stride(0), v, v.stride(0), lat, batch, part_max, part_sum,
+                                               part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program,
+                                               BLOCK=BLOCK_ROWS, **meta)
+    _context_combine_kernel[(1,)](part_max, part_sum, part_ctx, lat, shift, total, context, updated, plan.programs,
+                                  r, n_cols, **meta)
+    out = torch.empty((rows, r), dtype=torch.float32, device=device)
+    _read_kernel[plan.read_grid](q, q.stride(0), updated if read_updated else lat, updated, batch, out, rows, r,
+                                 n_cols, m, scale, BLOCK=BLOCK_ROWS, **meta)
+    return out, updated, shift, total, context
+
+
+def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor | None,
+             q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int, scale: float, read_updated: bool,
+             updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """``(d_k, d_v, d_q, d_lat)`` of ``forward``; ``v`` / ``q`` None where the keys doubled as them (their
+    gradient is then in ``d_k``)."""
+    k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
+    rows, r = k.shape
+    n_cols = lat.shape[0]
+    plan = Plan(rows, n_cols, r)
+    device, meta = k.device, dict(RP=plan.rp, MP=plan.mp)
+    queries = k if q is None else q
+    d_q = torch.empty((rows, r), dtype=torch.float32, device=device)
+    part_du, part_ds = plan.parts(device, plan.rp), plan.parts(device, plan.rp)
+    scored = updated if read_updated else lat
+    _read_backward_kernel[(plan.programs,)](queries, queries.stride(0), scored, updated, batch, d_out.contiguous(),
+                                            d_q, part_du, part_ds, rows, r, n_cols, m, scale, plan.tiles_per_program,
+                                            BLOCK=BLOCK_ROWS, **meta)
+    d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
+    minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
+    d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
+    _read_combine_kernel[(1,)](part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total, d_lat,
+                               plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None,
+                               READ_UPDATED=read_updated, **meta)
+    d_k = torch.empty((rows, r), dtype=torch.float32, device=device)
+    d_v = None if v is None else torch.empty((rows, r), dtype=torch.float32, device=device)
+    values = k if v is None else v
+    part_dl = plan.parts(device, plan.rp)
+    _context_backward_kernel[(plan.programs,)](k, k.stride(0), values, values.stride(0), lat, batch, shift, d_context,
+                                               minus_d_total, d_q, d_k, d_k if d_v is None else d_v, part_dl, rows,
+                                               r, n_cols, m, scale, plan.tiles_per_program, KEYS_READ=q is None,
+                                               KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS, **meta)
+    _latent_grad_kernel[(1,)](part_dl, d_lat, plan.programs, r, n_cols, **meta)
+    return d_k, d_v, None if q is None else d_q, d_lat

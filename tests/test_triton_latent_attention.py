@@ -1,0 +1,89 @@
+"""GEM's Context Adapter core as Triton kernels (``triton_latent_attention``) against its per-scene definition
+(``tests.test_latent_attention._per_point``, float64): on CUDA where there is one, else on CPU through Triton's
+interpreter (conftest turns it on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from peftbench.backbone import latent_attention  # noqa: E402
+from tests.test_latent_attention import _per_point  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def kernels(monkeypatch):
+    import peftbench.backbone.triton_latent_attention as module
+    # several programs, each summing several row tiles, the last one partial: every combine path runs
+    monkeypatch.setattr(module, "PROGRAMS", 3)
+    monkeypatch.setattr(module, "BLOCK_ROWS", 16)
+    return module
+
+
+def _inputs(counts: list[int], m: int, r: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    batch = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    k, v, q = (torch.randn(n, r, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    latents = torch.randn(len(counts), m, r, generator=g, dtype=torch.float64, requires_grad=True)
+    return batch, k, v, q, latents, g
+
+
+# one scene; three scenes, one of a single point; rank 5 (padded to 16) and 32; tiles cut mid-scene
+@pytest.mark.parametrize("counts, m, r", [([70], 4, 32), ([50, 1, 90], 3, 5), ([33, 120], 4, 8)])
+@pytest.mark.parametrize("with_v", [False, True])
+@pytest.mark.parametrize("with_q", [False, True])
+@pytest.mark.parametrize("read_updated", [False, True])
+def test_kernels_equal_the_definition(kernels, counts, m, r, with_v, with_q, read_updated):
+    """Outputs, updated latents and every input's gradient, with a gradient on both outputs."""
+    batch, k, v, q, latents, g = _inputs(counts, m, r, seed=len(counts) + r)
+    v, q = (v if with_v else None), (q if with_q else None)
+    w_out = torch.randn(len(batch), r, generator=g, dtype=torch.float64)
+    w_upd = torch.randn(latents.shape, generator=g, dtype=torch.float64)
+    wanted = [t for t in (k, v, q, latents) if t is not None]
+    out, upd = _per_point(k, k if v is None else v, q, latents, batch, 0.4, read_updated)
+    ref = torch.autograd.grad((out * w_out).sum() + (upd * w_upd).sum(), wanted)
+
+    as32 = [None if t is None else t.detach().float().to(DEVICE).requires_grad_() for t in (k, v, q, latents)]
+    got_out, got_upd = latent_attention._KernelLatentAttention.apply(
+        as32[0], as32[1], as32[2], as32[3].reshape(-1, r), batch.to(DEVICE), m, 0.4, read_updated, kernels)
+    got_upd = got_upd.view(latents.shape)
+    torch.testing.assert_close(got_out.double().cpu(), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_upd.double().cpu(), upd, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad((got_out * w_out.float().to(DEVICE)).sum() + (got_upd * w_upd.float().to(DEVICE)).sum(),
+                              [t for t in as32 if t is not None])
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+def test_kernels_without_a_gradient_on_the_latents_and_on_projection_slices(kernels):
+    """The last block (only the read-out used: no incoming latent gradient), keys and values read in place as
+    column slices of one projection, as the Context Adapter passes them."""
+    batch, k, v, _, latents, g = _inputs([40, 25], 4, 8, seed=3)
+    out, _ = _per_point(k, v, None, latents, batch, 0.5, True)
+    ref = torch.autograd.grad(out.sum(), [k, v, latents])
+    projection = torch.cat([k, v], dim=1).detach().float().to(DEVICE).requires_grad_()
+    lat = latents.detach().float().to(DEVICE).requires_grad_()
+    keys, values = projection.split(8, dim=1)
+    got_out, _ = latent_attention._KernelLatentAttention.apply(keys, values, None, lat.reshape(-1, 8),
+                                                               batch.to(DEVICE), 4, 0.5, True, kernels)
+    torch.testing.assert_close(got_out.double().cpu(), out, rtol=1e-5, atol=1e-5)
+    d_projection, d_lat = torch.autograd.grad(got_out.sum(), [projection, lat])
+    torch.testing.assert_close(d_projection.double().cpu(), torch.cat(ref[:2], dim=1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d_lat.double().cpu(), ref[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels take the core on CUDA only")
+def test_cuda_dispatch_takes_the_kernels_and_the_switch_turns_them_off(monkeypatch):
+    batch, k, v, q, latents, _ = _inputs([30, 20], 4, 8, seed=5)
+    args = [t.detach().float().cuda().requires_grad_() for t in (k, v, q, latents)]
+    out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
+    assert type(out.grad_fn).__name__ == "_KernelLatentAttentionBackward"
+    monkeypatch.setattr(latent_attention, "TRITON_LATENT", 0)
+    torch_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
+    assert type(torch_out.grad_fn).__name__ == "_LatentAttentionBackward"
+    torch.testing.assert_close(out, torch_out, rtol=1e-5, atol=1e-6)

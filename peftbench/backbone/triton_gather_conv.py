@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from peftbench.backbone.triton_launch import launch
+
 
 @triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
 def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, out_ptr, rows, k_dim, n_dim, offsets,
@@ -100,9 +102,9 @@ def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, tr
         tiles = MATMUL_TILES if rows >= FEW_SITES else {**MATMUL_TILES, **FEW_SITES_TILES}
         block_m, block_n, block_k = tiles["rows"], _block(n_dim, tiles["out"]), _block(k_dim, tiles["reduce"])
         grid = (triton.cdiv(rows, block_m), triton.cdiv(n_dim, block_n))
-        _gather_matmul_kernel[grid](x, table, weight, out, rows, k_dim, n_dim, offsets, s_o, w_stride_k, w_stride_n,
-                                    REVERSED=transposed, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                                    num_warps=tiles["warps"])
+        launch(_gather_matmul_kernel, grid, x, table, weight, out, rows, k_dim, n_dim, offsets, s_o, w_stride_k,
+               w_stride_n, REVERSED=transposed, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+               num_warps=tiles["warps"])
     return out
 
 
@@ -124,7 +126,7 @@ def gather_weight_grad(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor, p
     rows_per_split = triton.cdiv(max(rows, 1), splits * block_p) * block_p
     splits = triton.cdiv(max(rows, 1), rows_per_split)
     parts = torch.empty((splits, out_dim, offsets, in_dim), dtype=torch.float32, device=x.device)
-    _weight_grad_kernel[(offsets, tiles, splits)](x, table, dy, parts, rows, in_dim, out_dim, offsets, dy.stride(0),
-                                                  rows_per_split, BLOCK_P=block_p, BLOCK_OUT=block_out,
-                                                  BLOCK_IN=block_in, num_warps=config["warps"])
+    launch(_weight_grad_kernel, (offsets, tiles, splits), x, table, dy, parts, rows, in_dim, out_dim, offsets,
+           dy.stride(0), rows_per_split, BLOCK_P=block_p, BLOCK_OUT=block_out, BLOCK_IN=block_in,
+           num_warps=config["warps"])
     return parts[0] if splits == 1 else parts.sum(0)

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from peftbench.backbone.triton_launch import launch
+
 BLOCK_ROWS = 64
 PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
 
@@ -240,8 +242,8 @@ class Plan:
         return torch.empty((self.programs, self.mp, *shape), dtype=torch.float32, device=device)
 
 
-def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int,
-            scale: float, read_updated: bool) -> tuple[torch.Tensor, ...]:
+def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
+            m: int, scale: float, read_updated: bool) -> tuple[torch.Tensor, ...]:
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
     projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
     points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
@@ -256,14 +258,13 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     shift, total = (torch.empty(plan.mp, dtype=torch.float32, device=device) for _ in range(2))
     context, updated = torch.empty_like(lat), torch.empty_like(lat)
     meta = dict(RP=plan.rp, MP=plan.mp)
-    _context_partials_kernel[(plan.programs,)](k, k.stride(0), v, v.stride(0), lat, batch, part_max, part_sum,
-                                               part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program,
-                                               BLOCK=BLOCK_ROWS, **meta)
-    _context_combine_kernel[(1,)](part_max, part_sum, part_ctx, lat, shift, total, context, updated, plan.programs,
-                                  r, n_cols, **meta)
+    launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), lat, batch, part_max,
+           part_sum, part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
+    launch(_context_combine_kernel, (1,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
+           plan.programs, r, n_cols, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
-    _read_kernel[plan.read_grid](q, q.stride(0), updated if read_updated else lat, updated, batch, out, rows, r,
-                                 n_cols, m, scale, BLOCK=BLOCK_ROWS, **meta)
+    launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
+           rows, r, n_cols, m, scale, BLOCK=BLOCK_ROWS, **meta)
     return out, updated, shift, total, context
 
 
@@ -282,22 +283,22 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     d_q = torch.empty((rows, r), dtype=torch.float32, device=device)
     part_du, part_ds = plan.parts(device, plan.rp), plan.parts(device, plan.rp)
     scored = updated if read_updated else lat
-    _read_backward_kernel[(plan.programs,)](queries, queries.stride(0), scored, updated, batch, d_out.contiguous(),
-                                            d_q, part_du, part_ds, rows, r, n_cols, m, scale, plan.tiles_per_program,
-                                            BLOCK=BLOCK_ROWS, **meta)
+    launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
+           d_out.contiguous(), d_q, part_du, part_ds, rows, r, n_cols, m, scale, plan.tiles_per_program,
+           BLOCK=BLOCK_ROWS, **meta)
     d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
     minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
-    _read_combine_kernel[(1,)](part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total, d_lat,
-                               plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None,
-                               READ_UPDATED=read_updated, **meta)
+    launch(_read_combine_kernel, (1,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
+           d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
+           **meta)
     d_k = torch.empty((rows, r), dtype=torch.float32, device=device)
     d_v = None if v is None else torch.empty((rows, r), dtype=torch.float32, device=device)
     values = k if v is None else v
     part_dl = plan.parts(device, plan.rp)
-    _context_backward_kernel[(plan.programs,)](k, k.stride(0), values, values.stride(0), lat, batch, shift, d_context,
-                                               minus_d_total, d_q, d_k, d_k if d_v is None else d_v, part_dl, rows,
-                                               r, n_cols, m, scale, plan.tiles_per_program, KEYS_READ=q is None,
-                                               KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS, **meta)
-    _latent_grad_kernel[(1,)](part_dl, d_lat, plan.programs, r, n_cols, **meta)
+    launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
+           shift, d_context, minus_d_total, d_q, d_k, d_k if d_v is None else d_v, part_dl, rows, r, n_cols, m,
+           scale, plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS,
+           **meta)
+    launch(_latent_grad_kernel, (1,), part_dl, d_lat, plan.programs, r, n_cols, **meta)
     return d_k, d_v, None if q is None else d_q, d_lat

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from peftbench.backbone.triton_launch import launch
+
 TILE_ELEMENTS = 4096  # rows per program = this / the padded row width
 
 
@@ -80,8 +82,8 @@ class TritonLayerNorm(torch.autograd.Function):
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         mean, rstd = torch.empty((2, rows), dtype=torch.float32, device=x.device)
         if rows:
-            _forward_kernel[(triton.cdiv(rows, block_rows),)](x, weight, bias, y, mean, rstd, rows, cols, eps,
-                                                             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)
+            launch(_forward_kernel, (triton.cdiv(rows, block_rows),), x, weight, bias, y, mean, rstd, rows, cols, eps,
+                   BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
 
@@ -99,7 +101,7 @@ class TritonLayerNorm(torch.autograd.Function):
         else:  # x stands in, never written
             dw_parts = db_parts = x
         if rows:
-            _backward_kernel[(tiles,)](x, weight, dy.contiguous(), dx, mean, rstd, dw_parts, db_parts, rows, cols,
-                                       BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, AFFINE_GRAD=affine_grad)
+            launch(_backward_kernel, (tiles,), x, weight, dy.contiguous(), dx, mean, rstd, dw_parts, db_parts, rows,
+                   cols, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, AFFINE_GRAD=affine_grad)
         dw, db = parts.sum(dim=1).to(weight.dtype) if affine_grad else (None, None)
         return dx, dw, db, None, None

@@ -1,0 +1,51 @@
+"""``triton_launch.launch``: its specialization key separates what Triton compiles apart, and on CUDA a
+launch through the compiled kernel gives the kernel's result for aligned and unaligned pointers, new sizes and
+constexprs alike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from peftbench.backbone.triton_launch import _specialization, launch  # noqa: E402
+
+
+@triton.jit
+def _scaled_copy_kernel(x_ptr, y_ptr, n, factor, BLOCK: tl.constexpr, NEGATE: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + i, mask=i < n, other=0.0) * factor
+    tl.store(y_ptr + i, -x if NEGATE else x, mask=i < n)
+
+
+def test_specialization_separates_what_triton_compiles_apart():
+    base = torch.zeros(64)
+    assert _specialization(base) != _specialization(base[1:])          # 16-byte alignment
+    assert _specialization(base) != _specialization(base.half())       # dtype
+    assert _specialization(base[4:]) == _specialization(base)          # 16 bytes on: aligned again
+    assert len({_specialization(n) for n in (1, 16, 17, 2**31, -3)}) == 5  # 1, divisible by 16, other, i64, sign
+    assert _specialization(17) == _specialization(18)
+    assert _specialization(0.5) == _specialization(2.0)
+    with pytest.raises(TypeError):
+        _specialization("x")
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_launch_repeats_give_the_kernels_result():
+    """Misses and hits in turns: aligned and unaligned views, sizes 1 / 16 / 37, both constexpr values."""
+    x = torch.arange(80, dtype=torch.float32, device=DEVICE)
+    for _ in range(2):  # the second pass hits the compiled kernels
+        for start, n in ((0, 37), (1, 37), (0, 16), (3, 1), (4, 16)):
+            for negate in (False, True):
+                y = torch.full((80,), 7.0, device=DEVICE)
+                launch(_scaled_copy_kernel, (triton.cdiv(n, 16),), x[start:], y[start:], n, 0.5, BLOCK=16,
+                       NEGATE=negate, num_warps=1)
+                want = x[start:start + n] * (-0.5 if negate else 0.5)
+                torch.testing.assert_close(y[start:start + n], want)
+                assert (y[:start] == 7).all() and (y[start + n:] == 7).all()

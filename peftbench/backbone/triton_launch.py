@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from triton.runtime.jit import JITFunction
 
+DIRECT = 1  # 0: every launch through ``kernel[grid]`` (A/Bs)
 _COMPILED: dict[tuple, Any] = {}
 _INT32 = (-2**31, 2**31)
 
@@ -36,7 +37,7 @@ def _specialization(arg: Any) -> Any:
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int | None = None, **constexprs: Any) -> None:
     """``kernel[grid](*args, num_warps=num_warps, **constexprs)`` (every parameter after ``args`` given by name)."""
     options = {} if num_warps is None else {"num_warps": num_warps}
-    if not isinstance(kernel, JITFunction):  # Triton's interpreter
+    if not DIRECT or not isinstance(kernel, JITFunction):  # off, or Triton's interpreter
         kernel[grid](*args, **options, **constexprs)
         return
     key = (kernel, torch.cuda.current_device(), num_warps, *constexprs.items(), *map(_specialization, args))

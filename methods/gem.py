@@ -142,7 +142,8 @@ class ContextAdapter(nn.Module):
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         latents = point.scene_state["gem_latents"]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
-        scene_bias = None if kernels_take(k) else cached_off_scene_bias(point, latents.shape[1])
+        columns = latents.shape[0] * latents.shape[1]
+        scene_bias = None if kernels_take(k, columns) else cached_off_scene_bias(point, latents.shape[1])
         out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale,
                                               read_updated=self.read_latents == "updated", scene_bias=scene_bias)
         point.scene_state["gem_latents"] = latents

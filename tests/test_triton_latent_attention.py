@@ -87,3 +87,7 @@ def test_cuda_dispatch_takes_the_kernels_and_the_switch_turns_them_off(monkeypat
     torch_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
     assert type(torch_out.grad_fn).__name__ == "_LatentAttentionBackward"
     torch.testing.assert_close(out, torch_out, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(latent_attention, "TRITON_LATENT", 1)
+    monkeypatch.setattr(latent_attention, "KERNEL_MAX_COLUMNS", 7)  # 2 scenes x 4 latents: too many columns
+    wide_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
+    assert type(wide_out.grad_fn).__name__ == "_LatentAttentionBackward"

@@ -25,11 +25,16 @@ from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
+# most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
+KERNEL_MAX_COLUMNS = 128
 
 
-def kernels_take(points: Tensor) -> ModuleType | None:
-    """The Triton kernels' module where they take the core for ``points`` (CUDA, Triton importable), else None."""
-    return triton_kernels("triton_latent_attention") if TRITON_LATENT and points.is_cuda else None
+def kernels_take(points: Tensor, columns: int) -> ModuleType | None:
+    """The Triton kernels' module where they take the core for ``points`` against ``columns`` latents of all
+    scenes (CUDA, at most ``KERNEL_MAX_COLUMNS``, Triton importable), else None."""
+    if TRITON_LATENT and points.is_cuda and columns <= KERNEL_MAX_COLUMNS:
+        return triton_kernels("triton_latent_attention")
+    return None
 
 
 def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latents: Tensor, batch: Tensor,
@@ -47,7 +52,7 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     mask by ``batch`` and need none).
     """
     num_scenes, m, r = latents.shape
-    kernels = kernels_take(k)
+    kernels = kernels_take(k, num_scenes * m)
     with torch.autocast(device_type=k.device.type, enabled=False):
         if kernels is not None:
             out, updated = _KernelLatentAttention.apply(k.float(), None if v is None else v.float(),

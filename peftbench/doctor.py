@@ -94,7 +94,20 @@ def backends() -> list[tuple[str, str]]:
             ("sparse conv", f"{chosen}: {why}")]
     rows.append(("attention", _attention_choice(on_cuda)))
     rows.append(("layer norm", _layer_norm_choice(on_cuda)))
+    rows.append(("GEM context adapter", _latent_attention_choice(on_cuda)))
     return rows
+
+
+def _latent_attention_choice(on_cuda: bool) -> str:
+    from peftbench.backbone import latent_attention
+    from peftbench.backbone.triton_support import triton_kernels
+
+    if not on_cuda:
+        return "torch's core (its Triton kernels run on CUDA only)"
+    if not latent_attention.TRITON_LATENT or triton_kernels("triton_latent_attention") is None:
+        return "torch's core: Triton does not import (CUDA builds of torch bring it)"
+    return (f"Triton kernels up to {latent_attention.KERNEL_MAX_COLUMNS} latent columns (scenes x latents) a "
+            "forward, torch's core above")
 
 
 def _layer_norm_choice(on_cuda: bool) -> str:

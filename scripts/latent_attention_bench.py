@@ -39,12 +39,12 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device("cuda")
     cells = []
-    print(f"{'points':>8}  {'forward wall/host/device ms':>30}  {'fwd+bwd wall/host/device ms':>30}   (torch -> kernels)")
+    print(f"{'points':>8}  {'forward wall/host/device ms':>30}  {'fwd+bwd wall/host/device ms':>30}"
+          "   (torch -> kernels)")
     for points in LEVEL_POINTS:
         g = torch.Generator(device).manual_seed(points)
-        batch = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor([points // 3, points // 3,
-                                                                                     points - 2 * (points // 3)],
-                                                                                    device=device))
+        sizes = torch.tensor([points // 3, points // 3, points - 2 * (points // 3)], device=device)
+        batch = torch.repeat_interleave(torch.arange(3, device=device), sizes)
         k, v = (torch.randn(points, 32, device=device, generator=g).requires_grad_() for _ in range(2))
         latents = (torch.randn(3, 4, 32, device=device, generator=g) * 0.02).requires_grad_()
         cell = {"points": points}
@@ -59,7 +59,8 @@ def main() -> int:
         cells.append(cell)
         row = [f"{cell[f'torch_{m}'][key]:.3f}->{cell[f'kernels_{m}'][key]:.3f}" for m in ("forward", "backward")
                for key in ("ms", "host_ms", "device_ms")]
-        print(f"{points:>8}  {' '.join(row[:3]):>30}  {' '.join(row[3:]):>30}   max |diff| {cell['max_abs_difference']:.1e}")
+        print(f"{points:>8}  {' '.join(row[:3]):>30}  {' '.join(row[3:]):>30}"
+              f"   max |diff| {cell['max_abs_difference']:.1e}")
     latent_attention.TRITON_LATENT = 1
     if args.json:
         Path(args.json).write_text(json.dumps({"device": torch.cuda.get_device_name(), "levels": cells}, indent=1))

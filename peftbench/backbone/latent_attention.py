@@ -156,8 +156,9 @@ class _KernelLatentAttention(torch.autograd.Function):
     """``_LatentAttention`` as the Triton kernels: the backward recomputes the scores from the saved inputs."""
 
     @staticmethod
-    def forward(ctx, k: Tensor, v: Tensor | None, q: Tensor | None, lat: Tensor, batch: Tensor,  # type: ignore[override]
-                m: int, scale: float, read_updated: bool, kernels) -> tuple[Tensor, Tensor]:
+    def forward(ctx, k: Tensor, v: Tensor | None, q: Tensor | None,  # type: ignore[override]
+                lat: Tensor, batch: Tensor, m: int, scale: float, read_updated: bool,
+                kernels: ModuleType) -> tuple[Tensor, Tensor]:
         out, updated, *stats = kernels.forward(k, v, q, lat, batch, m, scale, read_updated)
         ctx.save_for_backward(k, v, q, lat, batch, updated, *stats)
         ctx.m, ctx.scale, ctx.read_updated, ctx.kernels = m, scale, read_updated, kernels

@@ -262,6 +262,7 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     are what the backward reads."""
     k = _rows(k)
     v, q = (k if t is None else _rows(t) for t in (v, q))
+    lat = lat.contiguous()
     rows, r = k.shape
     n_cols = lat.shape[0]
     plan = Plan(rows, n_cols, r)
@@ -287,6 +288,7 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     """``(d_k, d_v, d_q, d_lat)`` of ``forward``; ``v`` / ``q`` None where the keys doubled as them (their
     gradient is then in ``d_k``)."""
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
+    lat = lat.contiguous()
     rows, r = k.shape
     n_cols = lat.shape[0]
     plan = Plan(rows, n_cols, r)

@@ -41,6 +41,14 @@ def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in
 
 
 @triton.jit
+def _row_tile(tile, rows, r, RP: tl.constexpr, BLOCK: tl.constexpr):
+    """Row tile ``tile``'s rows, which of them exist, and the (BLOCK, RP) mask of their r channels."""
+    row = tile * BLOCK + tl.arange(0, BLOCK)
+    row_in = row < rows
+    return row, row_in, row_in[:, None] & (tl.arange(0, RP) < r)[None, :]
+
+
+@triton.jit
 def _load_latents(ptr, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     return tl.load(ptr + col[:, None] * r + ch[None, :], mask=(col < n_cols)[:, None] & (ch < r)[None, :], other=0.0)
@@ -70,12 +78,10 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
     run_sum = tl.zeros((MP,), tl.float32)
     acc = tl.zeros((MP, RP), tl.float32)
     for t in range(tiles_per_program):
-        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
-        row_in = row < rows
+        row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         _, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col_in, r, scale, RP)
         ch = tl.arange(0, RP)
-        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :],
-                    mask=row_in[:, None] & (ch < r)[None, :], other=0.0)
+        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
         new_max = tl.maximum(run_max, tl.max(scores, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a column with no rows yet: nothing to shift
         alpha = tl.exp(run_max - shift)
@@ -121,15 +127,14 @@ def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, s
 @triton.jit(do_not_specialize=["rows"])
 def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, rows, r, n_cols, m, scale,
                  RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    row_in = row < rows
+    row, row_in, row_mask = _row_tile(tl.program_id(0), rows, r, RP, BLOCK)
     col = tl.arange(0, MP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
     _, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
     spread = _row_softmax(tl.where(row_in[:, None], scores, 0.0))  # rows past the end: no -inf-only rows
     out = tl.dot(spread, _load_latents(updated_ptr, r, n_cols, RP, MP), input_precision="ieee")
     ch = tl.arange(0, RP)
-    tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_in[:, None] & (ch < r)[None, :])
+    tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -143,9 +148,7 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
     d_updated = tl.zeros((MP, RP), tl.float32)
     d_scored = tl.zeros((MP, RP), tl.float32)
     for t in range(tiles_per_program):
-        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
-        row_in = row < rows
-        row_mask = row_in[:, None] & (ch < r)[None, :]
+        row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         q, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
         spread = tl.where(row_in[:, None], _row_softmax(tl.where(row_in[:, None], scores, 0.0)), 0.0)
         d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
@@ -206,9 +209,7 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
     minus_d_total = tl.load(minus_d_total_ptr + col)
     d_lat = tl.zeros((MP, RP), tl.float32)
     for t in range(tiles_per_program):
-        row = (pid * tiles_per_program + t) * BLOCK + tl.arange(0, BLOCK)
-        row_in = row < rows
-        row_mask = row_in[:, None] & (ch < r)[None, :]
+        row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         k, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col < n_cols, r, scale, RP)
         v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
         exp = tl.exp(scores - shift[None, :])  # E; 0 off the scene

@@ -22,9 +22,6 @@ from peftbench.backbone.triton_launch import launch
 
 BLOCK_ROWS = 64
 PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
-# partial sums a combine iteration loads at once: one at a time, the single-program combine of 264 partials
-# took 46-63 us (session 34's profile, H100)
-PARTS: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
@@ -98,24 +95,17 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
 @triton.jit
 def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr,
                             updated_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch, part = tl.arange(0, MP), tl.arange(0, RP), tl.arange(0, PARTS)
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
     top = tl.full((MP,), float("-inf"), tl.float32)
-    for p0 in range(0, programs, PARTS):
-        p = p0 + part
-        top = tl.maximum(top, tl.max(tl.load(part_max_ptr + p[:, None] * MP + col[None, :],
-                                             mask=(p < programs)[:, None], other=float("-inf")), axis=0))
+    for p in range(programs):
+        top = tl.maximum(top, tl.load(part_max_ptr + p * MP + col))
     shift = tl.where(top == float("-inf"), 0.0, top)
     total = tl.zeros((MP,), tl.float32)
     context = tl.zeros((MP, RP), tl.float32)
-    for p0 in range(0, programs, PARTS):
-        p = p0 + part
-        p_in = (p < programs)[:, None]
-        weight = tl.exp(tl.load(part_max_ptr + p[:, None] * MP + col[None, :], mask=p_in, other=float("-inf"))
-                        - shift[None, :])  # (PARTS, MP); 0 past the last program
-        total += tl.sum(tl.load(part_sum_ptr + p[:, None] * MP + col[None, :], mask=p_in, other=0.0) * weight, axis=0)
-        ctx = tl.load(part_ctx_ptr + ((p[:, None, None] * MP + col[None, :, None]) * RP + ch[None, None, :]),
-                      mask=p_in[:, :, None], other=0.0)
-        context += tl.sum(ctx * weight[:, :, None], axis=0)
+    for p in range(programs):
+        weight = tl.exp(tl.load(part_max_ptr + p * MP + col) - shift)
+        total += tl.load(part_sum_ptr + p * MP + col) * weight
+        context += tl.load(part_ctx_ptr + (p * MP + col[:, None]) * RP + ch[None, :]) * weight[:, None]
     # normalised after the sum, as the torch core: a sum of exps <= 1 keeps more bits than N weights of ~1/N
     context = context / tl.where(total > 0, total, 1.0)[:, None]
     tl.store(shift_ptr + col, shift)
@@ -164,12 +154,10 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
 
 @triton.jit
 def _sum_parts(part_ptr, programs, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch, part = tl.arange(0, MP), tl.arange(0, RP), tl.arange(0, PARTS)
+    col, ch = tl.arange(0, MP), tl.arange(0, RP)
     acc = tl.zeros((MP, RP), tl.float32)
-    for p0 in range(0, programs, PARTS):
-        p = p0 + part
-        acc += tl.sum(tl.load(part_ptr + ((p[:, None, None] * MP + col[None, :, None]) * RP + ch[None, None, :]),
-                              mask=(p < programs)[:, None, None], other=0.0), axis=0)
+    for p in range(programs):
+        acc += tl.load(part_ptr + (p * MP + col[:, None]) * RP + ch[None, :])
     return acc
 
 

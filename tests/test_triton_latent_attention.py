@@ -18,7 +18,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.fixture
 def kernels(monkeypatch):
     import peftbench.backbone.triton_latent_attention as module
-    # up to 11 programs (more than a combine loads at once), some summing two row tiles, the last partial
+    # several programs (up to 11), some summing two row tiles, the last one partial: every combine path runs
     monkeypatch.setattr(module, "PROGRAMS", 11)
     monkeypatch.setattr(module, "BLOCK_ROWS", 16)
     return module

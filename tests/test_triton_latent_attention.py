@@ -19,9 +19,11 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def kernels(monkeypatch):
     import peftbench.backbone.triton_latent_attention as module
     # 16-row tiles, at most 4 programs: each sums 2-3 tiles (the running sums rescaled between them), the last
-    # tile partial or past the rows, and a combine of 3-4 programs' partial sums
+    # tile partial or past the rows; the combines load 2 programs' partial sums at once, so 3-4 programs take two
+    # loads, the last one half past the programs where there are 3
     monkeypatch.setattr(module, "PROGRAMS", 4)
     monkeypatch.setattr(module, "BLOCK_ROWS", 16)
+    monkeypatch.setattr(module, "PARTS_BLOCK", 2)
     return module
 
 
@@ -76,6 +78,24 @@ def test_kernels_without_a_gradient_on_the_latents_and_on_projection_slices(kern
     d_projection, d_lat = torch.autograd.grad(got_out.sum(), [projection, lat])
     torch.testing.assert_close(d_projection.double().cpu(), torch.cat(ref[:2], dim=1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(d_lat.double().cpu(), ref[2], rtol=1e-5, atol=1e-5)
+
+
+def test_scores_far_apart_across_programs_do_not_overflow(kernels):
+    """The last program's keys score ~110 above the others': the combine must shift every program's partial
+    sums by the largest column max of all programs (exp(110) overflows float32)."""
+    batch, k, v, _, latents, _ = _inputs([60], 4, 8, seed=7)
+    with torch.no_grad():
+        k[48:] = 80 * latents[0, 0] / latents[0, 0].norm()  # rows 48-59: the fourth 16-row program
+    out, upd = _per_point(k, v, None, latents, batch, 0.5, True)
+    ref = torch.autograd.grad(out.sum() + upd.sum(), [k, v, latents])
+    as32 = [t.detach().float().to(DEVICE).requires_grad_() for t in (k, v, latents)]
+    got_out, got_upd = latent_attention._KernelLatentAttention.apply(
+        as32[0], as32[1], None, as32[2].reshape(-1, 8), batch.to(DEVICE), 4, 0.5, True, kernels)
+    torch.testing.assert_close(got_out.double().cpu(), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_upd.view(upd.shape).double().cpu(), upd, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(got_out.sum() + got_upd.sum(), as32)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels take the core on CUDA only")

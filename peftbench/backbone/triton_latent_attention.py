@@ -3,8 +3,8 @@
 The torch core launches ~13 kernels a forward and ~20 a backward, each over (N, B*m) score matrices; GEM's
 step is bound by the host's launches (issue 12). Here the scores never leave registers: the softmax over a
 scene's points is an online softmax over row tiles (running column max, sum and weighted values per program,
-then one program combines them); the read-out is one pass over row tiles; the backward is a pass over the
-rows for the read-out's gradients, a combine, a pass recomputing the affinity for the keys' and values'
+then one program a latent column combines them); the read-out is one pass over row tiles; the backward is a
+pass over the rows for the read-out's gradients, a combine, a pass recomputing the affinity for the keys' and values'
 gradients, and a last combine for the latents'. All products are float32 (``input_precision="ieee"``): the
 Context Adapter's float32 contract.
 
@@ -22,6 +22,7 @@ from peftbench.backbone.triton_launch import launch
 
 BLOCK_ROWS = 64
 PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
+PARTS_BLOCK = 64  # the combines (one program a latent column) load this many programs' partial sums at once
 
 
 @triton.jit
@@ -49,12 +50,6 @@ def _row_tile(tile, rows, r, RP: tl.constexpr, BLOCK: tl.constexpr):
 def _load_latents(ptr, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     return tl.load(ptr + col[:, None] * r + ch[None, :], mask=(col < n_cols)[:, None] & (ch < r)[None, :], other=0.0)
-
-
-@triton.jit
-def _store_latents(ptr, value, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    tl.store(ptr + col[:, None] * r + ch[None, :], value, mask=(col < n_cols)[:, None] & (ch < r)[None, :])
 
 
 @triton.jit
@@ -93,25 +88,58 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
 
 
 @triton.jit
+def _column(ptr, col, r, n_cols, RP: tl.constexpr):
+    """Latent column ``col``'s (RP,) channels (zeros past r, and for a padded column)."""
+    ch = tl.arange(0, RP)
+    return tl.load(ptr + col * r + ch, mask=(ch < r) & (col < n_cols), other=0.0)
+
+
+@triton.jit
+def _store_column(ptr, col, value, r, n_cols, RP: tl.constexpr):
+    ch = tl.arange(0, RP)
+    tl.store(ptr + col * r + ch, value, mask=(ch < r) & (col < n_cols))
+
+
+@triton.jit
+def _sum_column_parts(part_ptr, col, programs, RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
+    """Column ``col``'s (RP,) partial sums of all row programs, PB programs' partials a load."""
+    p, ch = tl.arange(0, PB), tl.arange(0, RP)
+    acc = tl.zeros((PB, RP), tl.float32)
+    for start in range(0, programs, PB):
+        part = start + p
+        acc += tl.load(part_ptr + (part[:, None] * MP + col) * RP + ch[None, :], mask=(part < programs)[:, None],
+                       other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
 def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr,
-                            updated_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    top = tl.full((MP,), float("-inf"), tl.float32)
-    for p in range(programs):
-        top = tl.maximum(top, tl.load(part_max_ptr + p * MP + col))
-    shift = tl.where(top == float("-inf"), 0.0, top)
-    total = tl.zeros((MP,), tl.float32)
-    context = tl.zeros((MP, RP), tl.float32)
-    for p in range(programs):
-        weight = tl.exp(tl.load(part_max_ptr + p * MP + col) - shift)
-        total += tl.load(part_sum_ptr + p * MP + col) * weight
-        context += tl.load(part_ctx_ptr + (p * MP + col[:, None]) * RP + ch[None, :]) * weight[:, None]
+                            updated_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
+                            PB: tl.constexpr):
+    col = tl.program_id(0)  # one program a latent column (padded ones too: the row kernels read their shift)
+    p, ch = tl.arange(0, PB), tl.arange(0, RP)
+    top = tl.full((PB,), float("-inf"), tl.float32)
+    for start in range(0, programs, PB):
+        part = start + p
+        top = tl.maximum(top, tl.load(part_max_ptr + part * MP + col, mask=part < programs, other=float("-inf")))
+    top_all = tl.max(top, axis=0)
+    shift = tl.where(top_all == float("-inf"), 0.0, top_all)
+    total = tl.zeros((PB,), tl.float32)
+    context = tl.zeros((PB, RP), tl.float32)
+    for start in range(0, programs, PB):
+        part = start + p
+        part_in = part < programs
+        weight = tl.exp(tl.load(part_max_ptr + part * MP + col, mask=part_in, other=float("-inf")) - shift)
+        total += tl.load(part_sum_ptr + part * MP + col, mask=part_in, other=0.0) * weight
+        context += tl.load(part_ctx_ptr + (part[:, None] * MP + col) * RP + ch[None, :], mask=part_in[:, None],
+                           other=0.0) * weight[:, None]
+    total_all = tl.sum(total, axis=0)
     # normalised after the sum, as the torch core: a sum of exps <= 1 keeps more bits than N weights of ~1/N
-    context = context / tl.where(total > 0, total, 1.0)[:, None]
+    context_all = tl.sum(context, axis=0) / tl.where(total_all > 0, total_all, 1.0)
     tl.store(shift_ptr + col, shift)
-    tl.store(total_ptr + col, total)
-    _store_latents(context_ptr, context, r, n_cols, RP, MP)
-    _store_latents(updated_ptr, _load_latents(lat_ptr, r, n_cols, RP, MP) + context, r, n_cols, RP, MP)
+    tl.store(total_ptr + col, total_all)
+    _store_column(context_ptr, col, context_all, r, n_cols, RP)
+    _store_column(updated_ptr, col, _column(lat_ptr, col, r, n_cols, RP) + context_all, r, n_cols, RP)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -153,24 +181,15 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
 
 
 @triton.jit
-def _sum_parts(part_ptr, programs, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    acc = tl.zeros((MP, RP), tl.float32)
-    for p in range(programs):
-        acc += tl.load(part_ptr + (p * MP + col[:, None]) * RP + ch[None, :])
-    return acc
-
-
-@triton.jit
 def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
                          minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
                          HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
-                         MP: tl.constexpr):
-    col = tl.arange(0, MP)
-    d_updated = _sum_parts(part_du_ptr, programs, RP, MP)
-    d_scored = _sum_parts(part_ds_ptr, programs, RP, MP)
+                         MP: tl.constexpr, PB: tl.constexpr):
+    col = tl.program_id(0)  # one program a latent column (padded ones too: the row pass reads their -dT)
+    d_updated = _sum_column_parts(part_du_ptr, col, programs, RP, MP, PB)
+    d_scored = _sum_column_parts(part_ds_ptr, col, programs, RP, MP, PB)
     if HAS_D_UPDATED:
-        d_updated += _load_latents(d_updated_in_ptr, r, n_cols, RP, MP)
+        d_updated += _column(d_updated_in_ptr, col, r, n_cols, RP)
     if READ_UPDATED:
         d_updated += d_scored
         d_lat = d_updated
@@ -178,10 +197,10 @@ def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr
         d_lat = d_updated + d_scored
     # U = L + C / T: d(C/T) = dU / T, and -dT = sum_r (dU / T) (C / T)
     total = tl.load(total_ptr + col)
-    d_context = d_updated / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(minus_d_total_ptr + col, tl.sum(d_context * _load_latents(context_ptr, r, n_cols, RP, MP), axis=1))
-    _store_latents(d_context_ptr, d_context, r, n_cols, RP, MP)
-    _store_latents(d_lat_ptr, d_lat, r, n_cols, RP, MP)
+    d_context = d_updated / tl.where(total > 0, total, 1.0)
+    tl.store(minus_d_total_ptr + col, tl.sum(d_context * _column(context_ptr, col, r, n_cols, RP), axis=0))
+    _store_column(d_context_ptr, col, d_context, r, n_cols, RP)
+    _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -217,9 +236,11 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
 
 
 @triton.jit
-def _latent_grad_kernel(part_dl_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    d_lat = _load_latents(d_lat_ptr, r, n_cols, RP, MP) + _sum_parts(part_dl_ptr, programs, RP, MP)
-    _store_latents(d_lat_ptr, d_lat, r, n_cols, RP, MP)
+def _latent_grad_kernel(part_dl_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
+                        PB: tl.constexpr):
+    col = tl.program_id(0)
+    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl_ptr, col, programs, RP, MP, PB)
+    _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -262,8 +283,8 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     meta = dict(RP=plan.rp, MP=plan.mp)
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), lat, batch, part_max,
            part_sum, part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
-    launch(_context_combine_kernel, (1,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
-           plan.programs, r, n_cols, **meta)
+    launch(_context_combine_kernel, (plan.mp,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
+           plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
            rows, r, n_cols, m, scale, BLOCK=BLOCK_ROWS, **meta)
@@ -292,9 +313,9 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
     minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
-    launch(_read_combine_kernel, (1,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
+    launch(_read_combine_kernel, (plan.mp,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
-           **meta)
+           PB=PARTS_BLOCK, **meta)
     d_k = torch.empty((rows, r), dtype=torch.float32, device=device)
     d_v = None if v is None else torch.empty((rows, r), dtype=torch.float32, device=device)
     values = k if v is None else v
@@ -303,5 +324,5 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
            shift, d_context, minus_d_total, d_q, d_k, d_k if d_v is None else d_v, part_dl, rows, r, n_cols, m,
            scale, plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS,
            **meta)
-    launch(_latent_grad_kernel, (1,), part_dl, d_lat, plan.programs, r, n_cols, **meta)
+    launch(_latent_grad_kernel, (plan.mp,), part_dl, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     return d_k, d_v, None if q is None else d_q, d_lat

@@ -26,7 +26,8 @@ from torch import nn
 
 from peftbench import Method, MethodConfig, register
 from peftbench.backbone.block import CPEConvBranch
-from peftbench.backbone.latent_attention import cached_off_scene_bias, kernels_take, scene_latent_attention
+from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_take, projected_latent_attention,
+                                                 scene_latent_attention)
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -137,16 +138,22 @@ class ContextAdapter(nn.Module):
             self.bank(point)
         # the projections as one float32 matmul, split
         names = [name for name in ("k", "v", "q") if hasattr(self, name)]
-        weight = torch.cat([getattr(self, name).weight for name in names]) if len(names) > 1 else self.k.weight
+        weights = [getattr(self, name).weight for name in names]
+        latents = point.scene_state["gem_latents"]
+        read_updated = self.read_latents == "updated"
+        kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
+        if kernels is not None:  # CUDA: one autograd node for the whole adapter
+            y, point.scene_state["gem_latents"] = projected_latent_attention(
+                h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
+                "q" in names, kernels)
+            return y
+        weight = torch.cat(weights) if len(weights) > 1 else self.k.weight
         parts = dict(zip(names, float32_linear(h, weight).split(self.k.out_features, dim=-1)))
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
-        latents = point.scene_state["gem_latents"]
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
-        columns = latents.shape[0] * latents.shape[1]
-        scene_bias = None if kernels_take(k, columns) else cached_off_scene_bias(point, latents.shape[1])
-        out, latents = scene_latent_attention(k, v, q, latents, point.batch, self.scale,
-                                              read_updated=self.read_latents == "updated", scene_bias=scene_bias)
-        point.scene_state["gem_latents"] = latents
+        out, point.scene_state["gem_latents"] = scene_latent_attention(
+            k, v, q, latents, point.batch, self.scale, read_updated=read_updated,
+            scene_bias=cached_off_scene_bias(point, latents.shape[1]))
         return float32_linear(out, self.up.weight).to(h.dtype)
 
 

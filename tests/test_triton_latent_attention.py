@@ -4,12 +4,16 @@ interpreter (conftest turns it on)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
 from peftbench.backbone import latent_attention  # noqa: E402
+from peftbench.registry import get_method  # noqa: E402
+from tests.test_gem_precision import _Point  # noqa: E402
 from tests.test_latent_attention import _per_point  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,6 +100,44 @@ def test_scores_far_apart_across_programs_do_not_overflow(kernels):
     got = torch.autograd.grad(got_out.sum() + got_upd.sum(), as32)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("proj", ["shared_qk", "shared_kv", "qkv+up"])
+@pytest.mark.parametrize("read", ["updated", "previous"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, read, dtype):
+    """Two chained Context Adapters (the latents flow from the first to the second) on the kernels as one
+    autograd node each (``projected_latent_attention``) against the same adapters on the torch core: outputs,
+    latents, and the gradients of the input and of every weight."""
+    gem = sys.modules[get_method("gem").__module__]
+    batch = torch.repeat_interleave(torch.arange(2), torch.tensor([45, 30])).to(DEVICE)
+    torch.manual_seed(0)
+    bank = gem.LatentBank(4, 8, 0.5)
+    adapters = [gem.ContextAdapter(16, 8, proj, None, read) for _ in range(2)]
+    modules = torch.nn.ModuleList([bank, *adapters]).to(DEVICE)
+    for adapter in adapters:
+        torch.nn.init.normal_(adapter.up.weight, std=0.3)
+    h = torch.randn(75, 16, device=DEVICE).to(dtype).requires_grad_()
+    w = torch.randn(75, 16, device=DEVICE)
+
+    def run(take):
+        monkeypatch.setattr(gem, "kernels_take", take)
+        point = _Point(batch, 2)
+        bank(point)
+        x = h
+        for adapter in adapters:
+            x = x + adapter(point, x)
+        loss = (x.float() * w).sum() + point.scene_state["gem_latents"].sum()
+        return x, point.scene_state["gem_latents"], torch.autograd.grad(loss, [h, *modules.parameters()])
+
+    got = run(lambda points, columns: kernels)
+    ref = run(lambda points, columns: None)
+    assert got[0].dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got[0], ref[0], **tol)
+    torch.testing.assert_close(got[1], ref[1], **tol)
+    for a, b in zip(got[2], ref[2]):
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * b.abs().max().item())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels take the core on CUDA only")

@@ -168,9 +168,63 @@ class _KernelLatentAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: Tensor, d_updated: Tensor | None):  # type: ignore[override]
         k, v, q, lat, batch, updated, *stats = ctx.saved_tensors
-        grads = ctx.kernels.backward(d_out.float(), None if d_updated is None else d_updated.float(), k, v, q, lat,
-                                     batch, ctx.m, ctx.scale, ctx.read_updated, updated, *stats)
-        return (*grads, None, None, None, None, None)
+        d_rows, d_lat = ctx.kernels.backward(d_out.float(), None if d_updated is None else d_updated.float(), k, v,
+                                             q, lat, batch, ctx.m, ctx.scale, ctx.read_updated, updated, *stats)
+        d_k, d_v, d_q = _row_slices(d_rows, k.shape[1], v is not None, q is not None)
+        return d_k, d_v, d_q, d_lat, None, None, None, None, None
+
+
+def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight: Tensor, latents: Tensor,
+                               batch: Tensor, scale: float, read_updated: bool, has_v: bool, has_q: bool,
+                               kernels: ModuleType) -> tuple[Tensor, Tensor]:
+    """The Context Adapter on the kernels, as one autograd node: ``(up(out), updated latents)`` where ``[k | v |
+    q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's read-out.
+
+    Products in float32 (the Context Adapter's contract); the result in ``h``'s dtype. Composed of separate ops
+    the same call is ~9 autograd nodes (casts, the weights' concatenation, two matmuls, a split, the core), and
+    a GPU step waits on the host's work for each (issue 12)."""
+    num_scenes, m, r = latents.shape
+    y, updated = _ProjectedKernelLatentAttention.apply(h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
+                                                       read_updated, has_v, has_q, kernels, *proj_weights)
+    return y, updated.view(num_scenes, m, r)
+
+
+class _ProjectedKernelLatentAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: Tensor, lat: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
+                scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType,
+                *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h32 = h.float()
+            weight = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
+            rows = h32 @ weight.T
+            out, updated, *stats = kernels.forward(*_row_slices(rows, lat.shape[1], has_v, has_q), lat, batch, m,
+                                                   scale, read_updated)
+            y = (out @ up_weight.T).to(h.dtype)
+        ctx.save_for_backward(h32, weight, rows, up_weight, out, lat, batch, updated, *stats)
+        ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
+        ctx.kernels, ctx.h_dtype = kernels, h.dtype
+        return y, updated
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_y: Tensor, d_updated: Tensor | None):  # type: ignore[override]
+        h32, weight, rows, up_weight, out, lat, batch, updated, *stats = ctx.saved_tensors
+        with torch.autocast(device_type=d_y.device.type, enabled=False):
+            d_y = d_y.float()
+            d_up = d_y.T @ out
+            d_rows, d_lat = ctx.kernels.backward(
+                d_y @ up_weight, None if d_updated is None else d_updated.float(),
+                *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
+                ctx.read_updated, updated, *stats)
+            d_h = (d_rows @ weight).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
+            d_weights = (d_rows.T @ h32).split(lat.shape[1])
+        return d_h, d_lat, d_up, None, None, None, None, None, None, None, *d_weights
+
+
+def _row_slices(rows: Tensor, r: int, has_v: bool, has_q: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``(k, v, q)`` column slices of ``[k | v | q]`` (None for the absent ones)."""
+    return rows[:, :r], rows[:, r:2 * r] if has_v else None, rows[:, -r:] if has_q else None
 
 
 def _scores(rows: Tensor, latents: Tensor, bias: Tensor | None) -> Tensor:

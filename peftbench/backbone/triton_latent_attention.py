@@ -156,7 +156,8 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, r
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, d_q_ptr, part_du_ptr,
+def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, d_q_ptr, d_q_stride,
+                          part_du_ptr,
                           part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program,
                           RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -173,7 +174,7 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
         d_spread = tl.dot(d_out, tl.trans(updated), input_precision="ieee")
         d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
         d_q = tl.dot(d_read, scored, input_precision="ieee") * scale
-        tl.store(d_q_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_q, mask=row_mask)
+        tl.store(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], d_q, mask=row_mask)
         d_updated += tl.dot(tl.trans(spread), d_out, input_precision="ieee")
         d_scored += tl.dot(tl.trans(d_read), q, input_precision="ieee")
     tl.store(part_du_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_updated)
@@ -205,7 +206,8 @@ def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr
 
 @triton.jit(do_not_specialize=["rows"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
-                             minus_d_total_ptr, d_q_ptr, d_k_ptr, d_v_ptr, part_dl_ptr, rows, r, n_cols, m, scale,
+                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_dl_ptr, rows,
+                             r, n_cols, m, scale,
                              tiles_per_program, KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr,
                              RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -225,12 +227,12 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
         d_v = tl.dot(exp, d_context, input_precision="ieee")
         d_k = tl.dot(d_scores, lat, input_precision="ieee") * scale
         if KEYS_READ:
-            d_k += tl.load(d_q_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
+            d_k += tl.load(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], mask=row_mask, other=0.0)
         if KEYS_ARE_VALUES:
             d_k += d_v
         else:
-            tl.store(d_v_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_v, mask=row_mask)
-        tl.store(d_k_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], d_k, mask=row_mask)
+            tl.store(d_v_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_v, mask=row_mask)
+        tl.store(d_k_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_k, mask=row_mask)
         d_lat += tl.dot(tl.trans(d_scores), k, input_precision="ieee")
     tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
 
@@ -294,35 +296,37 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
 def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor | None,
              q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int, scale: float, read_updated: bool,
              updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-    """``(d_k, d_v, d_q, d_lat)`` of ``forward``; ``v`` / ``q`` None where the keys doubled as them (their
-    gradient is then in ``d_k``)."""
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(d_rows, d_lat)`` of ``forward``: ``d_rows`` (N, P*r) holds the gradients of ``k`` and of ``v`` and
+    ``q`` where given, side by side in that order (as a projection ``[k | v | q]`` that they are slices of);
+    where ``v`` / ``q`` is None the keys doubled as them, and ``k``'s columns hold their gradient too."""
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
     lat = lat.contiguous()
     rows, r = k.shape
     n_cols = lat.shape[0]
     plan = Plan(rows, n_cols, r)
     device, meta = k.device, dict(RP=plan.rp, MP=plan.mp)
+    d_rows = torch.empty((rows, r * (1 + (v is not None) + (q is not None))), dtype=torch.float32, device=device)
+    d_k = d_rows[:, :r]
+    d_v = None if v is None else d_rows[:, r:2 * r]
+    d_q = torch.empty((rows, r), dtype=torch.float32, device=device) if q is None else d_rows[:, -r:]
     queries = k if q is None else q
-    d_q = torch.empty((rows, r), dtype=torch.float32, device=device)
     part_du, part_ds = plan.parts(device, plan.rp), plan.parts(device, plan.rp)
     scored = updated if read_updated else lat
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
-           d_out.contiguous(), d_q, part_du, part_ds, rows, r, n_cols, m, scale, plan.tiles_per_program,
-           BLOCK=BLOCK_ROWS, **meta)
+           d_out.contiguous(), d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m, scale,
+           plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
     d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
     minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
     launch(_read_combine_kernel, (plan.mp,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
            PB=PARTS_BLOCK, **meta)
-    d_k = torch.empty((rows, r), dtype=torch.float32, device=device)
-    d_v = None if v is None else torch.empty((rows, r), dtype=torch.float32, device=device)
     values = k if v is None else v
     part_dl = plan.parts(device, plan.rp)
     launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
-           shift, d_context, minus_d_total, d_q, d_k, d_k if d_v is None else d_v, part_dl, rows, r, n_cols, m,
-           scale, plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS,
-           **meta)
+           shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
+           part_dl, rows, r, n_cols, m, scale, plan.tiles_per_program, KEYS_READ=q is None,
+           KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS, **meta)
     launch(_latent_grad_kernel, (plan.mp,), part_dl, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
-    return d_k, d_v, None if q is None else d_q, d_lat
+    return d_rows, d_lat

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from peftbench import Method, MethodConfig, register
+from peftbench.backbone import latent_attention
 from peftbench.backbone.block import CPEConvBranch
 from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_take, projected_latent_attention,
                                                  scene_latent_attention)
@@ -142,7 +143,7 @@ class ContextAdapter(nn.Module):
         latents = point.scene_state["gem_latents"]
         read_updated = self.read_latents == "updated"
         kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
-        if kernels is not None:  # CUDA: one autograd node for the whole adapter
+        if kernels is not None and latent_attention.ONE_NODE:  # CUDA: one autograd node for the whole adapter
             y, point.scene_state["gem_latents"] = projected_latent_attention(
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
                 "q" in names, kernels)
@@ -153,7 +154,7 @@ class ContextAdapter(nn.Module):
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
         out, point.scene_state["gem_latents"] = scene_latent_attention(
             k, v, q, latents, point.batch, self.scale, read_updated=read_updated,
-            scene_bias=cached_off_scene_bias(point, latents.shape[1]))
+            scene_bias=None if kernels is not None else cached_off_scene_bias(point, latents.shape[1]))
         return float32_linear(out, self.up.weight).to(h.dtype)
 
 

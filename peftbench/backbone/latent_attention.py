@@ -25,6 +25,7 @@ from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
+ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs; see projected_latent_attention)
 # most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
 KERNEL_MAX_COLUMNS = 128
 

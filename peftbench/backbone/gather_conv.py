@@ -149,37 +149,41 @@ class _GatherConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
                 reversed_table: Tensor | None, kernels) -> Tensor:
-        ctx.save_for_backward(feat, weight, extra, table, reversed_table)
-        ctx.kernels = kernels
+        rows = _rows(weight, extra, feat.dtype)
+        # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
+        ctx.save_for_backward(feat, rows, table, reversed_table)
+        ctx.kernels, ctx.split = kernels, len(weight)
+        ctx.weights = [(w.shape, w.dtype) for w in (weight, extra) if w is not None]
         if kernels is not None:
-            return kernels.gather_matmul(feat, table, _rows(weight, extra, feat.dtype), transposed=False)
+            return kernels.gather_matmul(feat, table, rows, transposed=False)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
-        return nn.functional.linear(_gather(feat, table), _rows(weight, extra, feat.dtype).flatten(1))
+        return nn.functional.linear(_gather(feat, table), rows.flatten(1))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, weight, extra, table, reversed_table = ctx.saved_tensors
+        feat, rows, table, reversed_table = ctx.saved_tensors
         kernels = ctx.kernels
         grad = grad.to(feat.dtype)
-        d_feat = d_weight = d_extra = None
+        d_feat = None
         if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
-            w = _rows(weight, extra, feat.dtype)
             if kernels is not None:
-                d_feat = kernels.gather_matmul(grad, table, w, transposed=True)
+                d_feat = kernels.gather_matmul(grad, table, rows, transposed=True)
             else:
-                d_feat = _gather(grad, reversed_table) @ w.transpose(0, 1).reshape(-1, w.shape[-1])
+                d_feat = _gather(grad, reversed_table) @ rows.transpose(0, 1).reshape(-1, rows.shape[-1])
         # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
+        d_weight = d_extra = None
         if ctx.needs_input_grad[1]:
-            d_weight = _weight_grad(kernels, feat, grad[:, :len(weight)], table, weight)
+            d_weight = _weight_grad(kernels, feat, grad[:, :ctx.split], table, *ctx.weights[0])
         if ctx.needs_input_grad[2]:
-            d_extra = _weight_grad(kernels, feat, grad[:, len(weight):], table, extra)
+            d_extra = _weight_grad(kernels, feat, grad[:, ctx.split:], table, *ctx.weights[1])
         return d_feat, d_weight, d_extra, None, None, None
 
 
-def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, weight: Tensor) -> Tensor:
+def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, shape: torch.Size, dtype: torch.dtype
+                 ) -> Tensor:
     if kernels is not None:
-        return kernels.gather_weight_grad(feat, table, grad).view(weight.shape).to(weight.dtype)
-    return gathered_weight_grad(feat, grad, table, weight.shape).to(weight.dtype)
+        return kernels.gather_weight_grad(feat, table, grad).view(shape).to(dtype)
+    return gathered_weight_grad(feat, grad, table, shape).to(dtype)
 
 
 def _triton_for(feat: Tensor):

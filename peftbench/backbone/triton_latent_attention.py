@@ -4,9 +4,9 @@ The torch core launches ~13 kernels a forward and ~20 a backward, each over (N, 
 step is bound by the host's launches (issue 12). Here the scores never leave registers: the softmax over a
 scene's points is an online softmax over row tiles (running column max, sum and weighted values per program,
 then one program a latent column combines them); the read-out is one pass over row tiles; the backward is a
-pass over the rows for the read-out's gradients, a combine, a pass recomputing the affinity for the keys' and values'
-gradients, and a last combine for the latents'. All products are float32 (``input_precision="ieee"``): the
-Context Adapter's float32 contract.
+pass over the rows for the read-out's gradients, a combine, a pass recomputing the affinity for the keys' and
+values' gradients, and a last combine for the latents'. All products are float32 (``input_precision="ieee"``):
+the Context Adapter's float32 contract.
 
 Points are masked to their own scene's m latent columns by their scene index (no (N, B*m) bias).
 Imported only where Triton is used (CUDA, or CPU tests with ``TRITON_INTERPRET=1``).
@@ -157,8 +157,7 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, r
 
 @triton.jit(do_not_specialize=["rows"])
 def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, d_q_ptr, d_q_stride,
-                          part_du_ptr,
-                          part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program,
+                          part_du_ptr, part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program,
                           RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
@@ -207,9 +206,8 @@ def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr
 @triton.jit(do_not_specialize=["rows"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
                              minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_dl_ptr, rows,
-                             r, n_cols, m, scale,
-                             tiles_per_program, KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr,
-                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+                             r, n_cols, m, scale, tiles_per_program, KEYS_READ: tl.constexpr,
+                             KEYS_ARE_VALUES: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     lat = _load_latents(lat_ptr, r, n_cols, RP, MP)

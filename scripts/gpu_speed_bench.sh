@@ -24,7 +24,8 @@
 #   conv       spconv's backward against ours per level (scripts/conv_backward_bench.py); rconv: deepest level first
 #   host       the host's time per function (scripts/host_profile.py)
 #   kprof      kernels, host ops and device idle gaps of one step per workload (scripts/kernel_profile.py,
-#              KPROF_WORKLOADS, default "frozen:infer:3 frozen:train:3 gem:train:3")
+#              KPROF_WORKLOADS, default "frozen:infer:3 frozen:train:3 gem:train:3"; KPROF_TOP rows, default 30;
+#              KPROF_ANATOMY: ranges whose first calls are listed with the ops inside them, separated by "|")
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
 #   side       the reference's workloads, ours and METHODS' timed in turns in one process, ratios round by round
@@ -95,9 +96,10 @@ if has ptrials; then  # PASSES: train.micro_batches_per_pass values to run the p
 fi
 has host && stamp "host profile" && timeout 240 python3 scripts/host_profile.py --half-frozen \
   --workloads ${HOST_WORKLOADS:-frozen:infer:1 frozen:train:3 gem:train:3} --json "$OUT/host.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-has kprof && stamp "kernel profile" && timeout 240 python3 scripts/kernel_profile.py --steps 10 \
-  --workloads ${KPROF_WORKLOADS:-frozen:infer:3 frozen:train:3 gem:train:3} --json "$OUT/kprof.json" 2>&1 \
-  | grep -Ev "$F" > "$OUT/kprof.txt"; has kprof && grep "^==" "$OUT/kprof.txt" | tee -a "$LOG"
+IFS='|' read -r -a ANATOMY <<< "${KPROF_ANATOMY:-}"  # range names hold spaces
+has kprof && stamp "kernel profile" && timeout 240 python3 scripts/kernel_profile.py --steps 10 --top "${KPROF_TOP:-30}" \
+  --workloads ${KPROF_WORKLOADS:-frozen:infer:3 frozen:train:3 gem:train:3} ${KPROF_ANATOMY:+--anatomy "${ANATOMY[@]}"} \
+  --json "$OUT/kprof.json" 2>&1 | grep -Ev "$F" > "$OUT/kprof.txt"; has kprof && grep "^==" "$OUT/kprof.txt" | tee -a "$LOG"
 has eval && stamp eval && timeout 300 python3 scripts/eval_bench.py --val-batch ${VAL_BATCH:-1 4 8} \
   --per-pass ${VOTING:-1 4 8} --scenes 8 --json "$OUT/eval.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has gconv && stamp "gathered conv kernel" && (timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gather_conv.py 2>&1 | tail -3; \

@@ -49,7 +49,9 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, point, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x))) * self.scale
+        out = self.up(self.act(self.down(x)))
+        # no multiply at the default scale of 1: a kernel and an autograd node in each of 24 blocks (issue 12)
+        return out if self.scale == 1.0 else out * self.scale
 
 
 @register

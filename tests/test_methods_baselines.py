@@ -3,6 +3,8 @@ method-only checkpoints, LoRA merging, and the paper's parameter counts on Sonat
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from peftbench.errors import PeftbenchError
 from peftbench.method import count_parameters, load_method_state_dict, method_state_dict
 from peftbench.model import Segmentor
 from peftbench.params import method_parameters
-from peftbench.registry import build_method
+from peftbench.registry import build_method, get_method
 from peftbench.train.losses import segmentation_loss
 
 # (method, settings): every variant whose structure differs
@@ -215,3 +217,19 @@ def test_params_table_shows_the_papers_percentages_and_says_what_it_does_not_rep
     no_head = {line.split()[0]: float(line.split()[-1].rstrip("%")) for line in table.splitlines()[2:6]}
     assert {m: round(v, 1) for m, v in no_head.items()} == {"gem": 1.6, "sa": 1.0, "ca": 0.6, "bitfit": 0.1}
     assert "0.2M" in table and "not reproduced" in table
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_adapter_scale_multiplies_its_output_and_one_costs_no_multiply(scale):
+    """``scale`` multiplies the bottleneck's output; at the default of 1 no multiply runs (a kernel and an
+    autograd node a block on a GPU)."""
+    adapter_module = sys.modules[get_method("adapter").__module__]
+    torch.manual_seed(0)
+    adapter = adapter_module.BottleneckAdapter(8, 4, scale)
+    torch.nn.init.normal_(adapter.up.weight)
+    x = torch.randn(5, 8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = adapter(None, x)
+    torch.testing.assert_close(out, adapter.up(adapter.act(adapter.down(x))) * scale)
+    multiplies = [e for e in prof.events() if e.name == "aten::mul"]
+    assert len(multiplies) == (0 if scale == 1.0 else 1)

@@ -124,14 +124,17 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
         monkeypatch.setattr(gem, "kernels_take", take)
         point = _Point(batch, 2)
         bank(point)
-        x = h
+        x, nodes = h, set()
         for adapter in adapters:
-            x = x + adapter(point, x)
+            y = adapter(point, x)
+            nodes.add(type(y.grad_fn).__name__)
+            x = x + y
         loss = (x.float() * w).sum() + point.scene_state["gem_latents"].sum()
-        return x, point.scene_state["gem_latents"], torch.autograd.grad(loss, [h, *modules.parameters()])
+        return x, point.scene_state["gem_latents"], torch.autograd.grad(loss, [h, *modules.parameters()]), nodes
 
     got = run(lambda points, columns: kernels)
     ref = run(lambda points, columns: None)
+    assert got[3] == {"_ProjectedKernelLatentAttentionBackward"} and not ref[3] & got[3]
     assert got[0].dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(got[0], ref[0], **tol)

@@ -57,6 +57,31 @@ def test_attention_matches_reference_flash_path(counts: list[int], k: int) -> No
     assert cached_patch_layout(point, k) is point["patch_layouts"][k]  # built once per level
 
 
+@pytest.mark.parametrize("counts,k", [([70, 33, 129], 32), ([9, 9], 16), ([40, 9, 70], 16)])
+def test_attention_backward_matches_reference_and_copies_no_rows(counts: list[int], k: int) -> None:
+    """The input's and the weights' gradients are the reference's; the backward's only copy of the
+    packed rows is unbind's stack, which writes the (slots, 3, H, d) layout the qkv linear reads."""
+    torch.manual_seed(0)
+    n = sum(counts)
+    point = Point(grid_coord=torch.randint(0, 16, (n, 3)), offset=torch.tensor(counts).cumsum(0),
+                  feat=torch.randn(n, 32))
+    serialize(point, ("z", "hilbert"), shuffle_orders=False)
+    attn = SerializedAttention(32, 4, k, order_index=1)
+    grads = []
+    for run in (attn, lambda p, f: _reference_attention(attn, p, f, k)):
+        feat = point.feat.clone().requires_grad_()
+        out = run(point, feat)
+        attn.zero_grad()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads.append([feat.grad, attn.qkv.weight.grad.clone(), attn.proj.weight.grad.clone()])
+        if run is attn:
+            copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")]
+            assert copies == [], copies
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_attention_never_asks_for_cudnn_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
     """cuDNN's SDPA plans per shape (0.5 s a step with a new point count every batch): kept off."""
     seen = []

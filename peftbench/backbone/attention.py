@@ -73,17 +73,20 @@ class SerializedAttention(nn.Module):
         Full patches are contiguous slots: one fused SDPA call on a view (no copy, no sync);
         short patches (scenes smaller than a patch) follow, one call each.
         """
-        patch, full = layout.k, layout.num_full * layout.k
-        parts = []
-        if layout.num_full:
-            parts.append(self._attend(qkv[:full].view(layout.num_full, patch, *qkv.shape[1:])).flatten(0, 1))
-        for start, n in layout.shorts:
-            parts.append(self._attend(qkv[start:start + n].unsqueeze(0))[0])
+        full = layout.num_full * layout.k
+        patches = ([(full, layout.k)] if full else []) + [(n, n) for _, n in layout.shorts]  # (rows, patch length)
+        # split, not slicing: split's backward is one cat, a slice's a zero fill and a copy of all rows
+        chunks = qkv.split([rows for rows, _ in patches]) if len(patches) > 1 else (qkv,)
+        parts = [self._attend(chunk.view(-1, length, *qkv.shape[1:])).flatten(0, 1)
+                 for chunk, (_, length) in zip(chunks, patches)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(S, L, 3, H, d) -> (S, L, H, d)."""
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (S, H, L, d) each: two ops, not four
+        # Unbind before transposing: unbind's backward then stacks flash's (S, L, H, d) gradients
+        # into the packed (S, L, 3, H, d) layout directly; permuting first left them to be copied
+        # once more into it (a copy of every row of qkv per block).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, H, L, d) each
         if self.kv_prefix is not None:
             pk, pv = self.kv_prefix()
             shape = (k.shape[0], -1, -1, -1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from peftbench.backbone.patch_layout import cached_patch_layout, patch_layout
 from peftbench.backbone.patching import patch_padding
 from peftbench.backbone.serialization import serialize
 from peftbench.backbone.structure import Point
+from peftbench.registry import get_method
 
 
 def _reference_attention(attn: SerializedAttention, point: Point, feat: torch.Tensor, k: int) -> torch.Tensor:
@@ -24,6 +27,9 @@ def _reference_attention(attn: SerializedAttention, point: Point, feat: torch.Te
     bounds = cu.tolist()
     for s, e in zip(bounds[:-1], bounds[1:]):
         q, kk, v = qkv[s:e].permute(1, 2, 0, 3)  # (H, L, d) each
+        if attn.kv_prefix is not None:  # the same m rows before every patch's keys and values
+            pk, pv = (t.transpose(0, 1) for t in attn.kv_prefix())
+            kk, v = torch.cat([pk, kk], dim=1), torch.cat([pv, v], dim=1)
         out[s:e] = F.scaled_dot_product_attention(q, kk, v, scale=attn.scale).transpose(0, 1)
     return attn.proj(out.reshape(-1, attn.channels)[inverse])
 
@@ -57,16 +63,20 @@ def test_attention_matches_reference_flash_path(counts: list[int], k: int) -> No
     assert cached_patch_layout(point, k) is point["patch_layouts"][k]  # built once per level
 
 
+@pytest.mark.parametrize("prefix", [False, True])
 @pytest.mark.parametrize("counts,k", [([70, 33, 129], 32), ([9, 9], 16), ([40, 9, 70], 16)])
-def test_attention_backward_matches_reference_and_copies_no_rows(counts: list[int], k: int) -> None:
-    """The input's and the weights' gradients are the reference's; the backward's only copy of the
-    packed rows is unbind's stack, which writes the (slots, 3, H, d) layout the qkv linear reads."""
+def test_attention_backward_matches_reference_and_copies_no_rows(counts: list[int], k: int, prefix: bool) -> None:
+    """The input's and the weights' gradients (and a key/value prefix's) are the reference's; the
+    backward's only copy of the packed rows is unbind's stack, which writes the (slots, 3, H, d)
+    layout the qkv linear reads."""
     torch.manual_seed(0)
     n = sum(counts)
     point = Point(grid_coord=torch.randint(0, 16, (n, 3)), offset=torch.tensor(counts).cumsum(0),
                   feat=torch.randn(n, 32))
     serialize(point, ("z", "hilbert"), shuffle_orders=False)
     attn = SerializedAttention(32, 4, k, order_index=1)
+    if prefix:
+        attn.kv_prefix = sys.modules[get_method("prompt").__module__].PromptPrefix(3, 4, 8)
     grads = []
     for run in (attn, lambda p, f: _reference_attention(attn, p, f, k)):
         feat = point.feat.clone().requires_grad_()
@@ -74,7 +84,7 @@ def test_attention_backward_matches_reference_and_copies_no_rows(counts: list[in
         attn.zero_grad()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
-        grads.append([feat.grad, attn.qkv.weight.grad.clone(), attn.proj.weight.grad.clone()])
+        grads.append([feat.grad] + [p.grad.clone() for p in attn.parameters()])
         if run is attn:
             copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")]
             assert copies == [], copies

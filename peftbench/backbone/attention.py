@@ -83,16 +83,17 @@ class SerializedAttention(nn.Module):
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """(S, L, 3, H, d) -> (S, L, H, d)."""
-        # Unbind before transposing: unbind's backward then stacks flash's (S, L, H, d) gradients
-        # into the packed (S, L, 3, H, d) layout directly; permuting first left them to be copied
-        # once more into it (a copy of every row of qkv per block).
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (S, H, L, d) each
+        # Unbind, then transpose: unbind's backward then stacks flash's (S, L, H, d) gradients into
+        # the packed (S, L, 3, H, d) layout directly; permuting first left them to be copied once
+        # more into it (a copy of every row of qkv per block).
+        q, k, v = qkv.unbind(2)  # (S, L, H, d) each
         if self.kv_prefix is not None:
-            pk, pv = self.kv_prefix()
+            pk, pv = self.kv_prefix()  # (m, H, d) each
             shape = (k.shape[0], -1, -1, -1)
-            k = torch.cat([pk.transpose(0, 1).unsqueeze(0).expand(shape).to(k.dtype), k], dim=2)
-            v = torch.cat([pv.transpose(0, 1).unsqueeze(0).expand(shape).to(v.dtype), v], dim=2)
+            k = torch.cat([pk.unsqueeze(0).expand(shape).to(k.dtype), k], dim=1)
+            v = torch.cat([pv.unsqueeze(0).expand(shape).to(v.dtype), v], dim=1)
         drop = self.attn_drop if self.training else 0.0
         with sdpa_kernel(SDPA_BACKENDS):  # the backward follows the kernel picked here
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 dropout_p=drop, scale=self.scale)
         return out.transpose(1, 2)

@@ -233,3 +233,30 @@ def test_adapter_scale_multiplies_its_output_and_one_costs_no_multiply(scale):
     torch.testing.assert_close(out, adapter.up(adapter.act(adapter.down(x))) * scale)
     multiplies = [e for e in prof.events() if e.name == "aten::mul"]
     assert len(multiplies) == (0 if scale == 1.0 else 1)
+
+
+@pytest.mark.parametrize("method,settings,attn_read,mlp_read", [
+    (None, {}, False, False), ("gem", {}, True, False), ("adapter", {"placement": "parallel_mlp"}, False, True),
+    ("adapter", {"placement": "parallel_attn"}, True, False)])
+def test_norms_before_attention_and_mlp_feed_linears_only_where_no_branch_reads_them(
+        micro_config, scene_batch, monkeypatch, method, settings, attn_read, mlp_read):
+    """``linear_input`` (the norm may write the autocast dtype) is asked for norm1 / norm2 exactly where the
+    attention / MLP slot is empty, so a branch (GEM's float32 Context Adapter) never reads a rounded input."""
+    from peftbench.backbone import layer_norm
+    model = _with_method(micro_config, method, settings)[0] if method else _sonata_like(micro_config)
+    names = {id(module): name for name, module in model.named_modules()}
+    asked = {}
+    forward = layer_norm.LayerNorm.forward
+
+    def spy(self, x, linear_input=False):
+        asked[names[id(self)]] = linear_input
+        return forward(self, x, linear_input)
+
+    monkeypatch.setattr(layer_norm.LayerNorm, "forward", spy)
+    _forward(model, scene_batch)
+    blocks = [name for name, _ in model.backbone.named_modules() if name.endswith(".block0")]
+    assert blocks
+    for block in blocks:
+        assert asked[f"backbone.{block}.norm1.0"] is not attn_read
+        assert asked[f"backbone.{block}.norm2.0"] is not mlp_read
+        assert asked[f"backbone.{block}.cpe.2"] is False  # read by the float32 residual stream

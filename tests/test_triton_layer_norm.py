@@ -72,6 +72,28 @@ def test_output_dtype_follows_cuda_autocast_and_plain_torch(triton_layer_norm):
     torch.testing.assert_close(plain, expected.half(), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    DEVICE != "cuda", reason="Triton's interpreter truncates to bfloat16; GPUs round to nearest"))])
+def test_linear_input_is_written_in_the_autocast_dtype_with_the_cast_s_numbers(triton_layer_norm, dtype):
+    """What the linear after it reads is unchanged: the float32 output cast to the autocast dtype, and the
+    input's and affine gradients from a gradient in that dtype are those through the cast."""
+    x, weight, bias = _inputs(150, 48)
+    dy = torch.randn(150, 48, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
+    results = []
+    for linear_input in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        with torch.autocast(DEVICE, dtype=dtype):
+            out = layer_norm.triton_layer_norm(*leaves, 1e-5, linear_input)
+            read = out.to(dtype)  # what an autocast linear casts its input to
+        read.backward(dy)
+        assert out.dtype == (dtype if linear_input else torch.float32)
+        results.append([read] + [t.grad for t in leaves])
+    for cast, direct in zip(*results):
+        assert torch.equal(cast, direct)
+    plain = layer_norm.triton_layer_norm(x, weight, bias, 1e-5, linear_input=True)
+    assert plain.dtype == torch.float32  # no autocast: the input's dtype
+
+
 def test_no_rows(triton_layer_norm):
     x, weight, bias = (t.requires_grad_() for t in _inputs(0, 48))
     out = triton_layer_norm.TritonLayerNorm.apply(x, weight, bias, 1e-5, torch.float32)

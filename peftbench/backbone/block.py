@@ -110,9 +110,9 @@ class Block(nn.Module):
         layout = self.attn.layout(point)
         x = point.feat
         x = x + self._position_encoding(point, x)
-        h = self.norm1(x)
+        h = _norm(self.norm1, x, self.attn_branches)
         x = x + self.drop_path(_with_branches(self.attn(point, h, layout), self.attn_branches, point, h))
-        h = self.norm2(x)
+        h = _norm(self.norm2, x, self.mlp_branches)
         x = x + self.drop_path(_with_branches(self.mlp(h), self.mlp_branches, point, h))
         if self.post_mlp:
             x = _with_branches(x, self.post_mlp, point, x)
@@ -134,6 +134,12 @@ class Block(nn.Module):
             if branch not in shared:
                 out = out + branch(point, x)
         return out
+
+
+def _norm(norm: nn.Sequential, x: torch.Tensor, branches: nn.ModuleDict) -> torch.Tensor:
+    """``norm(x)`` for the attention or the MLP, whose first op is a linear; where no branch reads it too,
+    the norm may write it in the autocast dtype that linear casts it to (``LayerNorm``'s ``linear_input``)."""
+    return norm[0](x, linear_input=not branches)
 
 
 def _with_branches(out: torch.Tensor, slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor:

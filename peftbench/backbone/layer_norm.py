@@ -22,16 +22,24 @@ def triton_function():
 
 
 class LayerNorm(nn.LayerNorm):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, linear_input: bool = False) -> torch.Tensor:
+        """``linear_input``: only autocast linears read the output (see ``triton_layer_norm``)."""
         # under torch.compile, Inductor writes its own fused kernel
         if (x.is_cuda and x.dim() == 2 and x.shape[1] <= TRITON_MAX_CHANNELS and self.weight is not None
                 and self.bias is not None and not torch.compiler.is_compiling() and triton_function() is not None):
-            return triton_layer_norm(x, self.weight, self.bias, self.eps)
+            return triton_layer_norm(x, self.weight, self.bias, self.eps, linear_input)
         return super().forward(x)
 
 
-def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                      linear_input: bool = False) -> torch.Tensor:
     """``F.layer_norm`` of (N, C) rows, its output dtype included: float32 under autocast (LayerNorm is on
-    autocast's float32 list), else ``x``'s."""
-    out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+    autocast's float32 list), else ``x``'s. ``linear_input`` (only autocast linears read the output, which
+    cast it to the autocast dtype): under autocast the kernel writes that dtype itself, the same numbers
+    without the cast's kernel, and its backward's, on every call."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        out_dtype = x.dtype
+    else:
+        out_dtype = torch.get_autocast_dtype(device) if linear_input else torch.float32
     return triton_function().apply(x, weight, bias, eps, out_dtype)

@@ -58,7 +58,8 @@ class SerializedAttention(nn.Module):
         """``layout``: this block's ``self.layout(point)`` when the caller already has it."""
         slots, layout = layout or self.layout(point)
         heads, head_dim = self.num_heads, self.channels // self.num_heads
-        qkv = slots.to_slots(self.qkv(feat)).view(-1, 3, heads, head_dim)
+        # the input's rows to slots, not qkv's: a third of the rows' bytes to move, forward and backward
+        qkv = self.qkv(slots.to_slots(feat)).view(-1, 3, heads, head_dim)
         out = self.attend_patches(qkv, layout)
         return self.proj_drop(self.proj(slots.from_slots(out.reshape(-1, self.channels))))
 

@@ -75,8 +75,10 @@ def test_output_dtype_follows_cuda_autocast_and_plain_torch(triton_layer_norm):
 @pytest.mark.parametrize("dtype", [torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     DEVICE != "cuda", reason="Triton's interpreter truncates to bfloat16; GPUs round to nearest"))])
 def test_linear_input_is_written_in_the_autocast_dtype_with_the_cast_s_numbers(triton_layer_norm, dtype):
-    """What the linear after it reads is unchanged: the float32 output cast to the autocast dtype, and the
-    input's and affine gradients from a gradient in that dtype are those through the cast."""
+    """What the linear after it reads is the float32 output cast to the autocast dtype, and the input's and
+    affine gradients from a gradient in that dtype are those through the cast: bit for bit through Triton's
+    interpreter; on a GPU the two compiled kernels may contract multiply-adds differently, so to float32
+    rounding (one unit in the last place of the autocast dtype at most)."""
     x, weight, bias = _inputs(150, 48)
     dy = torch.randn(150, 48, generator=torch.Generator().manual_seed(1)).to(DEVICE, dtype)
     results = []
@@ -89,7 +91,10 @@ def test_linear_input_is_written_in_the_autocast_dtype_with_the_cast_s_numbers(t
         assert out.dtype == (dtype if linear_input else torch.float32)
         results.append([read] + [t.grad for t in leaves])
     for cast, direct in zip(*results):
-        assert torch.equal(cast, direct)
+        if DEVICE == "cuda":
+            torch.testing.assert_close(direct, cast)  # 1e-3 (float16) / 1.6e-2 (bfloat16) / 1.3e-6 (float32)
+        else:
+            assert torch.equal(direct, cast)
     plain = layer_norm.triton_layer_norm(x, weight, bias, 1e-5, linear_input=True)
     assert plain.dtype == torch.float32  # no autocast: the input's dtype
 

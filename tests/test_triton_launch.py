@@ -23,15 +23,21 @@ def _scaled_copy_kernel(x_ptr, y_ptr, n, factor, BLOCK: tl.constexpr, NEGATE: tl
 
 
 def test_specialization_separates_what_triton_compiles_apart():
+    def spec(arg):
+        return _specialization((arg,))
+
     base = torch.zeros(64)
-    assert _specialization(base) != _specialization(base[1:])          # 16-byte alignment
-    assert _specialization(base) != _specialization(base.half())       # dtype
-    assert _specialization(base[4:]) == _specialization(base)          # 16 bytes on: aligned again
-    assert len({_specialization(n) for n in (1, 16, 17, 2**31, -3)}) == 5  # 1, divisible by 16, other, i64, sign
-    assert _specialization(17) == _specialization(18)
-    assert _specialization(0.5) == _specialization(2.0)
+    assert spec(base) != spec(base[1:])          # 16-byte alignment
+    assert spec(base) != spec(base.half())       # dtype
+    assert spec(base[4:]) == spec(base)          # 16 bytes on: aligned again
+    assert len({spec(n) for n in (1, 16, 17, 2**31, -3)}) == 5  # 1, divisible by 16, other, i64, sign
+    assert spec(17) == spec(18)
+    assert spec(0.5) == spec(2.0)
+    assert spec(True) != spec(1) and spec(None) != spec(False)
+    assert spec(torch.nn.Parameter(base)) == spec(base)
+    assert _specialization((base, 3, 0.5)) == spec(base) + spec(3) + spec(0.5)
     with pytest.raises(TypeError):
-        _specialization("x")
+        spec("x")
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

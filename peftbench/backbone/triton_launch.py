@@ -21,17 +21,27 @@ _COMPILED: dict[tuple, Any] = {}
 _INT32 = (-2**31, 2**31)
 
 
-def _specialization(arg: Any) -> Any:
-    """What Triton's binder distinguishes for ``arg`` (finer where a parameter is not specialized: still sound)."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, bool) or arg is None:
-        return arg
-    if isinstance(arg, int):
-        return arg == 1, arg % 16 == 0, _INT32[0] <= arg < _INT32[1], arg >= 0
-    if isinstance(arg, float):
-        return float
-    raise TypeError(f"no launch specialization for {type(arg).__name__}")
+def _specialization(args: tuple) -> tuple:
+    """What Triton's binder distinguishes for each of ``args`` (finer where a parameter is not specialized: still
+    sound). One loop, the common types first: it runs on every launch (21 arguments on a 2-core CPU: 14.5 us as a
+    call per argument, 9.0 as this loop)."""
+    lo, hi = _INT32
+    key = []
+    for arg in args:
+        kind = type(arg)
+        if kind is int:
+            key.append((arg == 1, not arg % 16, lo <= arg < hi, arg >= 0))
+        elif kind is float:
+            key.append(float)
+        elif isinstance(arg, torch.Tensor):
+            key.append((arg.dtype, not arg.data_ptr() % 16))
+        elif kind is bool or arg is None:
+            key.append(arg)
+        elif isinstance(arg, int):  # int subclasses
+            key.append((arg == 1, not arg % 16, lo <= arg < hi, arg >= 0))
+        else:
+            raise TypeError(f"no launch specialization for {kind.__name__}")
+    return tuple(key)
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int | None = None, **constexprs: Any) -> None:
@@ -40,7 +50,7 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int | None
     if not DIRECT or not isinstance(kernel, JITFunction):  # off, or Triton's interpreter
         kernel[grid](*args, **options, **constexprs)
         return
-    key = (kernel, torch.cuda.current_device(), num_warps, *constexprs.items(), *map(_specialization, args))
+    key = (kernel, torch.cuda.current_device(), num_warps, *constexprs.items(), _specialization(args))
     compiled = _COMPILED.get(key)
     if compiled is None:
         _COMPILED[key] = kernel[grid](*args, **options, **constexprs)

@@ -23,24 +23,21 @@ _INT32 = (-2**31, 2**31)
 
 def _specialization(args: tuple) -> tuple:
     """What Triton's binder distinguishes for each of ``args`` (finer where a parameter is not specialized: still
-    sound). One loop, the common types first: it runs on every launch (21 arguments on a 2-core CPU: 14.5 us as a
-    call per argument, 9.0 as this loop)."""
+    sound). One loop, as it runs on every launch (21 arguments on a 2-core CPU: 14.6 us as a call per argument,
+    6.8 as this loop)."""
     lo, hi = _INT32
     key = []
     for arg in args:
-        kind = type(arg)
-        if kind is int:
-            key.append((arg == 1, not arg % 16, lo <= arg < hi, arg >= 0))
-        elif kind is float:
-            key.append(float)
-        elif isinstance(arg, torch.Tensor):
+        if isinstance(arg, torch.Tensor):
             key.append((arg.dtype, not arg.data_ptr() % 16))
-        elif kind is bool or arg is None:
+        elif type(arg) is float:
+            key.append(float)
+        elif type(arg) is bool or arg is None:
             key.append(arg)
-        elif isinstance(arg, int):  # int subclasses
+        elif isinstance(arg, int):
             key.append((arg == 1, not arg % 16, lo <= arg < hi, arg >= 0))
         else:
-            raise TypeError(f"no launch specialization for {kind.__name__}")
+            raise TypeError(f"no launch specialization for {type(arg).__name__}")
     return tuple(key)
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("triton")
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from peftbench.backbone.triton_launch import _specialization, launch  # noqa: E402
+from peftbench.backbone.triton_launch import _specialization, cdiv, launch, next_power_of_2  # noqa: E402
 
 
 @triton.jit
@@ -38,6 +38,15 @@ def test_specialization_separates_what_triton_compiles_apart():
     assert _specialization((base, 3, 0.5)) == spec(base) + spec(3) + spec(0.5)
     with pytest.raises(TypeError):
         spec("x")
+
+
+def test_host_cdiv_and_next_power_of_2_are_triton_s():
+    import triton
+    for n in [*range(1, 300), 4095, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n)
+        for d in (1, 3, 16, 64, 1000):
+            assert cdiv(n, d) == triton.cdiv(n, d)
+    assert cdiv(0, 16) == triton.cdiv(0, 16) == 0
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

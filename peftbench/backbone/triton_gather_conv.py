@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from peftbench.backbone.triton_launch import launch
+from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
@@ -79,7 +79,7 @@ WEIGHT_GRAD_TILES = {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 10
 
 
 def _block(size: int, most: int) -> int:
-    return max(16, min(most, triton.next_power_of_2(size)))  # tl.dot takes tiles of at least 16
+    return max(16, min(most, next_power_of_2(size)))  # tl.dot takes tiles of at least 16
 
 
 def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
@@ -101,7 +101,7 @@ def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, tr
     if rows:
         tiles = MATMUL_TILES if rows >= FEW_SITES else {**MATMUL_TILES, **FEW_SITES_TILES}
         block_m, block_n, block_k = tiles["rows"], _block(n_dim, tiles["out"]), _block(k_dim, tiles["reduce"])
-        grid = (triton.cdiv(rows, block_m), triton.cdiv(n_dim, block_n))
+        grid = (cdiv(rows, block_m), cdiv(n_dim, block_n))
         launch(_gather_matmul_kernel, grid, x, table, weight, out, rows, k_dim, n_dim, offsets, s_o, w_stride_k,
                w_stride_n, REVERSED=transposed, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                num_warps=tiles["warps"])
@@ -121,10 +121,10 @@ def gather_weight_grad(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor, p
     config = WEIGHT_GRAD_TILES
     programs = programs or config["programs"]
     block_out, block_in, block_p = _block(out_dim, config["out"]), _block(in_dim, config["in"]), config["rows"]
-    tiles = triton.cdiv(out_dim, block_out) * triton.cdiv(in_dim, block_in)
-    splits = max(1, min(triton.cdiv(rows, block_p), programs // (offsets * tiles)))
-    rows_per_split = triton.cdiv(max(rows, 1), splits * block_p) * block_p
-    splits = triton.cdiv(max(rows, 1), rows_per_split)
+    tiles = cdiv(out_dim, block_out) * cdiv(in_dim, block_in)
+    splits = max(1, min(cdiv(rows, block_p), programs // (offsets * tiles)))
+    rows_per_split = cdiv(max(rows, 1), splits * block_p) * block_p
+    splits = cdiv(max(rows, 1), rows_per_split)
     parts = torch.empty((splits, out_dim, offsets, in_dim), dtype=torch.float32, device=x.device)
     launch(_weight_grad_kernel, (offsets, tiles, splits), x, table, dy, parts, rows, in_dim, out_dim, offsets,
            dy.stride(0), rows_per_split, BLOCK_P=block_p, BLOCK_OUT=block_out, BLOCK_IN=block_in,

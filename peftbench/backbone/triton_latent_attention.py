@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from peftbench.backbone.triton_launch import launch
+from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 BLOCK_ROWS = 64
 PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
@@ -253,11 +253,11 @@ class Plan:
 
     def __init__(self, rows: int, n_cols: int, r: int) -> None:
         self.rows, self.n_cols, self.r = rows, n_cols, r
-        self.rp = max(16, triton.next_power_of_2(r))  # tl.dot takes sides of at least 16
-        self.mp = max(16, triton.next_power_of_2(n_cols))
-        tiles = max(1, triton.cdiv(rows, BLOCK_ROWS))
-        self.tiles_per_program = triton.cdiv(tiles, PROGRAMS)
-        self.programs = triton.cdiv(tiles, self.tiles_per_program)
+        self.rp = max(16, next_power_of_2(r))  # tl.dot takes sides of at least 16
+        self.mp = max(16, next_power_of_2(n_cols))
+        tiles = max(1, cdiv(rows, BLOCK_ROWS))
+        self.tiles_per_program = cdiv(tiles, PROGRAMS)
+        self.programs = cdiv(tiles, self.tiles_per_program)
         self.read_grid = (tiles,)
 
     def parts(self, device: torch.device, *shape: int) -> torch.Tensor:

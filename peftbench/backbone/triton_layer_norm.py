@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from peftbench.backbone.triton_launch import launch
+from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 TILE_ELEMENTS = 4096  # rows per program = this / the padded row width
 
@@ -66,7 +66,7 @@ def _backward_kernel(x_ptr, w_ptr, dy_ptr, dx_ptr, mean_ptr, rstd_ptr, dw_part_p
 
 
 def _blocks(cols: int) -> tuple[int, int]:
-    block_cols = triton.next_power_of_2(cols)
+    block_cols = next_power_of_2(cols)
     return max(1, TILE_ELEMENTS // block_cols), block_cols
 
 
@@ -82,7 +82,7 @@ class TritonLayerNorm(torch.autograd.Function):
         y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         mean, rstd = torch.empty((2, rows), dtype=torch.float32, device=x.device)
         if rows:
-            launch(_forward_kernel, (triton.cdiv(rows, block_rows),), x, weight, bias, y, mean, rstd, rows, cols, eps,
+            launch(_forward_kernel, (cdiv(rows, block_rows),), x, weight, bias, y, mean, rstd, rows, cols, eps,
                    BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)
         ctx.save_for_backward(x, weight, mean, rstd)
         return y
@@ -92,7 +92,7 @@ class TritonLayerNorm(torch.autograd.Function):
         x, weight, mean, rstd = ctx.saved_tensors
         rows, cols = x.shape
         block_rows, block_cols = _blocks(cols)
-        tiles = triton.cdiv(rows, block_rows)
+        tiles = cdiv(rows, block_rows)
         affine_grad = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         dx = torch.empty_like(x)
         if affine_grad:  # per-tile column sums of the affine gradients

@@ -43,7 +43,7 @@ def _specialization(args: tuple) -> tuple:
 
 def cdiv(a: int, b: int) -> int:
     """``triton.cdiv`` for host code: Triton's is a constexpr function, 2.3 us a call on a 2-core CPU against 0.1
-    here, and grids and tile sizes take several a launch (~500 calls in a GEM training step)."""
+    here, and grids and tile sizes take several a launch (hundreds of calls in a GEM training step)."""
     return -(-a // b)
 
 

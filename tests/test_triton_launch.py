@@ -4,6 +4,7 @@ constexprs alike."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,7 @@ def test_specialization_separates_what_triton_compiles_apart():
     assert spec(base[4:]) == spec(base)          # 16 bytes on: aligned again
     assert len({spec(n) for n in (1, 16, 17, 2**31, -3)}) == 5  # 1, divisible by 16, other, i64, sign
     assert spec(17) == spec(18)
-    assert spec(0.5) == spec(2.0)
+    assert spec(0.5) == spec(2.0) == spec(np.float64(2.0))
     assert spec(True) != spec(1) and spec(None) != spec(False)
     assert spec(torch.nn.Parameter(base)) == spec(base)
     assert _specialization((base, 3, 0.5)) == spec(base) + spec(3) + spec(0.5)

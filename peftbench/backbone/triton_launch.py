@@ -23,19 +23,19 @@ _INT32 = (-2**31, 2**31)
 
 def _specialization(args: tuple) -> tuple:
     """What Triton's binder distinguishes for each of ``args`` (finer where a parameter is not specialized: still
-    sound). One loop, as it runs on every launch (21 arguments on a 2-core CPU: 7.0-7.8 us as a call per
-    argument, 5.8-6.5 as this loop; ``scripts/launch_host_cost.py``)."""
+    sound). One loop, as it runs on every launch: ~1 us less than a call per argument for 21 arguments on a 2-core
+    CPU, of 7-9 (``scripts/launch_host_cost.py``)."""
     lo, hi = _INT32
     key = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
             key.append((arg.dtype, not arg.data_ptr() % 16))
-        elif type(arg) is float:
-            key.append(float)
         elif type(arg) is bool or arg is None:
             key.append(arg)
         elif isinstance(arg, int):
             key.append((arg == 1, not arg % 16, lo <= arg < hi, arg >= 0))
+        elif isinstance(arg, float):  # numpy's float64 too, as before
+            key.append(float)
         else:
             raise TypeError(f"no launch specialization for {type(arg).__name__}")
     return tuple(key)

@@ -29,6 +29,7 @@ from peftbench.backbone import latent_attention
 from peftbench.backbone.block import CPEConvBranch
 from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_take, projected_latent_attention,
                                                  scene_latent_attention)
+from peftbench.backbone.no_grad_memo import no_grad_memo
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -80,7 +81,8 @@ class SpatialAdapter(CPEConvBranch):
 
     def conv_weight(self) -> torch.Tensor:
         weight = self.conv.weight  # (r, k, k, k, r) @ (r, d) -> (r, k, k, k, d), float32
-        return float32_linear(weight.reshape(-1, weight.shape[-1]), self.down.weight.t()).view(*weight.shape[:-1], -1)
+        return no_grad_memo(self, "conv_weight", (weight, self.down.weight), lambda: float32_linear(
+            weight.reshape(-1, weight.shape[-1]), self.down.weight.t()).view(*weight.shape[:-1], -1))
 
     def after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return float32_linear(self.act(conv_out), self.up.weight, self.up.bias).to(x.dtype)
@@ -140,6 +142,8 @@ class ContextAdapter(nn.Module):
         # the projections as one float32 matmul, split
         names = [name for name in ("k", "v", "q") if hasattr(self, name)]
         weights = [getattr(self, name).weight for name in names]
+        if len(weights) > 1 and not torch.is_grad_enabled():  # (training: the concatenation is in the graph)
+            weights = [no_grad_memo(self, "projections", weights, lambda: torch.cat(weights))]
         latents = point.scene_state["gem_latents"]
         read_updated = self.read_latents == "updated"
         kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
@@ -148,8 +152,8 @@ class ContextAdapter(nn.Module):
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
                 "q" in names, kernels)
             return y
-        weight = torch.cat(weights) if len(weights) > 1 else self.k.weight
-        parts = dict(zip(names, float32_linear(h, weight).split(self.k.out_features, dim=-1)))
+        parts = dict(zip(names, float32_linear(h, torch.cat(weights) if len(weights) > 1 else weights[0]).split(
+            self.k.out_features, dim=-1)))
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
         out, point.scene_state["gem_latents"] = scene_latent_attention(

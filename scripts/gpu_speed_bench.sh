@@ -18,8 +18,8 @@
 #   eval       validation per train.val_batch_size (VAL_BATCH="1 4 8") and Sonata's voting test per
 #              train.test_fragments_per_pass (VOTING="1 4 8"), seconds a scene (scripts/eval_bench.py)
 #   gconv      the CPE's conv per level by spconv, gathered, and gathered by the Triton kernel (scripts/gather_conv_bench.py)
-#   latent     the Context Adapter core's Triton kernels' and triton_launch's tests on CUDA, and the core per level, torch against
-#              the kernels (scripts/latent_attention_bench.py)
+#   latent     GEM's kernels' tests on CUDA (the Context Adapter core, the Spatial Adapter's ReLU + up-projection, triton_launch),
+#              and the Context Adapter core per level, torch against the kernels (scripts/latent_attention_bench.py)
 #   gsweep     the kernel's device time per level and tile setting against gather-then-matmul (the same, --sweep)
 #   conv       spconv's backward against ours per level (scripts/conv_backward_bench.py); rconv: deepest level first
 #   host       the host's time per function (scripts/host_profile.py)
@@ -105,7 +105,8 @@ has eval && stamp eval && timeout 300 python3 scripts/eval_bench.py --val-batch 
 has gconv && stamp "gathered conv kernel" && (timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gather_conv.py 2>&1 | tail -3; \
   timeout 150 python3 scripts/gather_conv_bench.py --json "$OUT/gconv.json" 2>&1) | grep -Ev "$F" | tee -a "$LOG"
 has latent && stamp "latent attention kernels" && (timeout 150 python3 -m pytest -q -p no:cacheprovider \
-  tests/test_triton_launch.py tests/test_triton_latent_attention.py tests/test_latent_attention.py tests/test_gem_precision.py 2>&1 | tail -3; \
+  tests/test_triton_launch.py tests/test_triton_latent_attention.py tests/test_latent_attention.py tests/test_gem_precision.py \
+  tests/test_triton_relu_linear.py tests/test_no_grad_memo.py 2>&1 | tail -3; \
   timeout 150 python3 scripts/latent_attention_bench.py --json "$OUT/latent.json" 2>&1) | grep -Ev "$F" | tee -a "$LOG"
 has gsweep && stamp "gathered conv kernel tiles" && timeout 300 python3 scripts/gather_conv_bench.py --sweep \
   --json "$OUT/gsweep.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"

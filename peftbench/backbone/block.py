@@ -83,6 +83,11 @@ class CPEConvBranch(nn.Module):
         """The branch's output from its conv's output ``conv_out`` (and the block input ``x``)."""
         raise NotImplementedError
 
+    def add_after_conv(self, point: Point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+                       ) -> torch.Tensor:
+        """``out + after_conv(...)``; a branch may fuse the sum into its last op."""
+        return out + self.after_conv(point, conv_out, x)
+
 
 class Block(nn.Module):
     def __init__(self, channels: int, num_heads: int, patch_size: int, mlp_ratio: float = 4.0,
@@ -129,7 +134,7 @@ class Block(nn.Module):
         out, extra = self.cpe(point, x, torch.cat(weights) if len(weights) > 1 else weights[0])
         conv_outs = extra.split([len(w) for w in weights], dim=1) if len(shared) > 1 else (extra,)
         for branch, conv_out in zip(shared, conv_outs):
-            out = out + branch.after_conv(point, conv_out, x)
+            out = branch.add_after_conv(point, conv_out, x, out)
         for branch in self.cpe_branches.values():
             if branch not in shared:
                 out = out + branch(point, x)

@@ -1,0 +1,96 @@
+"""``base + relu(a) @ W^T + b`` as Triton kernels (GEM's Spatial Adapter after its conv) against the torch ops, forward
+and every gradient: on CUDA with half ``a`` where there is one, else on CPU in float32 through Triton's interpreter
+(conftest turns it on)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from peftbench.backbone import relu_linear  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+A_DTYPES = [torch.float16, torch.bfloat16] if CUDA else [torch.float32]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    import peftbench.backbone.triton_relu_linear as module
+    return module
+
+
+def _case(rows: int, r: int, cols: int, dtype: torch.dtype, seed: int):
+    """``a`` as the last r columns of a wider conv output (strided rows), with exact zeros among its values."""
+    g = torch.Generator().manual_seed(seed)
+    conv_out = torch.randn(rows, cols + r, generator=g)
+    conv_out[::7, -r:] = 0.0  # the ReLU's gradient at 0 is 0, as torch's
+    a = conv_out.to(DEVICE, dtype)[:, cols:].requires_grad_()
+    base = torch.randn(rows, cols, generator=g).to(DEVICE).requires_grad_()
+    weight = (torch.randn(cols, r, generator=g) / 4).to(DEVICE).requires_grad_()
+    bias = torch.randn(cols, generator=g).to(DEVICE).requires_grad_()
+    return base, a, weight, bias
+
+
+# rows: 150 = three tiles of 64, the last partial; r: 32, 8 (padded to 16), 1 (GEM's r = 1); cols: 48 (one
+# partial column tile), 160 (three, the last partial: the input gradient loops over them)
+@pytest.mark.parametrize("a_dtype", A_DTYPES)
+@pytest.mark.parametrize("rows, r, cols, with_bias", [(150, 32, 48, True), (150, 8, 160, False), (70, 1, 16, True)])
+@pytest.mark.parametrize("programs", [264, 2])  # one program a row tile; two programs summing two tiles each
+def test_forward_and_gradients_equal_the_torch_ops(kernels, monkeypatch, rows, r, cols, with_bias, a_dtype,
+                                                   programs):
+    monkeypatch.setattr(kernels, "PROGRAMS", programs)
+    base, a, weight, bias = _case(rows, r, cols, a_dtype, seed=rows + r + cols)
+    bias_arg = bias if with_bias else None
+    got = kernels.ReluLinearAdd.apply(base, a, weight, bias_arg)
+    dy = torch.randn(rows, cols, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    grads = torch.autograd.grad(got, (base, a, weight) + ((bias,) if with_bias else ()), dy)
+
+    leaves = [t.detach().double().requires_grad_() for t in (base, a, weight, bias)]
+    expected = leaves[0] + torch.relu(leaves[1]) @ leaves[2].T + (leaves[3] if with_bias else 0)
+    expected_grads = torch.autograd.grad(expected, leaves[:4] if with_bias else leaves[:3], dy.double())
+
+    assert got.dtype == torch.float32 and got.shape == (rows, cols)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    assert grads[1].dtype == a_dtype and grads[2].dtype == torch.float32
+    half = a_dtype != torch.float32  # d_a rounded to a's dtype
+    for name, value, want in zip(("base", "a", "weight", "bias"), grads, expected_grads):
+        tolerance = 8e-3 * want.abs().max().item() if half and name == "a" else 1e-4
+        torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=tolerance, msg=name)
+    assert (grads[1][::7] == 0).all()  # where a was 0
+
+
+def test_no_rows(kernels):
+    base, a, weight, bias = _case(10, 4, 16, A_DTYPES[0], 0)
+    base, a = base[:0], a[:0]
+    got = kernels.ReluLinearAdd.apply(base, a, weight, bias)
+    d_base, d_a, d_weight, d_bias = torch.autograd.grad(got.sum(), (base, a, weight, bias))
+    assert got.shape == (0, 16) and d_a.shape == (0, 4)
+    assert not d_weight.any() and not d_bias.any()
+
+
+@pytest.mark.skipif(not CUDA, reason="the kernels take CUDA inputs only")
+def test_cuda_takes_the_kernels(kernels, monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels.ReluLinearAdd, "apply", lambda *args: calls.append(args) or args[0])
+    base, a, weight, bias = _case(20, 4, 16, torch.float16, 0)
+    relu_linear.relu_linear_add(base, a, weight, bias)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_spatial_adapter_sum_equals_its_output_added(out_dtype):
+    import sys
+
+    from peftbench.registry import get_method
+
+    adapter = sys.modules[get_method("gem").__module__].SpatialAdapter(16, 4, 3, "stage0", bias=True)
+    torch.nn.init.normal_(adapter.up.weight)
+    torch.nn.init.normal_(adapter.up.bias)
+    g = torch.Generator().manual_seed(0)
+    conv_out, x = torch.randn(30, 4, generator=g).bfloat16(), torch.randn(30, 16, generator=g)
+    out = torch.randn(30, 16, generator=g).to(out_dtype)
+    got = adapter.add_after_conv(None, conv_out, x, out)
+    assert torch.equal(got, out + adapter.after_conv(None, conv_out, x))

@@ -21,6 +21,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.sparse_conv import kernel_offsets
 from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
@@ -222,4 +223,4 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
                                             or (extra is not None and extra.requires_grad))
     kernels = _triton_for(feat)
     reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
-    return _GatherConv.apply(feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels)
+    return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels)

@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
 
@@ -56,14 +57,14 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     kernels = kernels_take(k, num_scenes * m)
     with torch.autocast(device_type=k.device.type, enabled=False):
         if kernels is not None:
-            out, updated = _KernelLatentAttention.apply(k.float(), None if v is None else v.float(),
+            out, updated = apply(_KernelLatentAttention, k.float(), None if v is None else v.float(),
                                                         None if q is None else q.float(),
                                                         latents.float().reshape(-1, r), batch, m, scale,
                                                         read_updated, kernels)
             return out, updated.view(num_scenes, m, r)
         if num_scenes > 1 and scene_bias is None:
             scene_bias = off_scene_bias(batch, num_scenes, m)
-        out, updated = _LatentAttention.apply(k.float(), None if v is None else v.float(),
+        out, updated = apply(_LatentAttention, k.float(), None if v is None else v.float(),
                                               None if q is None else q.float(), latents.float().reshape(-1, r),
                                               scene_bias, scale, read_updated)
     return out, updated.view(num_scenes, m, r)
@@ -185,7 +186,7 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     the same call is ~9 autograd nodes (casts, the weights' concatenation, two matmuls, a split, the core), and
     a GPU step waits on the host's work for each (issue 12)."""
     num_scenes, m, r = latents.shape
-    y, updated = _ProjectedKernelLatentAttention.apply(h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
+    y, updated = apply(_ProjectedKernelLatentAttention, h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
                                                        read_updated, has_v, has_q, kernels, *proj_weights)
     return y, updated.view(num_scenes, m, r)
 

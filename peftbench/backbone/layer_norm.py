@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_MAX_CHANNELS = 128  # widest rows sent to the Triton kernels (0: never)
@@ -42,4 +43,4 @@ def triton_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         out_dtype = x.dtype
     else:
         out_dtype = torch.get_autocast_dtype(device) if linear_input else torch.float32
-    return triton_function().apply(x, weight, bias, eps, out_dtype)
+    return apply(triton_function(), x, weight, bias, eps, out_dtype)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.structure import Point
 
 
@@ -63,11 +64,11 @@ class SlotMap:
 
     def to_slots(self, rows: Tensor) -> Tensor:
         """``rows.index_select(0, gather)``."""
-        return _ToSlots.apply(rows, self)
+        return apply(_ToSlots, rows, self)
 
     def from_slots(self, rows: Tensor) -> Tensor:
         """``rows.index_select(0, scatter)``."""
-        return _FromSlots.apply(rows, self)
+        return apply(_FromSlots, rows, self)
 
 
 class _ToSlots(torch.autograd.Function):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_RELU_LINEAR = 1  # 0: torch ops on CUDA too (A/Bs)
@@ -19,6 +20,6 @@ def relu_linear_add(base: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None
     if TRITON_RELU_LINEAR and a.is_cuda and base.dtype == torch.float32 and weight.dtype == torch.float32:
         kernels = triton_kernels("triton_relu_linear")
         if kernels is not None:
-            return kernels.ReluLinearAdd.apply(base, a, weight, bias)
+            return apply(kernels.ReluLinearAdd, base, a, weight, bias)
     with torch.autocast(a.device.type, enabled=False):
         return base + nn.functional.linear(nn.functional.relu(a).to(weight.dtype), weight, bias).to(base.dtype)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.structure import Point
 from peftbench.errors import PeftbenchError
 
@@ -198,7 +199,7 @@ class _SubMConvFunction(torch.autograd.Function):
 
 def submconv_torch(feat: Tensor, weight: Tensor, nmap: NeighbourMap) -> Tensor:
     """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` over ``nmap``."""
-    return _SubMConvFunction.apply(feat, weight, nmap)
+    return apply(_SubMConvFunction, feat, weight, nmap)
 
 
 class SubMConv3d(nn.Module):

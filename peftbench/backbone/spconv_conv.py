@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from peftbench.backbone.function_apply import apply
 from peftbench.backbone.gather_conv import cached_neighbour_table, gathered_weight_grad
 from peftbench.backbone.structure import Point
 
@@ -177,7 +178,7 @@ def spconv_submconv(runner: SpconvRunner, point: Point, feat: Tensor, weight: Te
     # autograd graph that its own features' graph refers to is a cycle nothing frees (measured:
     # ~1.3 GB more GPU memory per GEM training step on an H200)
     table = cached_neighbour_table(point, runner.kernel_size) if weight.requires_grad else None
-    return _SpconvConv.apply(feat, weight, runner, sites, training, table)
+    return apply(_SpconvConv, feat, weight, runner, sites, training, table)
 
 
 class _SpconvConv(torch.autograd.Function):

@@ -142,7 +142,11 @@ class ContextAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
         self.bank = bank  # own latents (per-stage / per-layer sharing): reset the scene state here
 
-    def forward(self, point, h: torch.Tensor) -> torch.Tensor:
+    adds_to_base = True  # the block passes what it adds this branch to (``block._with_branches``)
+
+    def forward(self, point, h: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapter's output for the normed features ``h``; given ``base``, ``base`` plus it (on CUDA the sum is
+        in the read-out kernel)."""
         if self.bank is not None:
             self.bank(point)
         # the projections as one float32 matmul, split
@@ -156,7 +160,7 @@ class ContextAdapter(nn.Module):
         if kernels is not None and latent_attention.ONE_NODE:  # CUDA: one autograd node for the whole adapter
             y, point.scene_state["gem_latents"] = projected_latent_attention(
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
-                "q" in names, kernels)
+                "q" in names, kernels, base)
             return y
         parts = dict(zip(names, float32_linear(h, torch.cat(weights) if len(weights) > 1 else weights[0]).split(
             self.k.out_features, dim=-1)))
@@ -165,7 +169,8 @@ class ContextAdapter(nn.Module):
         out, point.scene_state["gem_latents"] = scene_latent_attention(
             k, v, q, latents, point.batch, self.scale, read_updated=read_updated,
             scene_bias=None if kernels is not None else cached_off_scene_bias(point, latents.shape[1]))
-        return float32_linear(out, self.up.weight).to(h.dtype)
+        y = float32_linear(out, self.up.weight).to(h.dtype)
+        return y if base is None else base + y
 
 
 @register

@@ -105,20 +105,22 @@ def test_scores_far_apart_across_programs_do_not_overflow(kernels):
 @pytest.mark.parametrize("proj", ["shared_qk", "shared_kv", "qkv+up"])
 @pytest.mark.parametrize("read", ["updated", "previous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, read, dtype):
+@pytest.mark.parametrize("with_base", [False, True])
+def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, read, dtype, with_base):
     """Two chained Context Adapters (the latents flow from the first to the second) on the kernels as one
     autograd node each (``projected_latent_attention``) against the same adapters on the torch core: outputs,
-    latents, and the gradients of the input and of every weight."""
+    latents, and the gradients of the input and of every weight. ``with_base``: each adapter adds its output to
+    its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel)."""
     gem = sys.modules[get_method("gem").__module__]
     batch = torch.repeat_interleave(torch.arange(2), torch.tensor([45, 30])).to(DEVICE)
     torch.manual_seed(0)
     bank = gem.LatentBank(4, 8, 0.5)
-    adapters = [gem.ContextAdapter(16, 8, proj, None, read) for _ in range(2)]
+    adapters = [gem.ContextAdapter(80, 8, proj, None, read) for _ in range(2)]  # 80: two column tiles, one partial
     modules = torch.nn.ModuleList([bank, *adapters]).to(DEVICE)
     for adapter in adapters:
         torch.nn.init.normal_(adapter.up.weight, std=0.3)
-    h = torch.randn(75, 16, device=DEVICE).to(dtype).requires_grad_()
-    w = torch.randn(75, 16, device=DEVICE)
+    h = torch.randn(75, 80, device=DEVICE).to(dtype).requires_grad_()
+    w = torch.randn(75, 80, device=DEVICE)
 
     def run(take):
         monkeypatch.setattr(gem, "kernels_take", take)
@@ -126,9 +128,9 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
         bank(point)
         x, nodes = h, set()
         for adapter in adapters:
-            y = adapter(point, x)
+            y = adapter(point, x, base=x) if with_base else adapter(point, x)
             nodes.add(type(y.grad_fn).__name__)
-            x = x + y
+            x = y if with_base else x + y
         loss = (x.float() * w).sum() + point.scene_state["gem_latents"].sum()
         return x, point.scene_state["gem_latents"], torch.autograd.grad(loss, [h, *modules.parameters()]), nodes
 

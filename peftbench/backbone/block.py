@@ -149,7 +149,8 @@ def _norm(norm: nn.Sequential, x: torch.Tensor, branches: nn.ModuleDict) -> torc
 
 def _with_branches(out: torch.Tensor, slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor:
     """``out`` plus every branch of ``slot`` called on ``x``; an empty slot adds no op (not even ``+ 0``:
-    each is a kernel and an autograd node in every block)."""
+    each is a kernel and an autograd node in every block). A branch with ``adds_to_base`` returns the sum itself
+    (``branch(point, x, base=out)``), fused into its last op."""
     for branch in slot.values():
-        out = out + branch(point, x)
+        out = branch(point, x, base=out) if getattr(branch, "adds_to_base", False) else out + branch(point, x)
     return out

@@ -178,34 +178,38 @@ class _KernelLatentAttention(torch.autograd.Function):
 
 def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight: Tensor, latents: Tensor,
                                batch: Tensor, scale: float, read_updated: bool, has_v: bool, has_q: bool,
-                               kernels: ModuleType) -> tuple[Tensor, Tensor]:
-    """The Context Adapter on the kernels, as one autograd node: ``(up(out), updated latents)`` where ``[k | v |
-    q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's read-out.
+                               kernels: ModuleType, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The Context Adapter on the kernels, as one autograd node: ``(base + up(out), updated latents)`` where
+    ``[k | v | q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's
+    read-out; without ``base``, ``up(out)``.
 
-    Products in float32 (the Context Adapter's contract); the result in ``h``'s dtype. Composed of separate ops
-    the same call is ~9 autograd nodes (casts, the weights' concatenation, two matmuls, a split, the core), and
-    a GPU step waits on the host's work for each (issue 12)."""
+    Products in float32 (the Context Adapter's contract); the up-projection and the sum with ``base`` in the read-out
+    kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same call is ~11
+    autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a GPU step
+    waits on the host's work for each (issue 12)."""
     num_scenes, m, r = latents.shape
     y, updated = apply(_ProjectedKernelLatentAttention, h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
-                                                       read_updated, has_v, has_q, kernels, *proj_weights)
+                       read_updated, has_v, has_q, kernels, base, *proj_weights)
     return y, updated.view(num_scenes, m, r)
 
 
 class _ProjectedKernelLatentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, lat: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
-                scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType,
+                scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType, base: Tensor | None,
                 *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
         with torch.autocast(device_type=h.device.type, enabled=False):
             h32 = h.float()
             weight = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
             rows = h32 @ weight.T
+            y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
+            y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
             out, updated, *stats = kernels.forward(*_row_slices(rows, lat.shape[1], has_v, has_q), lat, batch, m,
-                                                   scale, read_updated)
-            y = (out @ up_weight.T).to(h.dtype)
+                                                   scale, read_updated, up_weight.contiguous(),
+                                                   None if base is None else base.contiguous(), y)
         ctx.save_for_backward(h32, weight, rows, up_weight, out, lat, batch, updated, *stats)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
-        ctx.kernels, ctx.h_dtype = kernels, h.dtype
+        ctx.kernels, ctx.h_dtype, ctx.base_dtype = kernels, h.dtype, None if base is None else base.dtype
         return y, updated
 
     @staticmethod
@@ -216,12 +220,13 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             d_y = d_y.float()
             d_up = d_y.T @ out
             d_rows, d_lat = ctx.kernels.backward(
-                d_y @ up_weight, None if d_updated is None else d_updated.float(),
+                d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
-                ctx.read_updated, updated, *stats)
+                ctx.read_updated, updated, *stats, up=up_weight.contiguous())
             d_h = (d_rows @ weight).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
             d_weights = (d_rows.T @ h32).split(lat.shape[1])
-        return d_h, d_lat, d_up, None, None, None, None, None, None, None, *d_weights
+            d_base = d_y.to(ctx.base_dtype) if ctx.needs_input_grad[10] else None
+        return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights
 
 
 def _row_slices(rows: Tensor, r: int, has_v: bool, has_q: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:

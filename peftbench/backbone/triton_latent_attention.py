@@ -142,9 +142,18 @@ def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, s
     _store_column(updated_ptr, col, _column(lat_ptr, col, r, n_cols, RP) + context_all, r, n_cols, RP)
 
 
+@triton.jit
+def _up_rows(up_ptr, c0, r, cols, RP: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """Rows c0.. of the up-projection (C, r): (BLOCK_COLS, RP), zeros past C and r; and which exist."""
+    c, ch = c0 + tl.arange(0, BLOCK_COLS), tl.arange(0, RP)
+    return tl.load(up_ptr + c[:, None] * r + ch[None, :], mask=(c < cols)[:, None] & (ch < r)[None, :],
+                   other=0.0), c, c < cols
+
+
 @triton.jit(do_not_specialize=["rows"])
-def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, rows, r, n_cols, m, scale,
-                 RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, y_ptr, rows, r,
+                 n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr, RP: tl.constexpr,
+                 MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
     row, row_in, row_mask = _row_tile(tl.program_id(0), rows, r, RP, BLOCK)
     col = tl.arange(0, MP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
@@ -153,12 +162,22 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, r
     out = tl.dot(spread, _load_latents(updated_ptr, r, n_cols, RP, MP), input_precision="ieee")
     ch = tl.arange(0, RP)
     tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_mask)
+    if UP:  # y = (base +) out @ up^T, a tile of C columns at a time, summed in float32
+        for c0 in range(0, cols, BLOCK_COLS):
+            up, c, c_in = _up_rows(up_ptr, c0, r, cols, RP, BLOCK_COLS)
+            offsets = row.to(tl.int64)[:, None] * cols + c[None, :]
+            mask = row_in[:, None] & c_in[None, :]
+            y = tl.dot(out, tl.trans(up), input_precision="ieee")
+            if HAS_BASE:
+                y += tl.load(base_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, d_q_ptr, d_q_stride,
-                          part_du_ptr, part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program,
-                          RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
+                          d_q_stride, part_du_ptr, part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program, cols,
+                          UP: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
+                          BLOCK_COLS: tl.constexpr):
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
@@ -169,7 +188,15 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         q, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
         spread = tl.where(row_in[:, None], _row_softmax(tl.where(row_in[:, None], scores, 0.0)), 0.0)
-        d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
+        if UP:  # d_out_ptr holds the gradient of y = base + out @ up^T (N, C): d_out = dy @ up
+            d_out = tl.zeros((BLOCK, RP), tl.float32)
+            for c0 in range(0, cols, BLOCK_COLS):
+                up, c, c_in = _up_rows(up_ptr, c0, r, cols, RP, BLOCK_COLS)
+                dy = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * cols + c[None, :],
+                             mask=row_in[:, None] & c_in[None, :], other=0.0)
+                d_out = tl.dot(dy, up, d_out, input_precision="ieee")
+        else:
+            d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
         d_spread = tl.dot(d_out, tl.trans(updated), input_precision="ieee")
         d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
         d_q = tl.dot(d_read, scored, input_precision="ieee") * scale
@@ -265,11 +292,14 @@ class Plan:
 
 
 def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
-            m: int, scale: float, read_updated: bool) -> tuple[torch.Tensor, ...]:
+            m: int, scale: float, read_updated: bool, up: torch.Tensor | None = None,
+            base: torch.Tensor | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
     projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
     points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
-    are what the backward reads."""
+    are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
+    ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any float dtype; summed in float32) into
+    ``y`` (contiguous, any float dtype)."""
     k = _rows(k)
     v, q = (k if t is None else _rows(t) for t in (v, q))
     lat = lat.contiguous()
@@ -286,18 +316,27 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     launch(_context_combine_kernel, (plan.mp,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
            plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
+    cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
-           rows, r, n_cols, m, scale, BLOCK=BLOCK_ROWS, **meta)
+           out if up is None else up, out if base is None else base, out if y is None else y, rows, r, n_cols, m,
+           scale, cols, UP=up is not None, HAS_BASE=base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_up_block(cols),
+           **meta)
     return out, updated, shift, total, context
+
+
+def _up_block(cols: int) -> int:
+    """The up-projection's column tile (unused without one)."""
+    return max(16, min(64, next_power_of_2(max(cols, 1))))
 
 
 def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor | None,
              q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int, scale: float, read_updated: bool,
-             updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor,
+             up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(d_rows, d_lat)`` of ``forward``: ``d_rows`` (N, P*r) holds the gradients of ``k`` and of ``v`` and
     ``q`` where given, side by side in that order (as a projection ``[k | v | q]`` that they are slices of);
-    where ``v`` / ``q`` is None the keys doubled as them, and ``k``'s columns hold their gradient too."""
+    where ``v`` / ``q`` is None the keys doubled as them, and ``k``'s columns hold their gradient too.
+    With ``up`` (C, r), ``d_out`` is the float32 gradient of ``y`` (N, C) instead of ``out``'s."""
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
     lat = lat.contiguous()
     rows, r = k.shape
@@ -311,9 +350,11 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     queries = k if q is None else q
     part_du, part_ds = plan.parts(device, plan.rp), plan.parts(device, plan.rp)
     scored = updated if read_updated else lat
+    cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
-           d_out.contiguous(), d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m, scale,
-           plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
+           d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m,
+           scale, plan.tiles_per_program, cols, UP=up is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_up_block(cols),
+           **meta)
     d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
     minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat

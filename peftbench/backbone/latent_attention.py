@@ -58,15 +58,14 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     with torch.autocast(device_type=k.device.type, enabled=False):
         if kernels is not None:
             out, updated = apply(_KernelLatentAttention, k.float(), None if v is None else v.float(),
-                                                        None if q is None else q.float(),
-                                                        latents.float().reshape(-1, r), batch, m, scale,
-                                                        read_updated, kernels)
+                                 None if q is None else q.float(), latents.float().reshape(-1, r), batch, m, scale,
+                                 read_updated, kernels)
             return out, updated.view(num_scenes, m, r)
         if num_scenes > 1 and scene_bias is None:
             scene_bias = off_scene_bias(batch, num_scenes, m)
         out, updated = apply(_LatentAttention, k.float(), None if v is None else v.float(),
-                                              None if q is None else q.float(), latents.float().reshape(-1, r),
-                                              scene_bias, scale, read_updated)
+                             None if q is None else q.float(), latents.float().reshape(-1, r), scene_bias, scale,
+                             read_updated)
     return out, updated.view(num_scenes, m, r)
 
 

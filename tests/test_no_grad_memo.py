@@ -78,3 +78,27 @@ def test_gem_evaluation_follows_its_weights(micro_config, scene_batch):
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, reference, rtol=0, atol=0)
     assert any("_no_grad_memo" in m.__dict__ for m in model.modules())
+
+    optimizer = torch.optim.AdamW(trainable.values(), lr=0.05, fused=True)  # the trainer's on CUDA
+    run().square().sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        stepped = run()
+    assert not torch.allclose(stepped, after)
+    torch.testing.assert_close(stepped, run().detach(), rtol=0, atol=0)
+
+
+def test_rebuilt_after_an_optimizer_step():
+    """The trainer's AdamW (fused on CUDA, foreach elsewhere) writes the parameters in place: the memo sees it."""
+    for options in ({"fused": True}, {"foreach": True}, {"foreach": False}):
+        layer = nn.Linear(3, 2)
+        made, derived = _counted(layer)
+        optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, **options)
+        with torch.no_grad():
+            before = derived().clone()
+        layer(torch.ones(1, 3)).sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            after = derived()
+        assert len(made) == 2 and not torch.equal(after, before), options
+        torch.testing.assert_close(after, torch.cat([layer.weight, layer.bias.unsqueeze(1)], dim=1) * 2)

@@ -80,24 +80,32 @@ def test_no_sites(kernels):
 
 
 def test_gathered_conv_takes_the_kernel_with_extra_columns_values_and_gradients(kernels, monkeypatch):
-    """Through ``gather_submconv`` (as GEM's Spatial Adapter's extra columns use it): the kernel's path gives the
-    gather path's output and input, weight and extra-weight gradients, and builds no reversed table."""
+    """Through ``gather_submconv`` (as the CPE's conv with GEM's Spatial Adapter's extra columns uses it): the
+    kernel's path gives the gather path's output and input, weight, extra-weight and bias gradients (the bias on
+    the weight's columns only), and builds no reversed table."""
     grid, batch, _, x, _ = _case(90, 24, 16, seed=3)
     g = torch.Generator().manual_seed(4)
     weight = (torch.randn(16, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
     extra = (torch.randn(8, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
+    bias = torch.randn(16, generator=g).to(DEVICE)  # float32, as the CPE's trainable bias
     dy = torch.randn(len(x), 24, generator=g).to(DEVICE, DTYPE)
 
     def run(use_kernel: bool):
         monkeypatch.setattr(gather_conv, "_triton_for", lambda feat: kernels if use_kernel else None)
         point = Point(grid_coord=grid.to(DEVICE), batch=batch.to(DEVICE), feat=x)
-        leaves = [t.clone().requires_grad_() for t in (x, weight, extra)]
+        leaves = [t.clone().requires_grad_() for t in (x, weight, extra, bias)]
         out = gather_conv.gather_submconv(point, *leaves)
         out.backward(dy)
         return [out, *(t.grad for t in leaves)], "reversed_neighbour_tables" in point
 
     (got, built_reversed), (expected, built_reversed_before) = run(True), run(False)
     assert not built_reversed and built_reversed_before
+    unbiased = gather_conv.gather_submconv(Point(grid_coord=grid.to(DEVICE), batch=batch.to(DEVICE), feat=x), x,
+                                           weight, extra)
+    torch.testing.assert_close(expected[0][:, 16:], unbiased[:, 16:])  # no bias on the extra columns
+    torch.testing.assert_close(expected[0][:, :16].double(), unbiased[:, :16].double() + bias.double(),
+                               rtol=0, atol=2e-3 * unbiased.abs().max().item())
+    torch.testing.assert_close(expected[4].double(), dy[:, :16].double().sum(0), rtol=1e-4, atol=1e-3)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=2e-3 * b.abs().max().item())
 

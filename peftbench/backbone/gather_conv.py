@@ -149,16 +149,20 @@ class _GatherConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
-                reversed_table: Tensor | None, kernels) -> Tensor:
+                reversed_table: Tensor | None, kernels, bias: Tensor | None) -> Tensor:
         rows = _rows(weight, extra, feat.dtype)
         # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
         ctx.save_for_backward(feat, rows, table, reversed_table)
         ctx.kernels, ctx.split = kernels, len(weight)
         ctx.weights = [(w.shape, w.dtype) for w in (weight, extra) if w is not None]
-        if kernels is not None:
-            return kernels.gather_matmul(feat, table, rows, transposed=False)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        if kernels is not None:  # the bias in the kernel's float32 accumulator
+            return kernels.gather_matmul(feat, table, rows, transposed=False, bias=bias)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
-        return nn.functional.linear(_gather(feat, table), rows.flatten(1))
+        out = nn.functional.linear(_gather(feat, table), rows.flatten(1))
+        if bias is not None:
+            out[:, :len(bias)] += bias.to(out.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -177,7 +181,10 @@ class _GatherConv(torch.autograd.Function):
             d_weight = _weight_grad(kernels, feat, grad[:, :ctx.split], table, *ctx.weights[0])
         if ctx.needs_input_grad[2]:
             d_extra = _weight_grad(kernels, feat, grad[:, ctx.split:], table, *ctx.weights[1])
-        return d_feat, d_weight, d_extra, None, None, None
+        d_bias = None
+        if ctx.needs_input_grad[6]:
+            d_bias = grad[:, :ctx.split].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return d_feat, d_weight, d_extra, None, None, None, d_bias
 
 
 def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, shape: torch.Size, dtype: torch.dtype
@@ -213,9 +220,10 @@ def _rows(weight: Tensor, extra: Tensor | None, dtype: torch.dtype) -> Tensor:
     return w if extra is None else torch.cat([w, extra.to(dtype).flatten(1, 3)])
 
 
-def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | None = None) -> Tensor:
-    """Bias-free submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in]; ``extra``
-    (KRSC, same k and in) adds output columns after ``weight``'s from the same gather."""
+def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | None = None,
+                    bias: Tensor | None = None) -> Tensor:
+    """Submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in] and ``bias`` (out,) or none;
+    ``extra`` (KRSC, same k and in, no bias) adds output columns after ``weight``'s from the same gather."""
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     k = weight.shape[1]
@@ -223,4 +231,4 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
                                             or (extra is not None and extra.requires_grad))
     kernels = _triton_for(feat)
     reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
-    return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels)
+    return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels, bias)

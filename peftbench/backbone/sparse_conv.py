@@ -237,7 +237,7 @@ class SubMConv3d(nn.Module):
         if backend == "gather":
             from peftbench.backbone.gather_conv import gather_submconv  # (imports this module)
 
-            out = gather_submconv(point, feat, self.weight, extra_weight)
+            out = gather_submconv(point, feat, self.weight, extra_weight, self.bias)  # the bias inside
         else:
             weight = self.weight if extra_weight is None else torch.cat([self.weight, extra_weight.to(self.weight.dtype)])
             if backend == "spconv":
@@ -246,7 +246,7 @@ class SubMConv3d(nn.Module):
                 out = submconv_torch(feat, weight, cached_neighbour_map(point, self.indice_key, self.kernel_size))
         if extra_weight is not None:  # split: its backward is one cat (two slices' would be two zero fills)
             out, extra = out.split([self.out_channels, len(extra_weight)], dim=1)
-        if self.bias is not None:
+        if self.bias is not None and backend != "gather":
             out = out + self.bias.to(out.dtype)
         return out if extra_weight is None else (out, extra)
 

@@ -17,10 +17,10 @@ from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
-def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, out_ptr, rows, k_dim, n_dim, offsets,
-                          w_stride_o, w_stride_k, w_stride_n,
-                          REVERSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          BLOCK_K: tl.constexpr):
+def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, bias_ptr, out_ptr, rows, k_dim, n_dim, offsets,
+                          w_stride_o, w_stride_k, w_stride_n, bias_cols,
+                          REVERSED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_in, col_in = row < rows, col < n_dim
@@ -38,6 +38,8 @@ def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, out_ptr, rows, k_dim, n_dim, 
             b = tl.load(w_ptr + o * w_stride_o + k[:, None] * w_stride_k + col[None, :] * w_stride_n,
                         mask=k_in[:, None] & col_in[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
+    if HAS_BIAS:  # the first bias_cols columns, in the float32 accumulator
+        acc += tl.load(bias_ptr + col, mask=col < bias_cols, other=0.0).to(tl.float32)[None, :]
     tl.store(out_ptr + row.to(tl.int64)[:, None] * n_dim + col[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=row_in[:, None] & col_in[None, :])
 
@@ -82,9 +84,11 @@ def _block(size: int, most: int) -> int:
     return max(16, min(most, next_power_of_2(size)))  # tl.dot takes tiles of at least 16
 
 
-def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, transposed: bool,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """The conv of ``x`` (N, C) over ``table`` (N, k^3; N marks an absent neighbour) by ``weight``
-    (out, k^3, in) in ``x``'s dtype, float32 accumulation.
+    (out, k^3, in) in ``x``'s dtype, float32 accumulation; ``bias`` (forward only) is added to the first
+    ``len(bias)`` output columns in the accumulator.
 
     ``transposed=False``: ``out[p] = sum_o W[:, o] @ x[table[p, o]]`` (N, out), the forward, ``x`` (N, in).
     ``transposed=True``: ``out[p] = sum_o W[:, o]^T @ x[table[p, k^3-1-o]]`` (N, in), the input gradient of
@@ -102,8 +106,9 @@ def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, tr
         tiles = MATMUL_TILES if rows >= FEW_SITES else {**MATMUL_TILES, **FEW_SITES_TILES}
         block_m, block_n, block_k = tiles["rows"], _block(n_dim, tiles["out"]), _block(k_dim, tiles["reduce"])
         grid = (cdiv(rows, block_m), cdiv(n_dim, block_n))
-        launch(_gather_matmul_kernel, grid, x, table, weight, out, rows, k_dim, n_dim, offsets, s_o, w_stride_k,
-               w_stride_n, REVERSED=transposed, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        launch(_gather_matmul_kernel, grid, x, table, weight, weight if bias is None else bias, out, rows, k_dim,
+               n_dim, offsets, s_o, w_stride_k, w_stride_n, 0 if bias is None else len(bias), REVERSED=transposed,
+               HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                num_warps=tiles["warps"])
     return out
 

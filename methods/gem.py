@@ -30,7 +30,7 @@ from peftbench.backbone.block import CPEConvBranch
 from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_take, projected_latent_attention,
                                                  scene_latent_attention)
 from peftbench.backbone.no_grad_memo import no_grad_memo
-from peftbench.backbone.relu_linear import relu_linear_add
+from peftbench.backbone.relu_linear import fused_relu_linear_add
 from peftbench.backbone.sparse_conv import SubMConv3d
 from peftbench.errors import PeftbenchError
 
@@ -89,9 +89,9 @@ class SpatialAdapter(CPEConvBranch):
         return float32_linear(self.act(conv_out), self.up.weight, self.up.bias).to(x.dtype)
 
     def add_after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        if out.dtype != x.dtype:  # (relu_linear_add sums in out's dtype; after_conv's result is x's)
-            return super().add_after_conv(point, conv_out, x, out)
-        return relu_linear_add(out, conv_out, self.up.weight, self.up.bias)  # on CUDA one kernel
+        # on CUDA one kernel; it sums in out's dtype, where after_conv's result is x's
+        fused = fused_relu_linear_add(out, conv_out, self.up.weight, self.up.bias) if out.dtype == x.dtype else None
+        return super().add_after_conv(point, conv_out, x, out) if fused is None else fused
 
     def forward(self, point, x: torch.Tensor) -> torch.Tensor:
         return self.after_conv(point, self.conv(point, float32_linear(x, self.down.weight)), x)  # conv: autocast dtype

@@ -42,7 +42,6 @@ def test_specialization_separates_what_triton_compiles_apart():
 
 
 def test_host_cdiv_and_next_power_of_2_are_triton_s():
-    import triton
     for n in [*range(1, 300), 4095, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:
         assert next_power_of_2(n) == triton.next_power_of_2(n)
         for d in (1, 3, 16, 64, 1000):

@@ -76,21 +76,32 @@ def test_cuda_takes_the_kernels(kernels, monkeypatch):
     calls = []
     monkeypatch.setattr(kernels.ReluLinearAdd, "apply", lambda *args: calls.append(args) or args[0])
     base, a, weight, bias = _case(20, 4, 16, torch.float16, 0)
-    relu_linear.relu_linear_add(base, a, weight, bias)
+    relu_linear.fused_relu_linear_add(base, a, weight, bias)
     assert len(calls) == 1
 
 
+def test_cpu_leaves_it_to_the_caller():
+    base, a, weight, bias = (t.cpu() for t in _case(20, 4, 16, A_DTYPES[0], 0))
+    assert relu_linear.fused_relu_linear_add(base, a, weight, bias) is None
+
+
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-def test_spatial_adapter_sum_equals_its_output_added(out_dtype):
+def test_spatial_adapter_sum_on_the_kernels_equals_its_output_added(kernels, monkeypatch, out_dtype):
+    """GEM's Spatial Adapter hands the kernels its conv's extra columns, up-projection and bias (the kernels made
+    to take CPU tensors here, through the interpreter); with ``out`` in another dtype than ``x`` it keeps its ops."""
     import sys
 
     from peftbench.registry import get_method
 
+    taken = []
+    monkeypatch.setattr(relu_linear, "_kernels_for", lambda *args: taken.append(1) or kernels)
     adapter = sys.modules[get_method("gem").__module__].SpatialAdapter(16, 4, 3, "stage0", bias=True)
     torch.nn.init.normal_(adapter.up.weight)
     torch.nn.init.normal_(adapter.up.bias)
     g = torch.Generator().manual_seed(0)
-    conv_out, x = torch.randn(30, 4, generator=g).bfloat16(), torch.randn(30, 16, generator=g)
+    conv_out, x = torch.randn(30, 4, generator=g), torch.randn(30, 16, generator=g)
     out = torch.randn(30, 16, generator=g).to(out_dtype)
     got = adapter.add_after_conv(None, conv_out, x, out)
-    assert torch.equal(got, out + adapter.after_conv(None, conv_out, x))
+    expected = out + adapter.after_conv(None, conv_out, x)
+    assert bool(taken) == (out_dtype == x.dtype) and got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

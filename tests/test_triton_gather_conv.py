@@ -58,6 +58,25 @@ def test_forward_and_input_gradient_equal_gather_then_matmul(kernels, in_ch, out
                                atol=tolerance * expected_dx.abs().max().item())
 
 
+# the weights wider than the features (CPU: float64, cast to the features' float32), as the frozen CPE's
+# float32 weight and GEM's float32 extra rows are under half autocast; 40 + 8 output rows: the split inside a
+# column tile (forward) and a reduction tile (input gradient); 32 + 32: at a tile's edge
+WIDE = torch.float32 if CUDA else torch.float64
+
+
+@pytest.mark.parametrize("out_ch, extra_ch", [(40, 8), (32, 32), (16, 1)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_extra_rows_and_wide_weights_equal_casting_and_concatenating_first(kernels, out_ch, extra_ch, transposed):
+    _, _, table, x, _ = _case(90, 24, out_ch, seed=out_ch + extra_ch)
+    g = torch.Generator().manual_seed(extra_ch)
+    weight, extra = ((torch.randn(n, 27, 24, generator=g) / 8).to(DEVICE, WIDE) for n in (out_ch, extra_ch))
+    if transposed:
+        x = torch.randn(len(x), out_ch + extra_ch, generator=g).to(DEVICE, DTYPE)
+    expected = kernels.gather_matmul(x, table, torch.cat([weight, extra]).to(DTYPE), transposed=transposed)
+    got = kernels.gather_matmul(x, table, weight, transposed=transposed, extra=extra)
+    assert got.dtype == DTYPE and torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("programs", [1024, 27 * 2])
 def test_weight_gradient_equals_its_definition(kernels, programs):
     """One split of the rows, or several (27 offsets x 1 tile x 2 splits: partial sums added); the output
@@ -79,14 +98,15 @@ def test_no_sites(kernels):
     assert kernels.gather_weight_grad(x, table, torch.zeros(0, 8, device=DEVICE)).abs().sum() == 0
 
 
-def test_gathered_conv_takes_the_kernel_with_extra_columns_values_and_gradients(kernels, monkeypatch):
+@pytest.mark.parametrize("weight_dtype", [DTYPE, WIDE])
+def test_gathered_conv_takes_the_kernel_with_extra_columns_values_and_gradients(kernels, monkeypatch, weight_dtype):
     """Through ``gather_submconv`` (as the CPE's conv with GEM's Spatial Adapter's extra columns uses it): the
     kernel's path gives the gather path's output and input, weight, extra-weight and bias gradients (the bias on
-    the weight's columns only), and builds no reversed table."""
+    the weight's columns only; the weights' gradients in their dtype), and builds no reversed table."""
     grid, batch, _, x, _ = _case(90, 24, 16, seed=3)
     g = torch.Generator().manual_seed(4)
-    weight = (torch.randn(16, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
-    extra = (torch.randn(8, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, DTYPE)
+    weight = (torch.randn(16, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, weight_dtype)
+    extra = (torch.randn(8, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, weight_dtype)
     bias = torch.randn(16, generator=g).to(DEVICE)  # float32, as the CPE's trainable bias
     dy = torch.randn(len(x), 24, generator=g).to(DEVICE, DTYPE)
 
@@ -106,6 +126,7 @@ def test_gathered_conv_takes_the_kernel_with_extra_columns_values_and_gradients(
     torch.testing.assert_close(expected[0][:, :16].double(), unbiased[:, :16].double() + bias.double(),
                                rtol=0, atol=2e-3 * unbiased.abs().max().item())
     torch.testing.assert_close(expected[4].double(), dy[:, :16].double().sum(0), rtol=1e-4, atol=1e-3)
+    assert got[2].dtype == got[3].dtype == weight_dtype
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b.double(), rtol=0, atol=2e-3 * b.abs().max().item())
 

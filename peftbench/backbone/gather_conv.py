@@ -150,14 +150,15 @@ class _GatherConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
                 reversed_table: Tensor | None, kernels, bias: Tensor | None) -> Tensor:
-        rows = _rows(weight, extra, feat.dtype)
-        # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
-        ctx.save_for_backward(feat, rows, table, reversed_table)
         ctx.kernels, ctx.split = kernels, len(weight)
         ctx.weights = [(w.shape, w.dtype) for w in (weight, extra) if w is not None]
         ctx.bias_dtype = None if bias is None else bias.dtype
-        if kernels is not None:  # the bias in the kernel's float32 accumulator
-            return kernels.gather_matmul(feat, table, rows, transposed=False, bias=bias)
+        if kernels is not None:  # the weights cast as the kernel loads them, the bias in its float32 accumulator
+            ctx.save_for_backward(feat, table, weight, extra)
+            return kernels.gather_matmul(feat, table, weight, transposed=False, bias=bias, extra=extra)
+        rows = _rows(weight, extra, feat.dtype)
+        # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
+        ctx.save_for_backward(feat, table, reversed_table, rows)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
         out = nn.functional.linear(_gather(feat, table), rows.flatten(1))
         if bias is not None:
@@ -166,14 +167,16 @@ class _GatherConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, rows, table, reversed_table = ctx.saved_tensors
+        feat, table, *kept = ctx.saved_tensors
         kernels = ctx.kernels
         grad = grad.to(feat.dtype)
         d_feat = None
         if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
             if kernels is not None:
-                d_feat = kernels.gather_matmul(grad, table, rows, transposed=True)
+                weight, extra = kept
+                d_feat = kernels.gather_matmul(grad, table, weight, transposed=True, extra=extra)
             else:
+                reversed_table, rows = kept
                 d_feat = _gather(grad, reversed_table) @ rows.transpose(0, 1).reshape(-1, rows.shape[-1])
         # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
         d_weight = d_extra = None

@@ -14,6 +14,8 @@ Imported only where Triton is used (CUDA, or CPU tests with ``TRITON_INTERPRET=1
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -287,8 +289,17 @@ class Plan:
         self.programs = cdiv(tiles, self.tiles_per_program)
         self.read_grid = (tiles,)
 
-    def parts(self, device: torch.device, *shape: int) -> torch.Tensor:
-        return torch.empty((self.programs, self.mp, *shape), dtype=torch.float32, device=device)
+    def parts(self, device: torch.device, *widths: int) -> list[torch.Tensor]:
+        """Per row program, a (programs, MP) partial for a width of 1, else (programs, MP, width): one allocation
+        (each ``torch.empty`` is ~4 us of host time, and a GEM step makes hundreds)."""
+        return _views(torch.empty(self.programs * self.mp * sum(widths), dtype=torch.float32, device=device),
+                      [(self.programs, self.mp) if w == 1 else (self.programs, self.mp, w) for w in widths])
+
+
+def _views(buffer: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Contiguous tensors of ``shapes`` one after another in ``buffer``."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return [part.view(shape) for part, shape in zip(buffer.split(sizes), shapes)]
 
 
 def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
@@ -307,9 +318,9 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     n_cols = lat.shape[0]
     plan = Plan(rows, n_cols, r)
     device = k.device
-    part_max, part_sum, part_ctx = plan.parts(device), plan.parts(device), plan.parts(device, plan.rp)
-    shift, total = (torch.empty(plan.mp, dtype=torch.float32, device=device) for _ in range(2))
-    context, updated = torch.empty_like(lat), torch.empty_like(lat)
+    part_max, part_sum, part_ctx = plan.parts(device, 1, 1, plan.rp)
+    shift, total, context, updated = _views(torch.empty(2 * (plan.mp + lat.numel()), dtype=torch.float32,
+                                                        device=device), [(plan.mp,)] * 2 + [lat.shape] * 2)
     meta = dict(RP=plan.rp, MP=plan.mp)
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), lat, batch, part_max,
            part_sum, part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
@@ -348,21 +359,20 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     d_v = None if v is None else d_rows[:, r:2 * r]
     d_q = torch.empty((rows, r), dtype=torch.float32, device=device) if q is None else d_rows[:, -r:]
     queries = k if q is None else q
-    part_du, part_ds = plan.parts(device, plan.rp), plan.parts(device, plan.rp)
+    part_du, part_ds, part_dl = plan.parts(device, plan.rp, plan.rp, plan.rp)
     scored = updated if read_updated else lat
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
            d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m,
            scale, plan.tiles_per_program, cols, UP=up is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_up_block(cols),
            **meta)
-    d_context, d_lat = torch.empty_like(lat), torch.empty_like(lat)
-    minus_d_total = torch.empty(plan.mp, dtype=torch.float32, device=device)
+    d_context, d_lat, minus_d_total = _views(torch.empty(2 * lat.numel() + plan.mp, dtype=torch.float32,
+                                                         device=device), [lat.shape] * 2 + [(plan.mp,)])
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
     launch(_read_combine_kernel, (plan.mp,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
            PB=PARTS_BLOCK, **meta)
     values = k if v is None else v
-    part_dl = plan.parts(device, plan.rp)
     launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
            part_dl, rows, r, n_cols, m, scale, plan.tiles_per_program, KEYS_READ=q is None,

@@ -99,9 +99,35 @@ def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
              if e.get("cat") == "cuda_runtime" and e.get("name") in WAITS and "dur" in e]
     span = (kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"]) / 1000 if kernels else 0.0
     return {"device_ms": sum(k["dur"] for k in kernels) / 1000, "span_ms": span,
+            "phases": phase_split(events, kernels, launches),
             "idle_ms": sum(g for g, _ in gaps), "idle_over_1ms": sum(g for g, _ in gaps if g > 1.0),
             "kernels": table(by_kernel), "host_ops": table(ops), "idle_before": table(by_stage),
             "longest_gaps": longest, "anatomy": anatomy, "waits": waits}
+
+
+def phase_split(events: list[dict], kernels: list[dict], launches: dict) -> list[list]:
+    """Per phase of a training step (the host's time before ``pb:backward``, inside it, after it): the host ms it
+    took, and the ms of kernels it launched, from its first kernel's start to its last's end (span) and busy.
+    A phase whose span is near its kernels' is bound by the device; one whose host ms is near its span, by the
+    host: the forward's launches count where it waits on the host, the backward's kernels where it does not."""
+    ranges = [e for e in events if e.get("name") == PREFIX + "backward" and "dur" in e]
+    if not ranges or not kernels:
+        return []
+    start, end = ranges[0]["ts"], ranges[0]["ts"] + ranges[0]["dur"]
+    first = min(e["ts"] for e in events if e.get("cat") in ("cpu_op", "user_annotation") and "ts" in e)
+    last = max(e["ts"] + e.get("dur", 0) for e in events if e.get("cat") in ("cpu_op", "user_annotation"))
+    phases = {"forward": [], "backward": [], "after": []}
+    for k in kernels:
+        launch = launches.get(k["args"].get("correlation"))
+        at = k["ts"] if launch is None else launch["ts"]
+        phases["forward" if at < start else "backward" if at <= end else "after"].append(k)
+    host = {"forward": start - first, "backward": end - start, "after": max(last - end, 0)}
+    rows = []
+    for name, ks in phases.items():
+        busy = sum(k["dur"] for k in ks)
+        span = (max(k["ts"] + k["dur"] for k in ks) - min(k["ts"] for k in ks)) if ks else 0.0
+        rows.append([name, round(host[name] / 1000, 3), round(span / 1000, 3), round(busy / 1000, 3), len(ks)])
+    return rows
 
 
 def main() -> None:
@@ -146,6 +172,10 @@ def main() -> None:
         print(f"== {method} {mode} b{batch_size} ({args.conv_backend}): {row['ms']:.1f} ms wall, "
               f"{row['host_ms']:.1f} host; profiled step: {row['device_ms']:.1f} ms of kernels in a "
               f"{row['span_ms']:.1f} ms span, idle {row['idle_ms']:.1f} ({row['idle_over_1ms']:.1f} in gaps over 1 ms)")
+        if row["phases"]:
+            print("  phases (host ms, kernels' span ms, kernels' busy ms, kernels):")
+            for name, host, span, busy, n in row["phases"]:
+                print(f"   {name:9s} {host:8.3f} {span:8.3f} {busy:8.3f} {n:6d}")
         for title, key in (("kernels (ms, count)", "kernels"), ("host ops (own ms, count)", "host_ops"),
                            ("device idle before a launch, by stage (ms, gaps)", "idle_before")):
             print(f"  {title}:")

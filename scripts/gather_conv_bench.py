@@ -29,10 +29,13 @@ MATMUL_TILES = [{"rows": 64, "out": 128, "reduce": 32, "warps": 4}, {"rows": 128
                 {"rows": 64, "out": 64, "reduce": 64, "warps": 4}, {"rows": 128, "out": 64, "reduce": 64, "warps": 4},
                 {"rows": 32, "out": 64, "reduce": 32, "warps": 2}, {"rows": 128, "out": 64, "reduce": 16, "warps": 4},
                 {"rows": 128, "out": 64, "reduce": 16, "warps": 8}]  # reduction tiles of 16: 48 channels unpadded
-WEIGHT_GRAD_TILES = [{"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024},
-                     {"rows": 128, "out": 64, "in": 64, "warps": 8, "programs": 1024},
-                     {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 4096},
-                     {"rows": 32, "out": 32, "in": 64, "warps": 2, "programs": 2048}]
+WEIGHT_GRAD_TILES = [{"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024, "offsets": 1},
+                     {"rows": 128, "out": 64, "in": 64, "warps": 8, "programs": 1024, "offsets": 1},
+                     {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 4096, "offsets": 1},
+                     {"rows": 32, "out": 32, "in": 64, "warps": 2, "programs": 2048, "offsets": 1},
+                     {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024, "offsets": 3},
+                     {"rows": 64, "out": 64, "in": 64, "warps": 8, "programs": 1024, "offsets": 3},
+                     {"rows": 32, "out": 32, "in": 64, "warps": 2, "programs": 2048, "offsets": 3}]
 MODES = {"spconv": ("spconv", 0), "gather": ("gather", 0), "triton": ("gather", 1)}
 
 

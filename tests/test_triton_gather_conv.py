@@ -77,17 +77,22 @@ def test_extra_rows_and_wide_weights_equal_casting_and_concatenating_first(kerne
     assert got.dtype == DTYPE and torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("group", [1, 3])
+@pytest.mark.parametrize("offsets", [27, 26])
 @pytest.mark.parametrize("programs", [1024, 27 * 2])
-def test_weight_gradient_equals_its_definition(kernels, programs):
+def test_weight_gradient_equals_its_definition(kernels, monkeypatch, programs, offsets, group):
     """One split of the rows, or several (27 offsets x 1 tile x 2 splits: partial sums added); the output
-    gradient a column slice of a wider one, as the CPE's rows and GEM's extra rows are."""
+    gradient a column slice of a wider one, as the CPE's rows and GEM's extra rows are; one offset a program or
+    three (26 offsets: the last program's third is past the end)."""
+    monkeypatch.setitem(kernels.WEIGHT_GRAD_TILES, "offsets", group)
     _, _, table, x, _ = _case(90, 40, 8, seed=5)
+    table = table[:, :offsets]
     wide = torch.randn(len(x), 24, generator=torch.Generator().manual_seed(6)).to(DEVICE, DTYPE)
     dy = wide[:, 16:]
     padded = torch.cat([x, x.new_zeros(1, 40)]).double()
     expected = torch.einsum("po,pki->oki", dy.double(), padded[table])
     got = kernels.gather_weight_grad(x, table, dy, programs=programs)
-    assert got.dtype == torch.float32 and got.shape == (8, 27, 40)
+    assert got.dtype == torch.float32 and got.shape == (8, offsets, 40)
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-3 * expected.abs().max().item())
 
 

@@ -63,10 +63,30 @@ def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, extra_ptr, bias_ptr, out_ptr,
              mask=row_in[:, None] & col_in[None, :])
 
 
+@triton.jit
+def _offset_product(x_ptr, table_ptr, o, offsets, p, p_in, rows, in_col, in_in, in_dim, dy_t, acc):
+    """``acc + dy^T x[table[p, o]]`` (unchanged where ``o`` is past the last offset)."""
+    neighbour = tl.load(table_ptr + p.to(tl.int64) * offsets + o, mask=p_in & (o < offsets), other=rows)
+    present = neighbour < rows
+    x = tl.load(x_ptr + neighbour.to(tl.int64)[:, None] * in_dim + in_col[None, :],
+                mask=present[:, None] & in_in[None, :], other=0.0)
+    return tl.dot(dy_t, x, acc)
+
+
+@triton.jit
+def _store_part(part_ptr, acc, split, o, offsets, out_col, out_in, in_col, in_in, out_dim, in_dim):
+    """This split's sum for offset ``o``, at (split, out, o, in)."""
+    part = part_ptr + ((split * out_dim + out_col[:, None]) * offsets + o) * in_dim + in_col[None, :]
+    tl.store(part, acc, mask=out_in[:, None] & in_in[None, :] & (o < offsets))
+
+
 @triton.jit(do_not_specialize=["rows"])
 def _weight_grad_kernel(x_ptr, table_ptr, dy_ptr, part_ptr, rows, in_dim, out_dim, offsets, dy_stride,
-                        rows_per_split, BLOCK_P: tl.constexpr, BLOCK_OUT: tl.constexpr, BLOCK_IN: tl.constexpr):
-    o = tl.program_id(0)
+                        rows_per_split, GROUP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_OUT: tl.constexpr,
+                        BLOCK_IN: tl.constexpr):
+    """A program sums GROUP (1 or 3) consecutive offsets over its split of the rows: each output-gradient tile it
+    loads serves GROUP offsets, and their neighbour indices share the table's memory sectors."""
+    o = tl.program_id(0) * GROUP
     tiles_in = tl.cdiv(in_dim, BLOCK_IN)
     out_col = (tl.program_id(1) // tiles_in) * BLOCK_OUT + tl.arange(0, BLOCK_OUT)
     in_col = (tl.program_id(1) % tiles_in) * BLOCK_IN + tl.arange(0, BLOCK_IN)
@@ -74,20 +94,22 @@ def _weight_grad_kernel(x_ptr, table_ptr, dy_ptr, part_ptr, rows, in_dim, out_di
     split = tl.program_id(2)
     start = split * rows_per_split
     end = tl.minimum(start + rows_per_split, rows)
-    acc = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_OUT, BLOCK_IN), dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_in = p < end
-        neighbour = tl.load(table_ptr + p.to(tl.int64) * offsets + o, mask=p_in, other=rows)
-        present = neighbour < rows
-        dy = tl.load(dy_ptr + p.to(tl.int64)[:, None] * dy_stride + out_col[None, :],
-                     mask=p_in[:, None] & out_in[None, :], other=0.0)
-        x = tl.load(x_ptr + neighbour.to(tl.int64)[:, None] * in_dim + in_col[None, :],
-                    mask=present[:, None] & in_in[None, :], other=0.0)
-        acc = tl.dot(tl.trans(dy), x, acc)
-    # this split's sum, at (split, out, o, in)
-    part = part_ptr + ((split * out_dim + out_col[:, None]) * offsets + o) * in_dim + in_col[None, :]
-    tl.store(part, acc, mask=out_in[:, None] & in_in[None, :])
+        dy_t = tl.trans(tl.load(dy_ptr + p.to(tl.int64)[:, None] * dy_stride + out_col[None, :],
+                                mask=p_in[:, None] & out_in[None, :], other=0.0))
+        acc0 = _offset_product(x_ptr, table_ptr, o, offsets, p, p_in, rows, in_col, in_in, in_dim, dy_t, acc0)
+        if GROUP == 3:
+            acc1 = _offset_product(x_ptr, table_ptr, o + 1, offsets, p, p_in, rows, in_col, in_in, in_dim, dy_t, acc1)
+            acc2 = _offset_product(x_ptr, table_ptr, o + 2, offsets, p, p_in, rows, in_col, in_in, in_dim, dy_t, acc2)
+    _store_part(part_ptr, acc0, split, o, offsets, out_col, out_in, in_col, in_in, out_dim, in_dim)
+    if GROUP == 3:
+        _store_part(part_ptr, acc1, split, o + 1, offsets, out_col, out_in, in_col, in_in, out_dim, in_dim)
+        _store_part(part_ptr, acc2, split, o + 2, offsets, out_col, out_in, in_col, in_in, out_dim, in_dim)
 
 
 # tiles: rows per program, widest output and reduction tiles, warps. Picked by ``scripts/gather_conv_bench.py
@@ -96,7 +118,7 @@ def _weight_grad_kernel(x_ptr, table_ptr, dy_ptr, part_ptr, rows, in_dim, out_di
 # of fewer than FEW_SITES sites, 64 rows make programs enough: 0.099 / 0.101 at 2.1k x 512 (128 rows: 0.122 / 0.127)
 MATMUL_TILES = {"rows": 128, "out": 128, "reduce": 32, "warps": 8}
 FEW_SITES, FEW_SITES_TILES = 4096, {"rows": 64, "warps": 4}
-WEIGHT_GRAD_TILES = {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024}
+WEIGHT_GRAD_TILES = {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024, "offsets": 1}
 
 
 def _block(size: int, most: int) -> int:
@@ -151,13 +173,15 @@ def gather_weight_grad(x: torch.Tensor, table: torch.Tensor, dy: torch.Tensor, p
     in_dim, out_dim = x.shape[1], dy.shape[1]
     config = WEIGHT_GRAD_TILES
     programs = programs or config["programs"]
+    group = config["offsets"]
     block_out, block_in, block_p = _block(out_dim, config["out"]), _block(in_dim, config["in"]), config["rows"]
     tiles = cdiv(out_dim, block_out) * cdiv(in_dim, block_in)
-    splits = max(1, min(cdiv(rows, block_p), programs // (offsets * tiles)))
+    offset_groups = cdiv(offsets, group)
+    splits = max(1, min(cdiv(rows, block_p), programs // (offset_groups * tiles)))
     rows_per_split = cdiv(max(rows, 1), splits * block_p) * block_p
     splits = cdiv(max(rows, 1), rows_per_split)
     parts = torch.empty((splits, out_dim, offsets, in_dim), dtype=torch.float32, device=x.device)
-    launch(_weight_grad_kernel, (offsets, tiles, splits), x, table, dy, parts, rows, in_dim, out_dim, offsets,
-           dy.stride(0), rows_per_split, BLOCK_P=block_p, BLOCK_OUT=block_out, BLOCK_IN=block_in,
+    launch(_weight_grad_kernel, (offset_groups, tiles, splits), x, table, dy, parts, rows, in_dim, out_dim, offsets,
+           dy.stride(0), rows_per_split, GROUP=group, BLOCK_P=block_p, BLOCK_OUT=block_out, BLOCK_IN=block_in,
            num_warps=config["warps"])
     return parts[0] if splits == 1 else parts.sum(0)

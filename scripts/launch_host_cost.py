@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Host-side Python cost of our Triton launches, without a GPU (issue 12): the launch key
-(``triton_launch._specialization``), a whole ``launch`` through a stand-in compiled kernel (so nothing runs),
+(``triton_launch._specialization``), a whole ``launch`` through a stand-in compiled kernel (a launcher that launches nothing),
 ``cdiv`` / ``next_power_of_2`` against Triton's, and the latent attention's ``Plan``. Medians of 5 runs.
 
     PYTHONPATH=.venv/triton-tests python scripts/launch_host_cost.py
@@ -32,13 +32,6 @@ def median_us(fn: Callable[[], object], calls: int = 20_000) -> float:
     return sorted(runs)[2]
 
 
-class _NoLaunch:
-    """Stands in for a compiled kernel: ``[grid](*args)`` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args: None
-
-
 def main() -> None:
     kernel = latent._context_backward_kernel  # 21 runtime arguments, 5 constexprs
     args = [torch.empty(16) if p.name.endswith("ptr") else (0.5 if p.name == "scale" else 7)
@@ -46,7 +39,7 @@ def main() -> None:
     constexprs = {p.name: 16 for p in kernel.params if p.is_constexpr}
     torch.cuda.current_device = lambda: 0  # no GPU here: the key's device
     key = (kernel, 0, None, *constexprs.items(), triton_launch._specialization(args))
-    triton_launch._COMPILED[key] = _NoLaunch()
+    triton_launch._COMPILED[key] = lambda *args: None  # a launcher that launches nothing
     rows = [("launch key, %d arguments" % len(args), lambda: triton_launch._specialization(args)),
             ("launch, stand-in kernel", lambda: triton_launch.launch(kernel, (5,), *args, **constexprs)),
             ("triton.cdiv", lambda: triton.cdiv(300_000, 64)),

@@ -55,8 +55,7 @@ def main() -> int:
     grid = (1, 1)
     kernel_args = (base, a, a.stride(0), weight, bias, y, rows, r, cols)
     constexprs = dict(HAS_BIAS=True, BLOCK=relu_linear.BLOCK_ROWS, BLOCK_COLS=64, RP=32)
-    triton_launch.launch(kernel, grid, *kernel_args, **constexprs)  # compiles and keeps it
-    compiled = next(c for key, c in triton_launch._COMPILED.items() if key[0] is kernel)
+    compiled = kernel[grid](*kernel_args, **constexprs)
     named = [constexprs[name] for name in kernel.arg_names[len(kernel_args):]]
     stream = torch.cuda.current_stream().cuda_stream
     compiled[(1, 1, 1)](*kernel_args, *named)

@@ -64,3 +64,63 @@ def test_launch_repeats_give_the_kernels_result():
                 want = x[start:start + n] * (-0.5 if negate else 0.5)
                 torch.testing.assert_close(y[start:start + n], want)
                 assert (y[:start] == 7).all() and (y[start + n:] == 7).all()
+
+
+class _Launcher:
+    """Stands in for Triton's ``CudaLauncher``: records its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, gridX, gridY, gridZ, stream, function, kernel_metadata, launch_metadata, launch_enter_hook,
+                 launch_exit_hook, *args):
+        self.calls.append((gridX, gridY, gridZ, stream, function, kernel_metadata, launch_metadata,
+                           launch_enter_hook, launch_exit_hook, *args))
+
+
+class _OtherLauncher(_Launcher):
+    def __call__(self, gridX, gridY, gridZ, stream, function, launch_cooperative_grid, *args):  # another signature
+        self.calls.append(("other", *args))
+
+
+class _Compiled:
+    """Stands in for Triton's ``CompiledKernel``: ``run``, ``function``, ``packed_metadata``, ``[grid]``."""
+
+    def __init__(self, run) -> None:
+        self.run, self.function, self.packed_metadata = run, "function", ("metadata",)
+        self.indexed: list[tuple] = []
+
+    def __getitem__(self, grid):
+        return lambda *args: self.indexed.append((grid, *args))
+
+
+def test_direct_launcher_calls_the_launcher_without_hooks_or_falls_back(monkeypatch):
+    from peftbench.backbone import triton_launch
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1000 + device, raising=False)
+    compiled = _Compiled(_Launcher())
+    triton_launch._direct_launcher(compiled)(4, 2, 1, 3, "x", 7, 16)
+    assert compiled.run.calls == [(4, 2, 1, 1003, "function", ("metadata",), None, None, None, "x", 7, 16)]
+    assert compiled.indexed == []
+
+    other = _Compiled(_OtherLauncher())  # a launcher of another signature: through [grid]
+    triton_launch._direct_launcher(other)(4, 2, 1, 3, "x", 7)
+    assert other.run.calls == [] and other.indexed == [((4, 2, 1), "x", 7)]
+
+    hooks = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if hooks is not None:  # a launch hook set: through [grid], which calls it
+        monkeypatch.setattr(hooks, "launch_enter_hook", lambda *args: None)
+        hooked = _Compiled(_Launcher())
+        triton_launch._direct_launcher(hooked)(4, 2, 1, 3, "x")
+        assert hooked.run.calls == [] and hooked.indexed == [((4, 2, 1), "x")]
+
+
+def test_installed_triton_launcher_has_the_signature_the_direct_path_takes():
+    """Else every launch silently takes the slower ``compiled[grid]`` path."""
+    import inspect
+
+    from peftbench.backbone.triton_launch import _LAUNCHER_PARAMS
+    driver = pytest.importorskip("triton.backends.nvidia.driver")
+    params = tuple(inspect.signature(driver.CudaLauncher.__call__).parameters)
+    assert params[1:len(_LAUNCHER_PARAMS) + 1] == _LAUNCHER_PARAMS
+    assert not triton.knobs.runtime.launch_enter_hook.calls and not triton.knobs.runtime.launch_exit_hook.calls

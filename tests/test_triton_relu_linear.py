@@ -87,20 +87,20 @@ def test_cpu_leaves_it_to_the_caller():
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 def test_spatial_adapter_sum_on_the_kernels_equals_its_output_added(kernels, monkeypatch, out_dtype):
-    """GEM's Spatial Adapter hands the kernels its conv's extra columns, up-projection and bias (the kernels made
-    to take CPU tensors here, through the interpreter); with ``out`` in another dtype than ``x`` it keeps its ops."""
+    """GEM's Spatial Adapter hands the kernels its conv's extra columns, up-projection and bias (on CPU the kernels
+    made to take CPU tensors, through the interpreter); with ``out`` in another dtype than ``x`` it keeps its ops."""
     import sys
 
     from peftbench.registry import get_method
 
     taken = []
     monkeypatch.setattr(relu_linear, "_kernels_for", lambda *args: taken.append(1) or kernels)
-    adapter = sys.modules[get_method("gem").__module__].SpatialAdapter(16, 4, 3, "stage0", bias=True)
+    adapter = sys.modules[get_method("gem").__module__].SpatialAdapter(16, 4, 3, "stage0", bias=True).to(DEVICE)
     torch.nn.init.normal_(adapter.up.weight)
     torch.nn.init.normal_(adapter.up.bias)
     g = torch.Generator().manual_seed(0)
-    conv_out, x = torch.randn(30, 4, generator=g), torch.randn(30, 16, generator=g)
-    out = torch.randn(30, 16, generator=g).to(out_dtype)
+    conv_out, x = torch.randn(30, 4, generator=g).to(DEVICE), torch.randn(30, 16, generator=g).to(DEVICE)
+    out = torch.randn(30, 16, generator=g).to(DEVICE, out_dtype)
     got = adapter.add_after_conv(None, conv_out, x, out)
     expected = out + adapter.after_conv(None, conv_out, x)
     assert bool(taken) == (out_dtype == x.dtype) and got.dtype == expected.dtype

@@ -118,7 +118,10 @@ def _weight_grad_kernel(x_ptr, table_ptr, dy_ptr, part_ptr, rows, in_dim, out_di
 # of fewer than FEW_SITES sites, 64 rows make programs enough: 0.099 / 0.101 at 2.1k x 512 (128 rows: 0.122 / 0.127)
 MATMUL_TILES = {"rows": 128, "out": 128, "reduce": 32, "warps": 8}
 FEW_SITES, FEW_SITES_TILES = 4096, {"rows": 64, "warps": 4}
-WEIGHT_GRAD_TILES = {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024, "offsets": 1}
+# weight gradient, three offsets a program (``--sweep``, H100, batch 3, ms CPE C x C / GEM's extra r x C, one offset
+# a program -> three): 0.311 / 0.336 -> 0.265 / 0.279 at 307k x 48, 0.598 / 0.346 -> 0.490 / 0.285 at 161k x 96,
+# 0.301 / 0.123 -> 0.268 / 0.113 at 35.6k x 192; level 3 and 4 within 0.01
+WEIGHT_GRAD_TILES = {"rows": 64, "out": 64, "in": 64, "warps": 4, "programs": 1024, "offsets": 3}
 
 
 def _block(size: int, most: int) -> int:

@@ -81,9 +81,22 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int | None
     run(grid[0], grid[1], grid[2], device, *args, *[constexprs[name] for name in kernel.arg_names[len(args):]])
 
 
-# the launcher's parameters before the kernel's arguments (``CudaLauncher.__call__``, Triton 3.x)
+# the launcher's parameters before the kernel's arguments (``CudaLauncher.__call__``, Triton 3.7; 3.6 names the first
+# five and takes the rest as ``*args``, in the same order: ``JITFunction.run`` calls both so)
 _LAUNCHER_PARAMS = ("gridX", "gridY", "gridZ", "stream", "function", "kernel_metadata", "launch_metadata",
                     "launch_enter_hook", "launch_exit_hook")
+
+
+def launcher_signature_known(launcher_type: type) -> bool:
+    """Whether ``launcher_type.__call__`` takes ``_LAUNCHER_PARAMS`` then the kernel's arguments."""
+    try:
+        params = list(inspect.signature(launcher_type.__call__).parameters.values())[1:]
+    except (TypeError, ValueError):  # not a Python launcher
+        return False
+    names = tuple(p.name for p in params)
+    if names[:5] != _LAUNCHER_PARAMS[:5] or len(params) < 6:
+        return False
+    return names[5:9] == _LAUNCHER_PARAMS[5:] or params[5].kind is inspect.Parameter.VAR_POSITIONAL
 
 
 def _direct_launcher(compiled: Any) -> Callable[..., None]:
@@ -91,13 +104,9 @@ def _direct_launcher(compiled: Any) -> Callable[..., None]:
     with no launch metadata or hooks, where the launcher's signature is ``_LAUNCHER_PARAMS`` and no launch hook is
     set; else through ``compiled[grid]``."""
     run = compiled.run
-    try:
-        params = tuple(inspect.signature(type(run).__call__).parameters)[1:len(_LAUNCHER_PARAMS) + 1]
-    except (TypeError, ValueError):  # not a Python launcher
-        params = ()
     runtime = getattr(getattr(triton, "knobs", None), "runtime", None)  # (Triton 3.4 on; older: the slow path)
     hooks = [getattr(runtime, name, True) for name in ("launch_enter_hook", "launch_exit_hook")]
-    if runtime is None or params != _LAUNCHER_PARAMS or any(h is not None and getattr(h, "calls", True) for h in hooks):
+    if runtime is None or not launcher_signature_known(type(run)) or any(h is not None and getattr(h, "calls", True) for h in hooks):
         return lambda gx, gy, gz, device, *args: compiled[(gx, gy, gz)](*args)
     function, metadata, stream_of = compiled.function, compiled.packed_metadata, torch._C._cuda_getCurrentRawStream
     return lambda gx, gy, gz, device, *args: run(gx, gy, gz, stream_of(device), function, metadata, None, None, None,

@@ -17,6 +17,9 @@ CUDA = torch.cuda.is_available()
 DEVICE, DTYPE = ("cuda", torch.float16) if CUDA else ("cpu", torch.float32)
 # (dtype, tolerance over the largest value): the output's rounding, the inputs being the same
 DTYPES = [(torch.float16, 2e-3), (torch.bfloat16, 8e-3)] if CUDA else [(torch.float32, 2e-3)]
+# weights wider than the features (CPU: float64 against float32 features), as a frozen float32 CPE weight and GEM's
+# float32 extra rows are under half autocast
+WIDE = torch.float32 if CUDA else torch.float64
 
 
 @pytest.fixture(scope="module")
@@ -56,25 +59,6 @@ def test_forward_and_input_gradient_equal_gather_then_matmul(kernels, in_ch, out
     assert got_dx.shape == x.shape
     torch.testing.assert_close(got_dx.double(), expected_dx[:-1], rtol=0,
                                atol=tolerance * expected_dx.abs().max().item())
-
-
-# the weights wider than the features (CPU: float64, cast to the features' float32), as the frozen CPE's
-# float32 weight and GEM's float32 extra rows are under half autocast; 40 + 8 output rows: the split inside a
-# column tile (forward) and a reduction tile (input gradient); 32 + 32: at a tile's edge
-WIDE = torch.float32 if CUDA else torch.float64
-
-
-@pytest.mark.parametrize("out_ch, extra_ch", [(40, 8), (32, 32), (16, 1)])
-@pytest.mark.parametrize("transposed", [False, True])
-def test_extra_rows_and_wide_weights_equal_casting_and_concatenating_first(kernels, out_ch, extra_ch, transposed):
-    _, _, table, x, _ = _case(90, 24, out_ch, seed=out_ch + extra_ch)
-    g = torch.Generator().manual_seed(extra_ch)
-    weight, extra = ((torch.randn(n, 27, 24, generator=g) / 8).to(DEVICE, WIDE) for n in (out_ch, extra_ch))
-    if transposed:
-        x = torch.randn(len(x), out_ch + extra_ch, generator=g).to(DEVICE, DTYPE)
-    expected = kernels.gather_matmul(x, table, torch.cat([weight, extra]).to(DTYPE), transposed=transposed)
-    got = kernels.gather_matmul(x, table, weight, transposed=transposed, extra=extra)
-    assert got.dtype == DTYPE and torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("group", [1, 3])
@@ -154,3 +138,28 @@ def test_a_new_point_count_compiles_no_new_variant(kernels):
         kernels.gather_matmul(x, table, torch.randn(16, 27, 16, device="cuda", dtype=torch.float16), transposed=False)
         counts.append(len(compiled))
     assert counts[0] == counts[1] == counts[2]
+
+
+def test_evaluation_keeps_the_rows_until_a_weight_changes(kernels, monkeypatch):
+    """With autograd off and an owner, the cast and concatenated rows are made once and reused; an in-place write
+    to the extra rows' source makes them again; the result equals the conv's without the memo."""
+    grid, batch, _, x, _ = _case(90, 24, 16, seed=8)
+    g = torch.Generator().manual_seed(9)
+    weight = (torch.randn(16, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, WIDE)
+    extra = (torch.randn(8, 3, 3, 3, 24, generator=g) / 8).to(DEVICE, WIDE)
+    made = []
+    rows = gather_conv._rows
+    monkeypatch.setattr(gather_conv, "_rows", lambda *args: made.append(1) or rows(*args))
+    monkeypatch.setattr(gather_conv, "_triton_for", lambda feat: kernels)
+    owner = torch.nn.Module()
+
+    def conv(with_owner: bool = True):
+        point = Point(grid_coord=grid.to(DEVICE), batch=batch.to(DEVICE), feat=x)
+        with torch.no_grad():
+            return gather_conv.gather_submconv(point, x, weight, extra, owner=owner if with_owner else None)
+
+    first, second = conv(), conv()
+    assert len(made) == 1 and torch.equal(first, second)
+    extra.mul_(2)
+    again = conv()
+    assert len(made) == 2 and torch.equal(again, conv(with_owner=False))

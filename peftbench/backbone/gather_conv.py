@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from peftbench.backbone.function_apply import apply
+from peftbench.backbone.no_grad_memo import no_grad_memo
 from peftbench.backbone.sparse_conv import kernel_offsets
 from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
@@ -145,20 +146,20 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class _GatherConv(torch.autograd.Function):
     """``kernels``: the Triton kernels' module (the gather inside each matmul), or None (gather, then matmul,
-    with ``reversed_table`` for the input gradient)."""
+    with ``reversed_table`` for the input gradient); ``rows``: ``_rows(weight, extra, feat.dtype)`` if already
+    made."""
 
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
-                reversed_table: Tensor | None, kernels, bias: Tensor | None) -> Tensor:
+                reversed_table: Tensor | None, kernels, bias: Tensor | None, rows: Tensor | None = None) -> Tensor:
+        rows = _rows(weight, extra, feat.dtype) if rows is None else rows
+        # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
+        ctx.save_for_backward(feat, rows, table, reversed_table)
         ctx.kernels, ctx.split = kernels, len(weight)
         ctx.weights = [(w.shape, w.dtype) for w in (weight, extra) if w is not None]
         ctx.bias_dtype = None if bias is None else bias.dtype
-        if kernels is not None:  # the weights cast as the kernel loads them, the bias in its float32 accumulator
-            ctx.save_for_backward(feat, table, weight, extra)
-            return kernels.gather_matmul(feat, table, weight, transposed=False, bias=bias, extra=extra)
-        rows = _rows(weight, extra, feat.dtype)
-        # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
-        ctx.save_for_backward(feat, table, reversed_table, rows)
+        if kernels is not None:  # the bias in the kernel's float32 accumulator
+            return kernels.gather_matmul(feat, table, rows, transposed=False, bias=bias)
         # (out, k^3 * in) in the gathered rows' order [offset][channel]: a view, no copy
         out = nn.functional.linear(_gather(feat, table), rows.flatten(1))
         if bias is not None:
@@ -167,16 +168,14 @@ class _GatherConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, table, *kept = ctx.saved_tensors
+        feat, rows, table, reversed_table = ctx.saved_tensors
         kernels = ctx.kernels
         grad = grad.to(feat.dtype)
         d_feat = None
         if ctx.needs_input_grad[0]:  # the neighbour at -o gets my gradient through offset o: row (o, out)
             if kernels is not None:
-                weight, extra = kept
-                d_feat = kernels.gather_matmul(grad, table, weight, transposed=True, extra=extra)
+                d_feat = kernels.gather_matmul(grad, table, rows, transposed=True)
             else:
-                reversed_table, rows = kept
                 d_feat = _gather(grad, reversed_table) @ rows.transpose(0, 1).reshape(-1, rows.shape[-1])
         # only the rows that need it: a frozen CPE's rows beside GEM's Spatial Adapter's need none
         d_weight = d_extra = None
@@ -187,7 +186,7 @@ class _GatherConv(torch.autograd.Function):
         d_bias = None
         if ctx.needs_input_grad[6]:
             d_bias = grad[:, :ctx.split].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return d_feat, d_weight, d_extra, None, None, None, d_bias
+        return d_feat, d_weight, d_extra, None, None, None, d_bias, None
 
 
 def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, shape: torch.Size, dtype: torch.dtype
@@ -224,9 +223,10 @@ def _rows(weight: Tensor, extra: Tensor | None, dtype: torch.dtype) -> Tensor:
 
 
 def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | None = None,
-                    bias: Tensor | None = None) -> Tensor:
+                    bias: Tensor | None = None, owner: nn.Module | None = None) -> Tensor:
     """Submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in] and ``bias`` (out,) or none;
-    ``extra`` (KRSC, same k and in, no bias) adds output columns after ``weight``'s from the same gather."""
+    ``extra`` (KRSC, same k and in, no bias) adds output columns after ``weight``'s from the same gather. With
+    autograd off, ``owner`` keeps the weights' rows cast and concatenated between calls (``no_grad_memo``)."""
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     k = weight.shape[1]
@@ -234,4 +234,9 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
                                             or (extra is not None and extra.requires_grad))
     kernels = _triton_for(feat)
     reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
-    return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels, bias)
+    rows = None
+    if owner is not None and extra is not None and not torch.is_grad_enabled():  # evaluation: rows kept
+        rows = no_grad_memo(owner, f"gather_rows_{feat.dtype}", (weight, extra),
+                            lambda: _rows(weight, extra, feat.dtype))
+    return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels, bias,
+                 rows)

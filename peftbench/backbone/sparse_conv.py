@@ -237,7 +237,7 @@ class SubMConv3d(nn.Module):
         if backend == "gather":
             from peftbench.backbone.gather_conv import gather_submconv  # (imports this module)
 
-            out = gather_submconv(point, feat, self.weight, extra_weight, self.bias)  # the bias inside
+            out = gather_submconv(point, feat, self.weight, extra_weight, self.bias, owner=self)  # the bias inside
         else:
             weight = self.weight if extra_weight is None else torch.cat([self.weight, extra_weight.to(self.weight.dtype)])
             if backend == "spconv":

@@ -16,30 +16,11 @@ import triton.language as tl
 from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 
-@triton.jit
-def _weight_tile(w_ptr, extra_ptr, o, k, col, k_in, col_in, split, s_o, s_k, s_n, DTYPE: tl.constexpr,
-                 REVERSED: tl.constexpr, HAS_EXTRA: tl.constexpr):
-    """The (k, col) tile of the weight rows at offset ``o`` in ``DTYPE``: output channels below ``split`` from
-    ``w``, the rest from ``extra`` (the same layout). Output channels are ``k`` where ``REVERSED``, else ``col``."""
-    mask = k_in[:, None] & col_in[None, :]
-    w = w_ptr + o * s_o + k[:, None] * s_k + col[None, :] * s_n
-    if not HAS_EXTRA:
-        return tl.load(w, mask=mask, other=0.0).to(DTYPE)
-    if REVERSED:
-        own = mask & (k < split)[:, None]
-        e = extra_ptr + o * s_o + (k - split)[:, None] * s_k + col[None, :] * s_n
-    else:
-        own = mask & (col < split)[None, :]
-        e = extra_ptr + o * s_o + k[:, None] * s_k + (col - split)[None, :] * s_n
-    return tl.where(own, tl.load(w, mask=own, other=0.0).to(DTYPE),
-                    tl.load(e, mask=mask & ~own, other=0.0).to(DTYPE))
-
-
 @triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
-def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, extra_ptr, bias_ptr, out_ptr, rows, k_dim, n_dim, offsets,
-                          split, w_stride_o, w_stride_k, w_stride_n, bias_cols,
-                          REVERSED: tl.constexpr, HAS_EXTRA: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, bias_ptr, out_ptr, rows, k_dim, n_dim, offsets,
+                          w_stride_o, w_stride_k, w_stride_n, bias_cols,
+                          REVERSED: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     col = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_in, col_in = row < rows, col < n_dim
@@ -54,8 +35,8 @@ def _gather_matmul_kernel(x_ptr, table_ptr, w_ptr, extra_ptr, bias_ptr, out_ptr,
             k_in = k < k_dim
             a = tl.load(x_ptr + neighbour.to(tl.int64)[:, None] * k_dim + k[None, :],
                         mask=present[:, None] & k_in[None, :], other=0.0)
-            b = _weight_tile(w_ptr, extra_ptr, o, k, col, k_in, col_in, split, w_stride_o, w_stride_k, w_stride_n,
-                             x_ptr.dtype.element_ty, REVERSED, HAS_EXTRA)
+            b = tl.load(w_ptr + o * w_stride_o + k[:, None] * w_stride_k + col[None, :] * w_stride_n,
+                        mask=k_in[:, None] & col_in[None, :], other=0.0)
             acc = tl.dot(a, b, acc)
     if HAS_BIAS:  # the first bias_cols columns, in the float32 accumulator
         acc += tl.load(bias_ptr + col, mask=col < bias_cols, other=0.0).to(tl.float32)[None, :]
@@ -129,12 +110,10 @@ def _block(size: int, most: int) -> int:
 
 
 def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, transposed: bool,
-                  bias: torch.Tensor | None = None, extra: torch.Tensor | None = None) -> torch.Tensor:
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
     """The conv of ``x`` (N, C) over ``table`` (N, k^3; N marks an absent neighbour) by ``weight``
-    (out, k^3, in) and, where given, ``extra`` (extra out, k^3, in: output rows after ``weight``'s), in ``x``'s
-    dtype, float32 accumulation; ``bias`` (forward only) is added to the first ``len(bias)`` output columns in the
-    accumulator. The weights may be of any float dtype: each tile is cast to ``x``'s as it is loaded (the same
-    numbers as casting them first, without the casts' and the concatenation's launches).
+    (out, k^3, in) in ``x``'s dtype, float32 accumulation; ``bias`` (forward only) is added to the first
+    ``len(bias)`` output columns in the accumulator.
 
     ``transposed=False``: ``out[p] = sum_o W[:, o] @ x[table[p, o]]`` (N, out), the forward, ``x`` (N, in).
     ``transposed=True``: ``out[p] = sum_o W[:, o]^T @ x[table[p, k^3-1-o]]`` (N, in), the input gradient of
@@ -143,12 +122,8 @@ def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, tr
     """
     x, table = x.contiguous(), table.contiguous()
     rows, offsets = table.shape
-    weight = weight.reshape(weight.shape[0], offsets, -1).contiguous()
-    split, _, in_dim = weight.shape
-    if extra is not None:
-        extra = extra.reshape(extra.shape[0], offsets, in_dim).contiguous()
-    out_dim = split + (0 if extra is None else len(extra))
-    s_out, s_o, s_in = weight.stride()  # extra's too: both contiguous, the same k^3 and in
+    out_dim, _, in_dim = weight.shape
+    s_out, s_o, s_in = weight.stride()
     k_dim, n_dim = (out_dim, in_dim) if transposed else (in_dim, out_dim)
     w_stride_k, w_stride_n = (s_out, s_in) if transposed else (s_in, s_out)
     out = torch.empty((rows, n_dim), dtype=x.dtype, device=x.device)
@@ -156,9 +131,8 @@ def gather_matmul(x: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, tr
         tiles = MATMUL_TILES if rows >= FEW_SITES else {**MATMUL_TILES, **FEW_SITES_TILES}
         block_m, block_n, block_k = tiles["rows"], _block(n_dim, tiles["out"]), _block(k_dim, tiles["reduce"])
         grid = (cdiv(rows, block_m), cdiv(n_dim, block_n))
-        launch(_gather_matmul_kernel, grid, x, table, weight, weight if extra is None else extra,
-               weight if bias is None else bias, out, rows, k_dim, n_dim, offsets, split, s_o, w_stride_k,
-               w_stride_n, 0 if bias is None else len(bias), REVERSED=transposed, HAS_EXTRA=extra is not None,
+        launch(_gather_matmul_kernel, grid, x, table, weight, weight if bias is None else bias, out, rows, k_dim,
+               n_dim, offsets, s_o, w_stride_k, w_stride_n, 0 if bias is None else len(bias), REVERSED=transposed,
                HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
                num_warps=tiles["warps"])
     return out

@@ -38,8 +38,9 @@ def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    # runtime launches (torch's kernels) and driver launches (Triton's cuLaunchKernelEx)
     launches = {e["args"]["correlation"]: e for e in events
-                if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})}
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
     ranges = defaultdict(list)  # tid -> host ranges (ops, annotations) that may enclose a launch
     for e in events:
         if e.get("cat") in ("cpu_op", "user_annotation") and "dur" in e:

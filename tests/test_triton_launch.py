@@ -52,8 +52,14 @@ def test_host_cdiv_and_next_power_of_2_are_triton_s():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def test_launch_repeats_give_the_kernels_result():
-    """Misses and hits in turns: aligned and unaligned views, sizes 1 / 16 / 37, both constexpr values."""
+@pytest.mark.parametrize("direct_launcher", [0, 1])
+def test_launch_repeats_give_the_kernels_result(monkeypatch, direct_launcher):
+    """Misses and hits in turns: aligned and unaligned views, sizes 1 / 16 / 37, both constexpr values; hits through
+    ``compiled[grid]`` or the launcher itself (on CUDA: the direct path's only test against a real launcher)."""
+    from peftbench.backbone import triton_launch
+
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCHER", direct_launcher)
+    monkeypatch.setattr(triton_launch, "_COMPILED", {})
     x = torch.arange(80, dtype=torch.float32, device=DEVICE)
     for _ in range(2):  # the second pass hits the compiled kernels
         for start, n in ((0, 37), (1, 37), (0, 16), (3, 1), (4, 16)):
@@ -102,6 +108,7 @@ class _Compiled:
 def test_direct_launcher_calls_the_launcher_without_hooks_or_falls_back(monkeypatch):
     from peftbench.backbone import triton_launch
 
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCHER", 1)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1000 + device, raising=False)
     compiled = _Compiled(_Launcher())
     triton_launch._direct_launcher(compiled)(4, 2, 1, 3, "x", 7, 16)
@@ -115,6 +122,12 @@ def test_direct_launcher_calls_the_launcher_without_hooks_or_falls_back(monkeypa
     other = _Compiled(_OtherLauncher())  # a launcher of another signature: through [grid]
     triton_launch._direct_launcher(other)(4, 2, 1, 3, "x", 7)
     assert other.run.calls == [] and other.indexed == [((4, 2, 1), "x", 7)]
+
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCHER", 0)  # off: through [grid]
+    off = _Compiled(_Launcher())
+    triton_launch._direct_launcher(off)(4, 2, 1, 3, "x")
+    assert off.run.calls == [] and off.indexed == [((4, 2, 1), "x")]
+    monkeypatch.setattr(triton_launch, "DIRECT_LAUNCHER", 1)
 
     hooks = getattr(getattr(triton, "knobs", None), "runtime", None)
     if hooks is not None:  # a launch hook set: through [grid], which calls it

@@ -104,16 +104,21 @@ def launcher_signature_known(launcher_type: type) -> bool:
 
 
 def _direct_launcher(compiled: Any) -> Callable[..., None]:
-    """``(gx, gy, gz, device, *args)`` launching ``compiled`` on the device's current stream: through its launcher,
-    with no launch metadata or hooks, where the launcher's signature is ``_LAUNCHER_PARAMS`` and no launch hook is
-    set and ``DIRECT_LAUNCHER`` is on; else through ``compiled[grid]``."""
-    if not DIRECT_LAUNCHER:
-        return lambda gx, gy, gz, device, *args: compiled[(gx, gy, gz)](*args)
-    run = compiled.run
-    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)  # (Triton 3.4 on; older: the slow path)
-    hooks = [getattr(runtime, name, True) for name in ("launch_enter_hook", "launch_exit_hook")]
-    if runtime is None or not launcher_signature_known(type(run)) or any(h is not None and getattr(h, "calls", True) for h in hooks):
+    """``(gx, gy, gz, device, *args)`` launching ``compiled`` on the device's current stream: with ``DIRECT_LAUNCHER``
+    on, a launcher of a known signature and no launch hook set, through the launcher with no launch metadata or
+    hooks; else through ``compiled[grid]``."""
+    run = compiled.run if DIRECT_LAUNCHER else None
+    if run is None or not launcher_signature_known(type(run)) or _launch_hooks_set():
         return lambda gx, gy, gz, device, *args: compiled[(gx, gy, gz)](*args)
     function, metadata, stream_of = compiled.function, compiled.packed_metadata, torch._C._cuda_getCurrentRawStream
     return lambda gx, gy, gz, device, *args: run(gx, gy, gz, stream_of(device), function, metadata, None, None, None,
                                                  *args)
+
+
+def _launch_hooks_set() -> bool:
+    """Whether a Triton launch hook is set (a Triton without ``triton.knobs``: assumed so)."""
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    if runtime is None:
+        return True
+    hooks = [getattr(runtime, name, True) for name in ("launch_enter_hook", "launch_exit_hook")]
+    return any(hook is not None and getattr(hook, "calls", True) for hook in hooks)

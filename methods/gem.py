@@ -136,9 +136,11 @@ class ContextAdapter(nn.Module):
         if proj in ("shared_kv", "qkv+up"):
             self.q = nn.Linear(channels, rank, bias=False)
         self.up = nn.Linear(rank, channels, bias=False)
-        for layer in (self.k, getattr(self, "v", None), getattr(self, "q", None)):
-            if layer is not None:
-                nn.init.trunc_normal_(layer.weight, std=0.02)
+        # the projections present, in the order of their concatenation (a plain attribute: no state-dict keys; a
+        # module's missing attribute costs an exception in nn.Module.__getattr__ on every call)
+        self.projections = tuple(name for name in ("k", "v", "q") if name in self._modules)
+        for name in self.projections:
+            nn.init.trunc_normal_(self._modules[name].weight, std=0.02)
         nn.init.zeros_(self.up.weight)
         self.bank = bank  # own latents (per-stage / per-layer sharing): reset the scene state here
 
@@ -150,8 +152,8 @@ class ContextAdapter(nn.Module):
         if self.bank is not None:
             self.bank(point)
         # the projections as one float32 matmul, split
-        names = [name for name in ("k", "v", "q") if hasattr(self, name)]
-        weights = [getattr(self, name).weight for name in names]
+        names = self.projections
+        weights = [self._modules[name].weight for name in names]
         if len(weights) > 1 and not torch.is_grad_enabled():  # (training: the concatenation is in the graph)
             weights = [no_grad_memo(self, "projections", weights, lambda: torch.cat(weights))]
         latents = point.scene_state["gem_latents"]

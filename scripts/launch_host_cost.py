@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Host-side Python cost of our Triton launches, without a GPU (issue 12): the launch key
-(``triton_launch._specialization``), a whole ``launch`` through a stand-in compiled kernel (a launcher that launches nothing),
+(``triton_launch._specialization``), a whole ``launch`` through a stand-in launcher that launches nothing,
 ``cdiv`` / ``next_power_of_2`` against Triton's, and the latent attention's ``Plan``. Medians of 5 runs.
 
     PYTHONPATH=.venv/triton-tests python scripts/launch_host_cost.py

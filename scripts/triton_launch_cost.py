@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Host time to issue one Triton launch on a GPU, layer by layer (issue 12).
 
-A GEM training step makes ~530 Triton launches and its forward waits on the host. This issues the Spatial
+A GEM training step makes ~600 Triton launches (session 38's profile) and its forward waits on the host. This issues the Spatial
 Adapter's forward kernel (``triton_relu_linear``) on 64 rows, too little work for the device to be the limit,
 through each layer of the launch path: Triton's ``kernel[grid]``, our ``triton_launch.launch``, the compiled
 kernel's ``[grid]``, its launcher object, and a ``torch.add_`` for scale. Host us a launch, median of 5 runs.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,18 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftbench.backbone import triton_launch  # noqa: E402
 from peftbench.backbone import triton_relu_linear as relu_linear  # noqa: E402
+from scripts.launch_cost import issue_us  # noqa: E402
 
 
-def issue_us(fn: Callable[[], object], calls: int) -> float:
-    runs = []
-    for _ in range(5):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - start) / calls * 1e6)
-        torch.cuda.synchronize()
-    return sorted(runs)[2]
+def median_issue_us(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """The median of 5 runs of ``launch_cost.issue_us``."""
+    return sorted(issue_us(lambda i: fn(), calls, device) for _ in range(5))[2]
 
 
 def main() -> int:
@@ -67,14 +60,15 @@ def main() -> int:
         ("triton_launch.launch (ours)", lambda: triton_launch.launch(kernel, grid, *kernel_args, **constexprs)),
         ("our launch key only", lambda: triton_launch._specialization(kernel_args)),
         ("compiled[grid](*args)", lambda: compiled[(1, 1, 1)](*kernel_args, *named)),
-        ("compiled.run(...), no hooks", lambda: compiled.run(1, 1, 1, stream, compiled.function, compiled.packed_metadata,
-                                                             None, None, None, *kernel_args, *named)),
+        ("compiled.run(...), no hooks", lambda: compiled.run(1, 1, 1, stream, compiled.function,
+                                                             compiled.packed_metadata, None, None, None,
+                                                             *kernel_args, *named)),
         ("torch.cuda.current_stream()", lambda: torch.cuda.current_stream().cuda_stream),
     ]
     results = {}
     for name, fn in rows_out:
         try:
-            results[name] = issue_us(fn, args.calls)
+            results[name] = median_issue_us(fn, args.calls, device)
         except Exception as error:  # an internal API this Triton lacks: say so, go on
             results[name] = f"{type(error).__name__}: {error}"
         value = results[name]

@@ -169,8 +169,8 @@ class _KernelLatentAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_out: Tensor, d_updated: Tensor | None):  # type: ignore[override]
         k, v, q, lat, batch, updated, *stats = ctx.saved_tensors
-        d_rows, d_lat = ctx.kernels.backward(d_out.float(), None if d_updated is None else d_updated.float(), k, v,
-                                             q, lat, batch, ctx.m, ctx.scale, ctx.read_updated, updated, *stats)
+        d_rows, d_lat, _ = ctx.kernels.backward(d_out.float(), None if d_updated is None else d_updated.float(), k,
+                                                v, q, lat, batch, ctx.m, ctx.scale, ctx.read_updated, updated, *stats)
         d_k, d_v, d_q = _row_slices(d_rows, k.shape[1], v is not None, q is not None)
         return d_k, d_v, d_q, d_lat, None, None, None, None, None
 
@@ -182,10 +182,11 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     ``[k | v | q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's
     read-out; without ``base``, ``up(out)``.
 
-    Products in float32 (the Context Adapter's contract); the up-projection and the sum with ``base`` in the read-out
-    kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same call is ~11
-    autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a GPU step
-    waits on the host's work for each (issue 12)."""
+    Products in float32 (the Context Adapter's contract): the projections in the partials kernel (``h`` read in its
+    own dtype; ``h``'s gradient in the keys' and values' backward kernel), the up-projection and the sum with ``base``
+    in the read-out kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same
+    call is ~11 autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a
+    GPU step waits on the host's work for each (issue 12)."""
     num_scenes, m, r = latents.shape
     y, updated = apply(_ProjectedKernelLatentAttention, h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
                        read_updated, has_v, has_q, kernels, base, *proj_weights)
@@ -197,33 +198,35 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
     def forward(ctx, h: Tensor, lat: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
                 scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType, base: Tensor | None,
                 *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.autocast(device_type=h.device.type, enabled=False):
-            h32 = h.float()
-            weight = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
-            rows = h32 @ weight.T
-            y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
-            y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
-            out, updated, *stats = kernels.forward(*_row_slices(rows, lat.shape[1], has_v, has_q), lat, batch, m,
-                                                   scale, read_updated, up_weight.contiguous(),
-                                                   None if base is None else base.contiguous(), y)
-        ctx.save_for_backward(h32, weight, rows, up_weight, out, lat, batch, updated, *stats)
+        r = lat.shape[1]
+        h = h.contiguous()
+        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel
+        rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
+        y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
+        y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
+        out, updated, *stats = kernels.forward(*_row_slices(rows, r, has_v, has_q), lat, batch, m, scale,
+                                               read_updated, up_weight.contiguous(),
+                                               None if base is None else base.contiguous(), y,
+                                               project=(h, proj_weights))
+        ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
-        ctx.kernels, ctx.h_dtype, ctx.base_dtype = kernels, h.dtype, None if base is None else base.dtype
+        ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
         return y, updated
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_y: Tensor, d_updated: Tensor | None):  # type: ignore[override]
-        h32, weight, rows, up_weight, out, lat, batch, updated, *stats = ctx.saved_tensors
+        h, rows, up_weight, out, lat, batch, updated, *rest = ctx.saved_tensors
+        stats, proj_weights = rest[:ctx.stats], rest[ctx.stats:]
         with torch.autocast(device_type=d_y.device.type, enabled=False):
             d_y = d_y.float()
             d_up = d_y.T @ out
-            d_rows, d_lat = ctx.kernels.backward(
+            d_rows, d_lat, d_h = ctx.kernels.backward(
                 d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
-                ctx.read_updated, updated, *stats, up=up_weight.contiguous())
-            d_h = (d_rows @ weight).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
-            d_weights = (d_rows.T @ h32).split(lat.shape[1])
+                ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
+                project=(h, proj_weights) if ctx.needs_input_grad[0] else None)
+            d_weights = (d_rows.T @ h.float()).split(lat.shape[1])
             d_base = d_y.to(ctx.base_dtype) if ctx.needs_input_grad[10] else None
         return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights
 

@@ -28,16 +28,59 @@ PARTS_BLOCK = 64  # the combines (one program a latent column) load this many pr
 
 
 @triton.jit
-def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in, r, scale,
-            RP: tl.constexpr):
-    """(rows tile, RP) loaded and its masked scores against ``lat`` (MP, RP): -inf off the row's scene."""
-    ch = tl.arange(0, RP)
-    x = tl.load(rows_ptr + row.to(tl.int64)[:, None] * row_stride + ch[None, :],
-                mask=row_in[:, None] & (ch < r)[None, :], other=0.0)
+def _load_rows(ptr, stride, row, row_mask, RP: tl.constexpr):
+    """(rows tile, RP) of float32 rows (zeros past r and past the rows)."""
+    return tl.load(ptr + row.to(tl.int64)[:, None] * stride + tl.arange(0, RP)[None, :], mask=row_mask, other=0.0)
+
+
+@triton.jit
+def _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale):
+    """Scores of rows ``x`` (tile, RP) against ``lat`` (MP, RP): -inf off the row's scene."""
     scene = tl.load(batch_ptr + row, mask=row_in, other=-1).to(tl.int32)
     scores = tl.dot(x, tl.trans(lat * scale), input_precision="ieee")
     valid = (scene[:, None] == col_scene[None, :]) & col_in[None, :] & row_in[:, None]
-    return x, tl.where(valid, scores, float("-inf"))
+    return tl.where(valid, scores, float("-inf"))
+
+
+@triton.jit
+def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in, r, scale,
+            RP: tl.constexpr):
+    """(rows tile, RP) loaded and its masked scores against ``lat`` (MP, RP)."""
+    x = _load_rows(rows_ptr, row_stride, row, row_in[:, None] & (tl.arange(0, RP) < r)[None, :], RP)
+    return x, _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale)
+
+
+@triton.jit
+def _weight_chunk(w_ptr, c, r, cols, RP: tl.constexpr):
+    """Columns ``c`` of a projection weight (r, cols) as float32 (RP, len(c)), zeros past r and cols."""
+    ch = tl.arange(0, RP)
+    return tl.load(w_ptr + ch[:, None] * cols + c[None, :], mask=(ch < r)[:, None] & (c < cols)[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_V: tl.constexpr,
+             HAS_Q: tl.constexpr, RP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The row tile's ``h @ w^T`` for the keys' weight and the values' and queries' where present (zeros where
+    absent): float32 products of ``h`` (any float dtype) read once."""
+    k = tl.zeros((BLOCK, RP), tl.float32)
+    v = tl.zeros((BLOCK, RP), tl.float32)
+    q = tl.zeros((BLOCK, RP), tl.float32)
+    for c0 in range(0, cols, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        x = tl.load(h_ptr + row.to(tl.int64)[:, None] * h_stride + c[None, :],
+                    mask=row_in[:, None] & (c < cols)[None, :], other=0.0).to(tl.float32)
+        k = tl.dot(x, tl.trans(_weight_chunk(wk_ptr, c, r, cols, RP)), k, input_precision="ieee")
+        if HAS_V:
+            v = tl.dot(x, tl.trans(_weight_chunk(wv_ptr, c, r, cols, RP)), v, input_precision="ieee")
+        if HAS_Q:
+            q = tl.dot(x, tl.trans(_weight_chunk(wq_ptr, c, r, cols, RP)), q, input_precision="ieee")
+    return k, v, q
+
+
+@triton.jit
+def _store_rows(ptr, stride, row, row_mask, x, RP: tl.constexpr):
+    tl.store(ptr + row.to(tl.int64)[:, None] * stride + tl.arange(0, RP)[None, :], x, mask=row_mask)
 
 
 @triton.jit
@@ -61,9 +104,14 @@ def _row_softmax(scores):
 
 
 @triton.jit(do_not_specialize=["rows"])
-def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, part_max_ptr, part_sum_ptr,
-                             part_ctx_ptr, rows, r, n_cols, m, scale, tiles_per_program,
-                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
+                             wq_ptr, lat_ptr, batch_ptr, part_max_ptr, part_sum_ptr, part_ctx_ptr, rows, r, cols,
+                             n_cols, m, scale, tiles_per_program, PROJECT: tl.constexpr, HAS_V: tl.constexpr,
+                             HAS_Q: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
+    """The online softmax's partial sums per program. ``PROJECT``: the keys (and values and queries where
+    ``HAS_V`` / ``HAS_Q``) are ``h @ w^T``, computed here and written to their rows for the read-out and the
+    backward; else read from them (values: ``v_ptr``, the keys where they double as them)."""
     pid = tl.program_id(0)
     col = tl.arange(0, MP)
     col_in = col < n_cols
@@ -73,9 +121,20 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
     acc = tl.zeros((MP, RP), tl.float32)
     for t in range(tiles_per_program):
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
-        _, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col_in, r, scale, RP)
-        ch = tl.arange(0, RP)
-        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
+        if PROJECT:
+            k, v, q = _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_V, HAS_Q, RP,
+                               BLOCK, BLOCK_C)
+            _store_rows(k_ptr, k_stride, row, row_mask, k, RP)
+            if HAS_V:
+                _store_rows(v_ptr, v_stride, row, row_mask, v, RP)
+            else:
+                v = k
+            if HAS_Q:
+                _store_rows(q_ptr, q_stride, row, row_mask, q, RP)
+        else:
+            k = _load_rows(k_ptr, k_stride, row, row_mask, RP)
+            v = _load_rows(v_ptr, v_stride, row, row_mask, RP)
+        scores = _masked_scores(k, lat, row_in, batch_ptr, row, col // m, col_in, scale)
         new_max = tl.maximum(run_max, tl.max(scores, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a column with no rows yet: nothing to shift
         alpha = tl.exp(run_max - shift)
@@ -234,9 +293,13 @@ def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr
 
 @triton.jit(do_not_specialize=["rows"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
-                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_dl_ptr, rows,
-                             r, n_cols, m, scale, tiles_per_program, KEYS_READ: tl.constexpr,
-                             KEYS_ARE_VALUES: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr):
+                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_dl_ptr, wk_ptr,
+                             wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
+                             KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr, D_H: tl.constexpr,
+                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The keys' and values' gradients per row tile and the latents' partial sums per program. ``D_H``: also the
+    gradient of ``h`` where the rows are ``h @ w^T`` (``_project``), ``d_rows @ w`` in float32, in ``d_h``'s
+    dtype (the queries' gradient, where they are their own rows, read back from ``d_q``)."""
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
@@ -261,6 +324,18 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
             tl.store(d_v_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_v, mask=row_mask)
         tl.store(d_k_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_k, mask=row_mask)
         d_lat += tl.dot(tl.trans(d_scores), k, input_precision="ieee")
+        if D_H:
+            if not KEYS_READ:
+                d_q = _load_rows(d_q_ptr, d_q_stride, row, row_mask, RP)
+            for c0 in range(0, cols, BLOCK_C):
+                c = c0 + tl.arange(0, BLOCK_C)
+                d_h = tl.dot(d_k, _weight_chunk(wk_ptr, c, r, cols, RP), input_precision="ieee")
+                if not KEYS_ARE_VALUES:
+                    d_h = tl.dot(d_v, _weight_chunk(wv_ptr, c, r, cols, RP), d_h, input_precision="ieee")
+                if not KEYS_READ:
+                    d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision="ieee")
+                tl.store(d_h_ptr + row.to(tl.int64)[:, None] * cols + c[None, :], d_h.to(d_h_ptr.dtype.element_ty),
+                         mask=row_in[:, None] & (c < cols)[None, :])
     tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
 
 
@@ -304,13 +379,17 @@ def _views(buffer: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Te
 
 def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
             m: int, scale: float, read_updated: bool, up: torch.Tensor | None = None,
-            base: torch.Tensor | None = None, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+            base: torch.Tensor | None = None, y: torch.Tensor | None = None,
+            project: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, ...]:
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
     projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
     points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
     are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
     ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any float dtype; summed in float32) into
-    ``y`` (contiguous, any float dtype)."""
+    ``y`` (contiguous, any float dtype). ``project``: ``(h, weights)``, ``h`` (N, C) contiguous of any float
+    dtype and the projections' (r, C) weights of ``k``, ``v`` and ``q``, those given: the partials kernel writes
+    ``k``, ``v``, ``q`` (then slices of one buffer to fill) as ``h @ w^T`` in float32 (no separate matmul)."""
+    has_v, has_q = v is not None, q is not None
     k = _rows(k)
     v, q = (k if t is None else _rows(t) for t in (v, q))
     lat = lat.contiguous()
@@ -322,32 +401,48 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     shift, total, context, updated = _views(torch.empty(2 * (plan.mp + lat.numel()), dtype=torch.float32,
                                                         device=device), [(plan.mp,)] * 2 + [lat.shape] * 2)
     meta = dict(RP=plan.rp, MP=plan.mp)
-    launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), lat, batch, part_max,
-           part_sum, part_ctx, rows, r, n_cols, m, scale, plan.tiles_per_program, BLOCK=BLOCK_ROWS, **meta)
+    h, wk, wv, wq = _projection(project, k, has_v, has_q)
+    launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
+           h.stride(0), wk, wv, wq, lat, batch, part_max, part_sum, part_ctx, rows, r, h.shape[1], n_cols, m, scale,
+           plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q, BLOCK=BLOCK_ROWS,
+           BLOCK_C=_channel_block(h.shape[1]), **meta)
     launch(_context_combine_kernel, (plan.mp,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
            plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
     cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
            out if up is None else up, out if base is None else base, out if y is None else y, rows, r, n_cols, m,
-           scale, cols, UP=up is not None, HAS_BASE=base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_up_block(cols),
+           scale, cols, UP=up is not None, HAS_BASE=base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols),
            **meta)
     return out, updated, shift, total, context
 
 
-def _up_block(cols: int) -> int:
-    """The up-projection's column tile (unused without one)."""
+def _projection(project: tuple[torch.Tensor, list[torch.Tensor]] | None, k: torch.Tensor, has_v: bool,
+                has_q: bool) -> tuple[torch.Tensor, ...]:
+    """``(h, w_k, w_v, w_q)`` for the kernels from ``project`` (the keys' weight where ``v`` / ``q`` have none), or
+    ``k`` for each where there is no projection (the kernels then read none of them)."""
+    if project is None:
+        return k, k, k, k
+    h, weights = project
+    weights = [w.contiguous() for w in weights]
+    return h, weights[0], weights[1] if has_v else weights[0], weights[-1] if has_q else weights[0]
+
+
+def _channel_block(cols: int) -> int:
+    """The tile of C channels of the up-projection and of ``h`` (unused without them)."""
     return max(16, min(64, next_power_of_2(max(cols, 1))))
 
 
 def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor | None,
              q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int, scale: float, read_updated: bool,
              updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor,
-             up: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(d_rows, d_lat)`` of ``forward``: ``d_rows`` (N, P*r) holds the gradients of ``k`` and of ``v`` and
+             up: torch.Tensor | None = None, project: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(d_rows, d_lat, d_h)`` of ``forward``: ``d_rows`` (N, P*r) holds the gradients of ``k`` and of ``v`` and
     ``q`` where given, side by side in that order (as a projection ``[k | v | q]`` that they are slices of);
     where ``v`` / ``q`` is None the keys doubled as them, and ``k``'s columns hold their gradient too.
-    With ``up`` (C, r), ``d_out`` is the float32 gradient of ``y`` (N, C) instead of ``out``'s."""
+    With ``up`` (C, r), ``d_out`` is the float32 gradient of ``y`` (N, C) instead of ``out``'s. With ``project``
+    (``forward``'s), ``d_h`` is ``h``'s gradient in its dtype, else None."""
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
     lat = lat.contiguous()
     rows, r = k.shape
@@ -364,7 +459,7 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
            d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m,
-           scale, plan.tiles_per_program, cols, UP=up is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_up_block(cols),
+           scale, plan.tiles_per_program, cols, UP=up is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols),
            **meta)
     d_context, d_lat, minus_d_total = _views(torch.empty(2 * lat.numel() + plan.mp, dtype=torch.float32,
                                                          device=device), [lat.shape] * 2 + [(plan.mp,)])
@@ -373,9 +468,12 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
            PB=PARTS_BLOCK, **meta)
     values = k if v is None else v
+    h, wk, wv, wq = _projection(project, k, v is not None, q is not None)
+    d_h = None if project is None else torch.empty(h.shape, dtype=h.dtype, device=device)
     launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
-           part_dl, rows, r, n_cols, m, scale, plan.tiles_per_program, KEYS_READ=q is None,
-           KEYS_ARE_VALUES=v is None, BLOCK=BLOCK_ROWS, **meta)
+           part_dl, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
+           plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
+           BLOCK=BLOCK_ROWS, BLOCK_C=_channel_block(h.shape[1]), **meta)
     launch(_latent_grad_kernel, (plan.mp,), part_dl, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
-    return d_rows, d_lat
+    return d_rows, d_lat, d_h

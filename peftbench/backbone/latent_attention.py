@@ -221,13 +221,18 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         with torch.autocast(device_type=d_y.device.type, enabled=False):
             d_y = d_y.float()
             d_up = d_y.T @ out
+            # base's gradient is y's: in another dtype, written by the read-out's backward kernel as it reads it
+            d_base = None
+            if ctx.needs_input_grad[10]:
+                d_base = d_y if ctx.base_dtype == d_y.dtype else torch.empty(d_y.shape, dtype=ctx.base_dtype,
+                                                                             device=d_y.device)
             d_rows, d_lat, d_h = ctx.kernels.backward(
                 d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
-                project=(h, proj_weights) if ctx.needs_input_grad[0] else None)
+                project=(h, proj_weights) if ctx.needs_input_grad[0] else None,
+                d_base=None if d_base is d_y else d_base)
             d_weights = (d_rows.T @ h.float()).split(lat.shape[1])
-            d_base = d_y.to(ctx.base_dtype) if ctx.needs_input_grad[10] else None
         return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights
 
 

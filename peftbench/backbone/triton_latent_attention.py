@@ -236,9 +236,11 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, u
 
 @triton.jit(do_not_specialize=["rows"])
 def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
-                          d_q_stride, part_du_ptr, part_ds_ptr, rows, r, n_cols, m, scale, tiles_per_program, cols,
-                          UP: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
-                          BLOCK_COLS: tl.constexpr):
+                          d_q_stride, part_du_ptr, part_ds_ptr, d_base_ptr, rows, r, n_cols, m, scale,
+                          tiles_per_program, cols, UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr,
+                          MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """The read-out's backward per row tile, the latents' partial sums per program. ``D_BASE`` (with ``UP``): also
+    ``y``'s gradient, which is ``base``'s, written in ``d_base``'s dtype as it is read (no cast kernel)."""
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
@@ -253,8 +255,10 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
             d_out = tl.zeros((BLOCK, RP), tl.float32)
             for c0 in range(0, cols, BLOCK_COLS):
                 up, c, c_in = _up_rows(up_ptr, c0, r, cols, RP, BLOCK_COLS)
-                dy = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * cols + c[None, :],
-                             mask=row_in[:, None] & c_in[None, :], other=0.0)
+                offsets, mask = row.to(tl.int64)[:, None] * cols + c[None, :], row_in[:, None] & c_in[None, :]
+                dy = tl.load(d_out_ptr + offsets, mask=mask, other=0.0)
+                if D_BASE:
+                    tl.store(d_base_ptr + offsets, dy.to(d_base_ptr.dtype.element_ty), mask=mask)
                 d_out = tl.dot(dy, up, d_out, input_precision="ieee")
         else:
             d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
@@ -436,13 +440,14 @@ def _channel_block(cols: int) -> int:
 def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor | None,
              q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor, m: int, scale: float, read_updated: bool,
              updated: torch.Tensor, shift: torch.Tensor, total: torch.Tensor, context: torch.Tensor,
-             up: torch.Tensor | None = None, project: tuple[torch.Tensor, list[torch.Tensor]] | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+             up: torch.Tensor | None = None, project: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+             d_base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(d_rows, d_lat, d_h)`` of ``forward``: ``d_rows`` (N, P*r) holds the gradients of ``k`` and of ``v`` and
     ``q`` where given, side by side in that order (as a projection ``[k | v | q]`` that they are slices of);
     where ``v`` / ``q`` is None the keys doubled as them, and ``k``'s columns hold their gradient too.
     With ``up`` (C, r), ``d_out`` is the float32 gradient of ``y`` (N, C) instead of ``out``'s. With ``project``
-    (``forward``'s), ``d_h`` is ``h``'s gradient in its dtype, else None."""
+    (``forward``'s), ``d_h`` is ``h``'s gradient in its dtype, else None. With ``up``, ``d_base`` (N, C),
+    contiguous, if given, receives ``d_out`` in its own dtype."""
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
     lat = lat.contiguous()
     rows, r = k.shape
@@ -458,9 +463,9 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     scored = updated if read_updated else lat
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
-           d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds, rows, r, n_cols, m,
-           scale, plan.tiles_per_program, cols, UP=up is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols),
-           **meta)
+           d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds,
+           d_q if d_base is None else d_base, rows, r, n_cols, m, scale, plan.tiles_per_program, cols,
+           UP=up is not None, D_BASE=d_base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
     d_context, d_lat, minus_d_total = _views(torch.empty(2 * lat.numel() + plan.mp, dtype=torch.float32,
                                                          device=device), [lat.shape] * 2 + [(plan.mp,)])
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat

@@ -106,11 +106,15 @@ def test_scores_far_apart_across_programs_do_not_overflow(kernels):
 @pytest.mark.parametrize("read", ["updated", "previous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_base", [False, True])
-def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, read, dtype, with_base):
+@pytest.mark.parametrize("project_in_kernel", [0, 1])
+def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, read, dtype, with_base,
+                                                    project_in_kernel):
     """Two chained Context Adapters (the latents flow from the first to the second) on the kernels as one
     autograd node each (``projected_latent_attention``) against the same adapters on the torch core: outputs,
     latents, and the gradients of the input and of every weight. ``with_base``: each adapter adds its output to
-    its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel)."""
+    its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel). ``project_in_kernel``:
+    the projections and h's gradient in the kernels, or matmuls."""
+    monkeypatch.setattr(latent_attention, "PROJECT_IN_KERNEL", project_in_kernel)
     gem = sys.modules[get_method("gem").__module__]
     batch = torch.repeat_interleave(torch.arange(2), torch.tensor([45, 30])).to(DEVICE)
     torch.manual_seed(0)

@@ -27,6 +27,10 @@ from peftbench.backbone.triton_support import triton_kernels
 
 TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
 ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs; see projected_latent_attention)
+# 1: the one-node adapter's projections in the partials kernel and h's gradient in the keys' backward kernel; 0: a
+# float32 matmul each. Off until the CUDA tests have run with it (tests/test_triton_latent_attention.py): not yet
+# run on a GPU
+PROJECT_IN_KERNEL = 0
 # most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
 KERNEL_MAX_COLUMNS = 128
 
@@ -200,17 +204,22 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
         r = lat.shape[1]
         h = h.contiguous()
-        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel
-        rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
+        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (or a matmul)
+        if PROJECT_IN_KERNEL:
+            rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
+        else:
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                rows = h.float() @ (torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]).T
         y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
         y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
         out, updated, *stats = kernels.forward(*_row_slices(rows, r, has_v, has_q), lat, batch, m, scale,
                                                read_updated, up_weight.contiguous(),
                                                None if base is None else base.contiguous(), y,
-                                               project=(h, proj_weights))
+                                               project=(h, proj_weights) if PROJECT_IN_KERNEL else None)
         ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
+        ctx.project = PROJECT_IN_KERNEL
         return y, updated
 
     @staticmethod
@@ -230,8 +239,10 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
-                project=(h, proj_weights) if ctx.needs_input_grad[0] else None,
+                project=(h, proj_weights) if ctx.needs_input_grad[0] and ctx.project else None,
                 d_base=None if d_base is d_y else d_base)
+            if d_h is None and ctx.needs_input_grad[0]:
+                d_h = (d_rows @ torch.cat(proj_weights)).to(h.dtype)
             d_weights = (d_rows.T @ h.float()).split(lat.shape[1])
         return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights
 

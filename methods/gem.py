@@ -151,8 +151,11 @@ class ContextAdapter(nn.Module):
         in the read-out kernel)."""
         if self.bank is not None:
             self.bank(point)
+        # the projections as one float32 matmul, split
         names = self.projections
         weights = [self._modules[name].weight for name in names]
+        if len(weights) > 1 and not torch.is_grad_enabled():  # (training: the concatenation is in the graph)
+            weights = [no_grad_memo(self, "projections", weights, lambda: torch.cat(weights))]
         latents = point.scene_state["gem_latents"]
         read_updated = self.read_latents == "updated"
         kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
@@ -161,10 +164,8 @@ class ContextAdapter(nn.Module):
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
                 "q" in names, kernels, base)
             return y
-        # the projections as one float32 matmul, split (evaluation keeps the concatenation: ``no_grad_memo``)
-        weight = weights[0] if len(weights) == 1 else no_grad_memo(self, "projections", weights,
-                                                                   lambda: torch.cat(weights))
-        parts = dict(zip(names, float32_linear(h, weight).split(self.k.out_features, dim=-1)))
+        parts = dict(zip(names, float32_linear(h, torch.cat(weights) if len(weights) > 1 else weights[0]).split(
+            self.k.out_features, dim=-1)))
         k, v, q = parts["k"], parts.get("v"), parts.get("q")  # None: the keys double as values / queries
         # float32 affinity / softmaxes / sums whatever the autocast (the function turns it off)
         out, point.scene_state["gem_latents"] = scene_latent_attention(

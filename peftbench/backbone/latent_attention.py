@@ -204,9 +204,11 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
         r = lat.shape[1]
         h = h.contiguous()
-        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (or a matmul)
+        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (or a matmul); evaluation may pass
+        # the weights concatenated
+        weights = proj_weights[0].split(r) if len(proj_weights) == 1 else proj_weights
         if PROJECT_IN_KERNEL:
-            rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
+            rows = torch.empty((len(h), r * len(weights)), dtype=torch.float32, device=h.device)
         else:
             with torch.autocast(device_type=h.device.type, enabled=False):
                 rows = h.float() @ (torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]).T
@@ -215,7 +217,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         out, updated, *stats = kernels.forward(*_row_slices(rows, r, has_v, has_q), lat, batch, m, scale,
                                                read_updated, up_weight.contiguous(),
                                                None if base is None else base.contiguous(), y,
-                                               project=(h, proj_weights) if PROJECT_IN_KERNEL else None)
+                                               project=(h, weights) if PROJECT_IN_KERNEL else None)
         ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
@@ -243,7 +245,8 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 d_base=None if d_base is d_y else d_base)
             if d_h is None and ctx.needs_input_grad[0]:
                 d_h = (d_rows @ torch.cat(proj_weights)).to(h.dtype)
-            d_weights = (d_rows.T @ h.float()).split(lat.shape[1])
+            d_weight = d_rows.T @ h.float()
+            d_weights = d_weight.split(lat.shape[1]) if len(proj_weights) > 1 else (d_weight,)
         return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights
 
 

@@ -105,14 +105,17 @@ def _row_softmax(scores):
 
 @triton.jit(do_not_specialize=["rows"])
 def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
-                             wq_ptr, lat_ptr, batch_ptr, part_max_ptr, part_sum_ptr, part_ctx_ptr, rows, r, cols,
+                             wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols,
                              n_cols, m, scale, tiles_per_program, PROJECT: tl.constexpr, HAS_V: tl.constexpr,
                              HAS_Q: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
                              BLOCK_C: tl.constexpr):
     """The online softmax's partial sums per program. ``PROJECT``: the keys (and values and queries where
     ``HAS_V`` / ``HAS_Q``) are ``h @ w^T``, computed here and written to their rows for the read-out and the
-    backward; else read from them (values: ``v_ptr``, the keys where they double as them)."""
+    backward; else read from them (values: ``v_ptr``, the keys where they double as them). ``part_ptr``: the
+    programs' column maxima, then sums, then weighted values (``Plan.parts``)."""
     pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
     col = tl.arange(0, MP)
     col_in = col < n_cols
     lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
@@ -174,9 +177,9 @@ def _sum_column_parts(part_ptr, col, programs, RP: tl.constexpr, MP: tl.constexp
 
 
 @triton.jit
-def _context_combine_kernel(part_max_ptr, part_sum_ptr, part_ctx_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr,
-                            updated_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
-                            PB: tl.constexpr):
+def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr, updated_ptr, programs, r, n_cols,
+                            RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
+    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
     col = tl.program_id(0)  # one program a latent column (padded ones too: the row kernels read their shift)
     p, ch = tl.arange(0, PB), tl.arange(0, RP)
     top = tl.full((PB,), float("-inf"), tl.float32)
@@ -236,12 +239,14 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, u
 
 @triton.jit(do_not_specialize=["rows"])
 def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
-                          d_q_stride, part_du_ptr, part_ds_ptr, d_base_ptr, rows, r, n_cols, m, scale,
+                          d_q_stride, part_ptr, d_base_ptr, rows, r, n_cols, m, scale,
                           tiles_per_program, cols, UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr,
                           MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """The read-out's backward per row tile, the latents' partial sums per program. ``D_BASE`` (with ``UP``): also
-    ``y``'s gradient, which is ``base``'s, written in ``d_base``'s dtype as it is read (no cast kernel)."""
+    ``y``'s gradient, which is ``base``'s, written in ``d_base``'s dtype as it is read (no cast kernel).
+    ``part_ptr``: the programs' partial sums for ``Plan.parts(.., RP, RP, RP)``'s first two."""
     pid = tl.program_id(0)
+    part_du_ptr, part_ds_ptr = part_ptr, part_ptr + tl.num_programs(0) * MP * RP
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
     updated = _load_latents(updated_ptr, r, n_cols, RP, MP)
@@ -273,13 +278,13 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
 
 
 @triton.jit
-def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
+def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
                          minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
                          HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
                          MP: tl.constexpr, PB: tl.constexpr):
     col = tl.program_id(0)  # one program a latent column (padded ones too: the row pass reads their -dT)
-    d_updated = _sum_column_parts(part_du_ptr, col, programs, RP, MP, PB)
-    d_scored = _sum_column_parts(part_ds_ptr, col, programs, RP, MP, PB)
+    d_updated = _sum_column_parts(part_ptr, col, programs, RP, MP, PB)
+    d_scored = _sum_column_parts(part_ptr + programs * MP * RP, col, programs, RP, MP, PB)
     if HAS_D_UPDATED:
         d_updated += _column(d_updated_in_ptr, col, r, n_cols, RP)
     if READ_UPDATED:
@@ -297,7 +302,7 @@ def _read_combine_kernel(part_du_ptr, part_ds_ptr, d_updated_in_ptr, context_ptr
 
 @triton.jit(do_not_specialize=["rows"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
-                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_dl_ptr, wk_ptr,
+                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_ptr, wk_ptr,
                              wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
                              KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr, D_H: tl.constexpr,
                              RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -340,14 +345,16 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
                     d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision="ieee")
                 tl.store(d_h_ptr + row.to(tl.int64)[:, None] * cols + c[None, :], d_h.to(d_h_ptr.dtype.element_ty),
                          mask=row_in[:, None] & (c < cols)[None, :])
+    part_dl_ptr = part_ptr + 2 * tl.num_programs(0) * MP * RP  # the third of Plan.parts(.., RP, RP, RP)
     tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
 
 
 @triton.jit
-def _latent_grad_kernel(part_dl_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
+def _latent_grad_kernel(part_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
                         PB: tl.constexpr):
     col = tl.program_id(0)
-    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl_ptr, col, programs, RP, MP, PB)
+    part_dl = part_ptr + 2 * programs * MP * RP
+    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl, col, programs, RP, MP, PB)
     _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
 
 
@@ -368,11 +375,11 @@ class Plan:
         self.programs = cdiv(tiles, self.tiles_per_program)
         self.read_grid = (tiles,)
 
-    def parts(self, device: torch.device, *widths: int) -> list[torch.Tensor]:
-        """Per row program, a (programs, MP) partial for a width of 1, else (programs, MP, width): one allocation
-        (each ``torch.empty`` is ~4 us of host time, and a GEM step makes hundreds)."""
-        return _views(torch.empty(self.programs * self.mp * sum(widths), dtype=torch.float32, device=device),
-                      [(self.programs, self.mp) if w == 1 else (self.programs, self.mp, w) for w in widths])
+    def parts(self, device: torch.device, *widths: int) -> torch.Tensor:
+        """Per row program, a (programs, MP, width) partial for each of ``widths``, one after another in one
+        allocation that the kernels take whole: each ``torch.empty`` is ~4 us of host time on an H100 host, and a
+        view of a part ~2 more (a GEM step would make hundreds)."""
+        return torch.empty(self.programs * self.mp * sum(widths), dtype=torch.float32, device=device)
 
 
 def _views(buffer: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -401,17 +408,17 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     n_cols = lat.shape[0]
     plan = Plan(rows, n_cols, r)
     device = k.device
-    part_max, part_sum, part_ctx = plan.parts(device, 1, 1, plan.rp)
+    parts = plan.parts(device, 1, 1, plan.rp)
     shift, total, context, updated = _views(torch.empty(2 * (plan.mp + lat.numel()), dtype=torch.float32,
                                                         device=device), [(plan.mp,)] * 2 + [lat.shape] * 2)
     meta = dict(RP=plan.rp, MP=plan.mp)
     h, wk, wv, wq = _projection(project, k, has_v, has_q)
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
-           h.stride(0), wk, wv, wq, lat, batch, part_max, part_sum, part_ctx, rows, r, h.shape[1], n_cols, m, scale,
+           h.stride(0), wk, wv, wq, lat, batch, parts, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q, BLOCK=BLOCK_ROWS,
            BLOCK_C=_channel_block(h.shape[1]), **meta)
-    launch(_context_combine_kernel, (plan.mp,), part_max, part_sum, part_ctx, lat, shift, total, context, updated,
-           plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
+    launch(_context_combine_kernel, (plan.mp,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
+           PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
     cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
@@ -459,17 +466,17 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     d_v = None if v is None else d_rows[:, r:2 * r]
     d_q = torch.empty((rows, r), dtype=torch.float32, device=device) if q is None else d_rows[:, -r:]
     queries = k if q is None else q
-    part_du, part_ds, part_dl = plan.parts(device, plan.rp, plan.rp, plan.rp)
+    parts = plan.parts(device, plan.rp, plan.rp, plan.rp)
     scored = updated if read_updated else lat
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
-           d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), part_du, part_ds,
+           d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), parts,
            d_q if d_base is None else d_base, rows, r, n_cols, m, scale, plan.tiles_per_program, cols,
            UP=up is not None, D_BASE=d_base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
     d_context, d_lat, minus_d_total = _views(torch.empty(2 * lat.numel() + plan.mp, dtype=torch.float32,
                                                          device=device), [lat.shape] * 2 + [(plan.mp,)])
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
-    launch(_read_combine_kernel, (plan.mp,), part_du, part_ds, d_updated_in, context, total, d_context, minus_d_total,
+    launch(_read_combine_kernel, (plan.mp,), parts, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
            PB=PARTS_BLOCK, **meta)
     values = k if v is None else v
@@ -477,8 +484,8 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     d_h = None if project is None else torch.empty(h.shape, dtype=h.dtype, device=device)
     launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
-           part_dl, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
+           parts, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
            BLOCK=BLOCK_ROWS, BLOCK_C=_channel_block(h.shape[1]), **meta)
-    launch(_latent_grad_kernel, (plan.mp,), part_dl, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
+    launch(_latent_grad_kernel, (plan.mp,), parts, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     return d_rows, d_lat, d_h

@@ -137,6 +137,41 @@ def test_direct_launcher_calls_the_launcher_without_hooks_or_falls_back(monkeypa
         assert hooked.run.calls == [] and hooked.indexed == [((4, 2, 1), "x")]
 
 
+def test_a_launcher_is_kept_per_direct_launcher_setting(monkeypatch):
+    """Switching ``DIRECT_LAUNCHER`` in a process (an A/B in turns) compiles once per setting and then launches each
+    setting's way: through the launcher itself with it on, through ``compiled[grid]`` with it off."""
+    from triton.runtime.jit import JITFunction
+
+    from peftbench.backbone import triton_launch
+
+    monkeypatch.setattr(triton_launch, "_COMPILED", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1000 + device, raising=False)
+    built = []
+
+    class _Kernel(JITFunction):  # a miss compiles through kernel[grid](...), which returns the compiled kernel
+        arg_names = ["x", "BLOCK"]
+        __hash__ = object.__hash__  # (JITFunction's hashes its source)
+
+        def __init__(self) -> None:
+            pass
+
+        def __getitem__(self, grid):
+            def compile_and_run(*args, **constexprs):
+                built.append(_Compiled(_Launcher()))
+                return built[-1]
+            return compile_and_run
+
+    kernel = _Kernel()
+    for setting in (0, 1, 0, 1):
+        monkeypatch.setattr(triton_launch, "DIRECT_LAUNCHER", setting)
+        launch(kernel, (2,), 5, BLOCK=16)
+    assert len(built) == 2
+    off, on = built
+    assert off.indexed == [((2, 1, 1), 5, 16)] and off.run.calls == []
+    assert on.run.calls == [(2, 1, 1, 1000, "function", ("metadata",), None, None, None, 5, 16)] and on.indexed == []
+
+
 def test_installed_triton_launcher_has_the_signature_the_direct_path_takes():
     """Else every launch silently takes the slower ``compiled[grid]`` path."""
     from peftbench.backbone.triton_launch import launcher_signature_known

@@ -76,7 +76,8 @@ def launch(kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int | None
         kernel[grid](*args, **options, **constexprs)
         return
     device = torch.cuda.current_device()
-    key = (kernel, device, num_warps, *constexprs.items(), _specialization(args))
+    # DIRECT_LAUNCHER in the key: a launcher is built for the setting it was made under (A/Bs in one process)
+    key = (kernel, device, DIRECT_LAUNCHER, num_warps, *constexprs.items(), _specialization(args))
     run = _COMPILED.get(key)
     if run is None:
         _COMPILED[key] = _direct_launcher(kernel[grid](*args, **options, **constexprs))

@@ -1,4 +1,5 @@
-"""GEM's Context Adapter core (``latent_attention``) as seven Triton kernels, forward and backward.
+"""GEM's Context Adapter core (``latent_attention``) as seven Triton kernels: the forward's three here, the
+backward's four in ``triton_latent_backward``, their tiles in ``triton_latent_tiles``; the host functions here.
 
 The torch core launches ~13 kernels a forward and ~20 a backward, each over (N, B*m) score matrices; GEM's
 step is bound by the host's launches (issue 12). Here the scores never leave registers: the softmax over a
@@ -20,6 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
+from peftbench.backbone.triton_latent_backward import (_context_backward_kernel, _latent_grad_kernel,
+                                                        _read_backward_kernel, _read_combine_kernel)
+from peftbench.backbone.triton_latent_tiles import (_column, _load_latents, _load_rows, _masked_scores, _project,
+                                                     _row_softmax, _row_tile, _scores, _store_column, _store_rows,
+                                                     _up_rows)
 from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 BLOCK_ROWS = 64
@@ -27,88 +33,11 @@ PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguou
 PARTS_BLOCK = 64  # the combines (one program a latent column) load this many programs' partial sums at once
 
 
-@triton.jit
-def _load_rows(ptr, stride, row, row_mask, RP: tl.constexpr):
-    """(rows tile, RP) of float32 rows (zeros past r and past the rows)."""
-    return tl.load(ptr + row.to(tl.int64)[:, None] * stride + tl.arange(0, RP)[None, :], mask=row_mask, other=0.0)
-
-
-@triton.jit
-def _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale):
-    """Scores of rows ``x`` (tile, RP) against ``lat`` (MP, RP): -inf off the row's scene."""
-    scene = tl.load(batch_ptr + row, mask=row_in, other=-1).to(tl.int32)
-    scores = tl.dot(x, tl.trans(lat * scale), input_precision="ieee")
-    valid = (scene[:, None] == col_scene[None, :]) & col_in[None, :] & row_in[:, None]
-    return tl.where(valid, scores, float("-inf"))
-
-
-@triton.jit
-def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in, r, scale,
-            RP: tl.constexpr):
-    """(rows tile, RP) loaded and its masked scores against ``lat`` (MP, RP)."""
-    x = _load_rows(rows_ptr, row_stride, row, row_in[:, None] & (tl.arange(0, RP) < r)[None, :], RP)
-    return x, _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale)
-
-
-@triton.jit
-def _weight_chunk(w_ptr, c, r, cols, RP: tl.constexpr):
-    """Columns ``c`` of a projection weight (r, cols) as float32 (RP, len(c)), zeros past r and cols."""
-    ch = tl.arange(0, RP)
-    return tl.load(w_ptr + ch[:, None] * cols + c[None, :], mask=(ch < r)[:, None] & (c < cols)[None, :],
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_V: tl.constexpr,
-             HAS_Q: tl.constexpr, RP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The row tile's ``h @ w^T`` for the keys' weight and the values' and queries' where present (zeros where
-    absent): float32 products of ``h`` (any float dtype) read once."""
-    k = tl.zeros((BLOCK, RP), tl.float32)
-    v = tl.zeros((BLOCK, RP), tl.float32)
-    q = tl.zeros((BLOCK, RP), tl.float32)
-    for c0 in range(0, cols, BLOCK_C):
-        c = c0 + tl.arange(0, BLOCK_C)
-        x = tl.load(h_ptr + row.to(tl.int64)[:, None] * h_stride + c[None, :],
-                    mask=row_in[:, None] & (c < cols)[None, :], other=0.0).to(tl.float32)
-        k = tl.dot(x, tl.trans(_weight_chunk(wk_ptr, c, r, cols, RP)), k, input_precision="ieee")
-        if HAS_V:
-            v = tl.dot(x, tl.trans(_weight_chunk(wv_ptr, c, r, cols, RP)), v, input_precision="ieee")
-        if HAS_Q:
-            q = tl.dot(x, tl.trans(_weight_chunk(wq_ptr, c, r, cols, RP)), q, input_precision="ieee")
-    return k, v, q
-
-
-@triton.jit
-def _store_rows(ptr, stride, row, row_mask, x, RP: tl.constexpr):
-    tl.store(ptr + row.to(tl.int64)[:, None] * stride + tl.arange(0, RP)[None, :], x, mask=row_mask)
-
-
-@triton.jit
-def _row_tile(tile, rows, r, RP: tl.constexpr, BLOCK: tl.constexpr):
-    """Row tile ``tile``'s rows, which of them exist, and the (BLOCK, RP) mask of their r channels."""
-    row = tile * BLOCK + tl.arange(0, BLOCK)
-    row_in = row < rows
-    return row, row_in, row_in[:, None] & (tl.arange(0, RP) < r)[None, :]
-
-
-@triton.jit
-def _load_latents(ptr, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    return tl.load(ptr + col[:, None] * r + ch[None, :], mask=(col < n_cols)[:, None] & (ch < r)[None, :], other=0.0)
-
-
-@triton.jit
-def _row_softmax(scores):
-    e = tl.exp(scores - tl.max(scores, axis=1)[:, None])
-    return e / tl.sum(e, axis=1)[:, None]
-
-
 @triton.jit(do_not_specialize=["rows"])
 def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
-                             wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols,
-                             n_cols, m, scale, tiles_per_program, PROJECT: tl.constexpr, HAS_V: tl.constexpr,
-                             HAS_Q: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
+                             wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
+                             PROJECT: tl.constexpr, HAS_V: tl.constexpr, HAS_Q: tl.constexpr, RP: tl.constexpr,
+                             MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
     """The online softmax's partial sums per program. ``PROJECT``: the keys (and values and queries where
     ``HAS_V`` / ``HAS_Q``) are ``h @ w^T``, computed here and written to their rows for the read-out and the
     backward; else read from them (values: ``v_ptr``, the keys where they double as them). ``part_ptr``: the
@@ -152,31 +81,6 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, 
 
 
 @triton.jit
-def _column(ptr, col, r, n_cols, RP: tl.constexpr):
-    """Latent column ``col``'s (RP,) channels (zeros past r, and for a padded column)."""
-    ch = tl.arange(0, RP)
-    return tl.load(ptr + col * r + ch, mask=(ch < r) & (col < n_cols), other=0.0)
-
-
-@triton.jit
-def _store_column(ptr, col, value, r, n_cols, RP: tl.constexpr):
-    ch = tl.arange(0, RP)
-    tl.store(ptr + col * r + ch, value, mask=(ch < r) & (col < n_cols))
-
-
-@triton.jit
-def _sum_column_parts(part_ptr, col, programs, RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
-    """Column ``col``'s (RP,) partial sums of all row programs, PB programs' partials a load."""
-    p, ch = tl.arange(0, PB), tl.arange(0, RP)
-    acc = tl.zeros((PB, RP), tl.float32)
-    for start in range(0, programs, PB):
-        part = start + p
-        acc += tl.load(part_ptr + (part[:, None] * MP + col) * RP + ch[None, :], mask=(part < programs)[:, None],
-                       other=0.0)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit
 def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr, updated_ptr, programs, r, n_cols,
                             RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
     part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
@@ -206,14 +110,6 @@ def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr
     _store_column(updated_ptr, col, _column(lat_ptr, col, r, n_cols, RP) + context_all, r, n_cols, RP)
 
 
-@triton.jit
-def _up_rows(up_ptr, c0, r, cols, RP: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """Rows c0.. of the up-projection (C, r): (BLOCK_COLS, RP), zeros past C and r; and which exist."""
-    c, ch = c0 + tl.arange(0, BLOCK_COLS), tl.arange(0, RP)
-    return tl.load(up_ptr + c[:, None] * r + ch[None, :], mask=(c < cols)[:, None] & (ch < r)[None, :],
-                   other=0.0), c, c < cols
-
-
 @triton.jit(do_not_specialize=["rows"])
 def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, y_ptr, rows, r,
                  n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr, RP: tl.constexpr,
@@ -235,127 +131,6 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, u
             if HAS_BASE:
                 y += tl.load(base_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit(do_not_specialize=["rows"])
-def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
-                          d_q_stride, part_ptr, d_base_ptr, rows, r, n_cols, m, scale,
-                          tiles_per_program, cols, UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr,
-                          MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """The read-out's backward per row tile, the latents' partial sums per program. ``D_BASE`` (with ``UP``): also
-    ``y``'s gradient, which is ``base``'s, written in ``d_base``'s dtype as it is read (no cast kernel).
-    ``part_ptr``: the programs' partial sums for ``Plan.parts(.., RP, RP, RP)``'s first two."""
-    pid = tl.program_id(0)
-    part_du_ptr, part_ds_ptr = part_ptr, part_ptr + tl.num_programs(0) * MP * RP
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
-    updated = _load_latents(updated_ptr, r, n_cols, RP, MP)
-    d_updated = tl.zeros((MP, RP), tl.float32)
-    d_scored = tl.zeros((MP, RP), tl.float32)
-    for t in range(tiles_per_program):
-        row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
-        q, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
-        spread = tl.where(row_in[:, None], _row_softmax(tl.where(row_in[:, None], scores, 0.0)), 0.0)
-        if UP:  # d_out_ptr holds the gradient of y = base + out @ up^T (N, C): d_out = dy @ up
-            d_out = tl.zeros((BLOCK, RP), tl.float32)
-            for c0 in range(0, cols, BLOCK_COLS):
-                up, c, c_in = _up_rows(up_ptr, c0, r, cols, RP, BLOCK_COLS)
-                offsets, mask = row.to(tl.int64)[:, None] * cols + c[None, :], row_in[:, None] & c_in[None, :]
-                dy = tl.load(d_out_ptr + offsets, mask=mask, other=0.0)
-                if D_BASE:
-                    tl.store(d_base_ptr + offsets, dy.to(d_base_ptr.dtype.element_ty), mask=mask)
-                d_out = tl.dot(dy, up, d_out, input_precision="ieee")
-        else:
-            d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
-        d_spread = tl.dot(d_out, tl.trans(updated), input_precision="ieee")
-        d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
-        d_q = tl.dot(d_read, scored, input_precision="ieee") * scale
-        tl.store(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], d_q, mask=row_mask)
-        d_updated += tl.dot(tl.trans(spread), d_out, input_precision="ieee")
-        d_scored += tl.dot(tl.trans(d_read), q, input_precision="ieee")
-    tl.store(part_du_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_updated)
-    tl.store(part_ds_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_scored * scale)
-
-
-@triton.jit
-def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
-                         minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
-                         HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
-                         MP: tl.constexpr, PB: tl.constexpr):
-    col = tl.program_id(0)  # one program a latent column (padded ones too: the row pass reads their -dT)
-    d_updated = _sum_column_parts(part_ptr, col, programs, RP, MP, PB)
-    d_scored = _sum_column_parts(part_ptr + programs * MP * RP, col, programs, RP, MP, PB)
-    if HAS_D_UPDATED:
-        d_updated += _column(d_updated_in_ptr, col, r, n_cols, RP)
-    if READ_UPDATED:
-        d_updated += d_scored
-        d_lat = d_updated
-    else:
-        d_lat = d_updated + d_scored
-    # U = L + C / T: d(C/T) = dU / T, and -dT = sum_r (dU / T) (C / T)
-    total = tl.load(total_ptr + col)
-    d_context = d_updated / tl.where(total > 0, total, 1.0)
-    tl.store(minus_d_total_ptr + col, tl.sum(d_context * _column(context_ptr, col, r, n_cols, RP), axis=0))
-    _store_column(d_context_ptr, col, d_context, r, n_cols, RP)
-    _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
-
-
-@triton.jit(do_not_specialize=["rows"])
-def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
-                             minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_ptr, wk_ptr,
-                             wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
-                             KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr, D_H: tl.constexpr,
-                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The keys' and values' gradients per row tile and the latents' partial sums per program. ``D_H``: also the
-    gradient of ``h`` where the rows are ``h @ w^T`` (``_project``), ``d_rows @ w`` in float32, in ``d_h``'s
-    dtype (the queries' gradient, where they are their own rows, read back from ``d_q``)."""
-    pid = tl.program_id(0)
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
-    d_context = _load_latents(d_context_ptr, r, n_cols, RP, MP)
-    shift = tl.load(shift_ptr + col)
-    minus_d_total = tl.load(minus_d_total_ptr + col)
-    d_lat = tl.zeros((MP, RP), tl.float32)
-    for t in range(tiles_per_program):
-        row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
-        k, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col < n_cols, r, scale, RP)
-        v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
-        exp = tl.exp(scores - shift[None, :])  # E; 0 off the scene
-        # C = E^T V, T = colsum E, E = exp(A - shift): dA = E * (V dC^T - dT)
-        d_scores = exp * (tl.dot(v, tl.trans(d_context), input_precision="ieee") - minus_d_total[None, :])
-        d_v = tl.dot(exp, d_context, input_precision="ieee")
-        d_k = tl.dot(d_scores, lat, input_precision="ieee") * scale
-        if KEYS_READ:
-            d_k += tl.load(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], mask=row_mask, other=0.0)
-        if KEYS_ARE_VALUES:
-            d_k += d_v
-        else:
-            tl.store(d_v_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_v, mask=row_mask)
-        tl.store(d_k_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_k, mask=row_mask)
-        d_lat += tl.dot(tl.trans(d_scores), k, input_precision="ieee")
-        if D_H:
-            if not KEYS_READ:
-                d_q = _load_rows(d_q_ptr, d_q_stride, row, row_mask, RP)
-            for c0 in range(0, cols, BLOCK_C):
-                c = c0 + tl.arange(0, BLOCK_C)
-                d_h = tl.dot(d_k, _weight_chunk(wk_ptr, c, r, cols, RP), input_precision="ieee")
-                if not KEYS_ARE_VALUES:
-                    d_h = tl.dot(d_v, _weight_chunk(wv_ptr, c, r, cols, RP), d_h, input_precision="ieee")
-                if not KEYS_READ:
-                    d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision="ieee")
-                tl.store(d_h_ptr + row.to(tl.int64)[:, None] * cols + c[None, :], d_h.to(d_h_ptr.dtype.element_ty),
-                         mask=row_in[:, None] & (c < cols)[None, :])
-    part_dl_ptr = part_ptr + 2 * tl.num_programs(0) * MP * RP  # the third of Plan.parts(.., RP, RP, RP)
-    tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
-
-
-@triton.jit
-def _latent_grad_kernel(part_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
-                        PB: tl.constexpr):
-    col = tl.program_id(0)
-    part_dl = part_ptr + 2 * programs * MP * RP
-    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl, col, programs, RP, MP, PB)
-    _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -33,12 +33,12 @@ def median_us(fn: Callable[[], object], calls: int = 20_000) -> float:
 
 
 def main() -> None:
-    kernel = latent._context_backward_kernel  # 21 runtime arguments, 5 constexprs
+    kernel = latent._context_backward_kernel  # 26 runtime arguments, 7 constexprs
     args = [torch.empty(16) if p.name.endswith("ptr") else (0.5 if p.name == "scale" else 7)
             for p in kernel.params if not p.is_constexpr]
     constexprs = {p.name: 16 for p in kernel.params if p.is_constexpr}
     torch.cuda.current_device = lambda: 0  # no GPU here: the key's device
-    key = (kernel, 0, None, *constexprs.items(), triton_launch._specialization(args))
+    key = (kernel, 0, triton_launch.DIRECT_LAUNCHER, None, *constexprs.items(), triton_launch._specialization(args))
     triton_launch._COMPILED[key] = lambda *args: None  # a launcher that launches nothing
     rows = [("launch key, %d arguments" % len(args), lambda: triton_launch._specialization(args)),
             ("launch, stand-in kernel", lambda: triton_launch.launch(kernel, (5,), *args, **constexprs)),

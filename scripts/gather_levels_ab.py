@@ -32,10 +32,25 @@ from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
 
 
-def with_setting(setting: str, value: int, fn):
-    """``fn`` run with the integer ``setting`` (``module:NAME``) at ``value``."""
+def setting_module(setting: str):
+    """``(module, NAME)`` of ``module:NAME``, which must exist (a misspelt switch would A/B nothing)."""
     module_name, name = setting.split(":")
     module = importlib.import_module(module_name)
+    if not hasattr(module, name):
+        raise SystemExit(f"{module_name} has no setting {name}")
+    return module, name
+
+
+def set_integers(specs: list[str]) -> None:
+    """Each ``module:NAME=VALUE`` of ``specs``: that integer setting set to VALUE."""
+    for spec in specs:
+        setting, value = spec.split("=")
+        setattr(*setting_module(setting), int(value))
+
+
+def with_setting(setting: str, value: int, fn):
+    """``fn`` run with the integer ``setting`` (``module:NAME``) at ``value``."""
+    module, name = setting_module(setting)
 
     def step():
         saved = getattr(module, name)

@@ -31,7 +31,8 @@
 #   side       the reference's workloads, ours and METHODS' timed in turns in one process, ratios round by round
 #              (scripts/side_by_side.py, ROUNDS default 7)
 #   sideab     the same from the checkout in $BASE (e.g. `git archive` of an older commit, git-ignored) and from
-#              this tree, alternately, AB_TURNS times (default 2): two commits' ratios on one machine
+#              this tree, alternately, AB_TURNS times (default 2): two commits' ratios on one machine; SIDE_SET:
+#              integer settings for this tree's runs (side_by_side.py --set, e.g. "module:NAME=1 module:OTHER=1")
 #   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
 #              and by gathered matmuls
 #   compile    the bench with --compile
@@ -128,7 +129,8 @@ if has sideab; then
       name=$([ "$tree" = "$PWD" ] && echo new || echo base)
       stamp "side by side, $name, turn $turn" && (cd "$tree" && PYTHONPATH=/tmp/site:$tree timeout 300 python3 \
         scripts/side_by_side.py --reference "$ref_abs" --points 102400 --batch-sizes ${BS:-3} --methods ${METHODS:-gem} \
-        --rounds ${ROUNDS:-5} --json "$OUT/sideab_${name}_$turn.json") 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+        --rounds ${ROUNDS:-5} --json "$OUT/sideab_${name}_$turn.json" \
+        $([ "$name" = new ] && [ -n "${SIDE_SET:-}" ] && echo --set $SIDE_SET)) 2>&1 | grep -Ev "$F" | tee -a "$LOG"
     done
   done
 fi

@@ -30,6 +30,7 @@ from peftbench.bench import (FROZEN, autocast_for, bench_model, interleaved, rou
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
+from gather_levels_ab import set_integers  # noqa: E402
 from reference_bench import load_reference, reference_model  # noqa: E402
 
 
@@ -69,7 +70,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="steps a function runs per round")
     parser.add_argument("--device")
     parser.add_argument("--json")
+    parser.add_argument("--set", nargs="*", default=[], metavar="MODULE:NAME=VALUE",
+                        help="integer settings made first, e.g. peftbench.backbone.latent_attention:PROJECT_IN_KERNEL=1")
     args = parser.parse_args()
+    set_integers(args.set)
     discover()
     args.methods = [m for m in args.methods if m not in (FROZEN, "full")]  # always there, as the baselines
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

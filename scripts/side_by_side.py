@@ -71,7 +71,8 @@ def main() -> int:
     parser.add_argument("--device")
     parser.add_argument("--json")
     parser.add_argument("--set", nargs="*", default=[], metavar="MODULE:NAME=VALUE",
-                        help="integer settings made first, e.g. peftbench.backbone.latent_attention:PROJECT_IN_KERNEL=1")
+                        help="integer settings made first, e.g. "
+                        "peftbench.backbone.latent_attention:PROJECT_IN_KERNEL=1")
     args = parser.parse_args()
     set_integers(args.set)
     discover()

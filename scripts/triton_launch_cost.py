@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Host time to issue one Triton launch on a GPU, layer by layer (issue 12).
 
-A GEM training step makes ~600 Triton launches (session 38's profile) and its forward waits on the host. This issues the Spatial
-Adapter's forward kernel (``triton_relu_linear``) on 64 rows, too little work for the device to be the limit,
-through each layer of the launch path: Triton's ``kernel[grid]``, our ``triton_launch.launch``, the compiled
+A GEM training step makes ~600 Triton launches (session 38's profile) and its forward waits on the host. This
+issues the Spatial Adapter's forward kernel (``triton_relu_linear``) on 64 rows, too little work for the device to
+be the limit, through each layer of the launch path: Triton's ``kernel[grid]``, our ``triton_launch.launch``, the compiled
 kernel's ``[grid]``, its launcher object, and a ``torch.add_`` for scale. Host us a launch, median of 5 runs.
 
     python scripts/triton_launch_cost.py --json launch.json

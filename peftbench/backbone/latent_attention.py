@@ -204,30 +204,30 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
         r = lat.shape[1]
         h = h.contiguous()
-        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (or a matmul); evaluation may pass
-        # the weights concatenated
-        weights = proj_weights[0].split(r) if len(proj_weights) == 1 else proj_weights
+        # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (evaluation may pass the weights
+        # concatenated), or a matmul by the concatenation, kept for h's gradient
+        project = joined = None
         if PROJECT_IN_KERNEL:
-            rows = torch.empty((len(h), r * len(weights)), dtype=torch.float32, device=h.device)
+            project = (h, proj_weights[0].split(r) if len(proj_weights) == 1 else proj_weights)
+            rows = torch.empty((len(h), r * len(project[1])), dtype=torch.float32, device=h.device)
         else:
+            joined = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
             with torch.autocast(device_type=h.device.type, enabled=False):
-                rows = h.float() @ (torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]).T
+                rows = h.float() @ joined.T
         y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
         y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
         out, updated, *stats = kernels.forward(*_row_slices(rows, r, has_v, has_q), lat, batch, m, scale,
                                                read_updated, up_weight.contiguous(),
-                                               None if base is None else base.contiguous(), y,
-                                               project=(h, weights) if PROJECT_IN_KERNEL else None)
-        ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, *stats, *proj_weights)
+                                               None if base is None else base.contiguous(), y, project=project)
+        ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, joined, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
-        ctx.project = PROJECT_IN_KERNEL
         return y, updated
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_y: Tensor, d_updated: Tensor | None):  # type: ignore[override]
-        h, rows, up_weight, out, lat, batch, updated, *rest = ctx.saved_tensors
+        h, rows, up_weight, out, lat, batch, updated, joined, *rest = ctx.saved_tensors
         stats, proj_weights = rest[:ctx.stats], rest[ctx.stats:]
         with torch.autocast(device_type=d_y.device.type, enabled=False):
             d_y = d_y.float()
@@ -241,10 +241,10 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
-                project=(h, proj_weights) if ctx.needs_input_grad[0] and ctx.project else None,
+                project=(h, proj_weights) if ctx.needs_input_grad[0] and joined is None else None,
                 d_base=None if d_base is d_y else d_base)
-            if d_h is None and ctx.needs_input_grad[0]:
-                d_h = (d_rows @ torch.cat(proj_weights)).to(h.dtype)
+            if joined is not None and ctx.needs_input_grad[0]:
+                d_h = (d_rows @ joined).to(h.dtype)
             d_weight = d_rows.T @ h.float()
             d_weights = d_weight.split(lat.shape[1]) if len(proj_weights) > 1 else (d_weight,)
         return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, *d_weights

@@ -187,8 +187,9 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     ``[k | v | q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's
     read-out; without ``base``, ``up(out)``.
 
-    Products in float32 (the Context Adapter's contract): the projections in the partials kernel (``h`` read in its
-    own dtype; ``h``'s gradient in the keys' and values' backward kernel), the up-projection and the sum with ``base``
+    Products in float32 (the Context Adapter's contract): the projections (in training, ``PROJECT_IN_KERNEL``, in the
+    partials kernel, ``h`` read in its own dtype, and ``h``'s gradient in the keys' and values' backward kernel; else
+    one matmul), the up-projection and the sum with ``base``
     in the read-out kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same
     call is ~11 autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a
     GPU step waits on the host's work for each (issue 12)."""

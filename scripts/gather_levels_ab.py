@@ -64,8 +64,15 @@ def with_setting(setting: str, value: int, fn):
 
 def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.device, setting: str,
                     values: list[int]) -> float:
-    """Largest |logit difference| / largest |logit| of a float32 eval forward, each value against the first."""
+    """Largest |logit difference| / largest |logit| of a float32 eval forward, each value against the first. The
+    method's all-zero trainable weights (GEM's and LoRA's up-projections at init) are drawn first: at zero its
+    branches add nothing, and a setting that changes only them would read 0."""
     model = bench_model(backbone, method, device, "fp32").eval()
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad and not param.any():
+                param.normal_(std=0.02, generator=generator)
     outs = []
     for value in values:
         with torch.no_grad():

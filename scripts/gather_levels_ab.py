@@ -68,11 +68,11 @@ def fp32_difference(backbone: str, method: str, inputs: dict, device: torch.devi
     method's all-zero trainable weights (GEM's and LoRA's up-projections at init) are drawn first: at zero its
     branches add nothing, and a setting that changes only them would read 0."""
     model = bench_model(backbone, method, device, "fp32").eval()
-    generator = torch.Generator(device).manual_seed(0)
+    draw = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad and not param.any():
-                param.normal_(std=0.02, generator=generator)
+                param.normal_(std=0.02, generator=draw)
     outs = []
     for value in values:
         with torch.no_grad():

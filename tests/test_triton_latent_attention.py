@@ -151,7 +151,7 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     got = run(lambda points, columns: kernels)
     ref = run(lambda points, columns: None)
     # evaluation: the projections passed concatenated (kept by no_grad_memo), by a matmul; bfloat16 rounds the sums of
-    # a differently ordered product apart by up to one unit (2**-8 relative) here and there
+    # a differently ordered product apart by a unit or two in the last place here and there (4.9e-4 at ~0.05 seen)
     with torch.no_grad():
         evaluated = chain(lambda points, columns: kernels)[0]
     same = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 or read != "updated" else dict(rtol=2**-7, atol=1e-3)

@@ -28,9 +28,8 @@ from peftbench.backbone.triton_support import triton_kernels
 TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
 ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs; see projected_latent_attention)
 # 1: in training, the one-node adapter's projections in the partials kernel and h's gradient in the keys' backward
-# kernel; 0: a float32 matmul each. Training only: with autograd off the concatenated weight is memoised and its
-# cuBLAS matmul beats the kernel's tile product (H100, session 40, in turns: a GEM training step 0.978x with it,
-# inference 1.07x)
+# kernel; 0: a float32 matmul each. Training only: with autograd off (the concatenated weight memoised) GEM's step
+# was faster by the matmul (H100, session 40, in turns: a GEM training step 0.978x with it, inference 1.07x)
 PROJECT_IN_KERNEL = 1
 # most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
 KERNEL_MAX_COLUMNS = 128
@@ -212,7 +211,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         project = joined = None
         if in_kernel:
             project = (h, proj_weights)
-            rows = torch.empty((len(h), r * len(project[1])), dtype=torch.float32, device=h.device)
+            rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
         else:
             joined = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
             with torch.autocast(device_type=h.device.type, enabled=False):

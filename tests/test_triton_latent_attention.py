@@ -149,7 +149,9 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
 
     monkeypatch.setattr(kernels, "forward", recording_forward)
     got = run(lambda points, columns: kernels)
+    monkeypatch.setattr(latent_attention, "TRITON_LATENT", 0)  # on CUDA the core would take the kernels too
     ref = run(lambda points, columns: None)
+    monkeypatch.setattr(latent_attention, "TRITON_LATENT", 1)
     # evaluation: the projections passed concatenated (kept by no_grad_memo), by a matmul; bfloat16 rounds the sums of
     # a differently ordered product apart by a unit or two in the last place here and there (4.9e-4 at ~0.05 seen)
     with torch.no_grad():

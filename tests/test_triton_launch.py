@@ -4,6 +4,8 @@ constexprs alike."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,29 @@ def test_specialization_separates_what_triton_compiles_apart():
     with pytest.raises(TypeError):
         spec("x")
 
+
+# ints that change with the batch: its points, its scenes (n_cols = scenes x latents), and the row programs and tiles a
+# program derived from the points
+BATCH_INTS = {"rows", "n_cols", "programs", "tiles_per_program"}
+
+
+def _unspecialized(kernel) -> set[str]:
+    """The parameters a kernel's ``do_not_specialize`` names (a JITFunction keeps indices; the interpreter names)."""
+    given = kernel.do_not_specialize if hasattr(kernel, "do_not_specialize") else kernel.kwargs["do_not_specialize"]
+    return {kernel.arg_names[a] if isinstance(a, int) else a for a in given or ()}
+
+
+@pytest.mark.parametrize("module", ["triton_gather_conv", "triton_latent_attention", "triton_latent_backward",
+                                    "triton_relu_linear", "triton_layer_norm"])
+def test_kernels_compile_no_variant_per_batch(module):
+    """No int that changes with the batch is specialized: Triton would compile another variant of a kernel the first
+    time one is 1 or a multiple of 16, in the middle of a trial (H100, session 41: a 17 s step of a paper-shaped GEM
+    trial, where the steps around it took ~1.1 s)."""
+    kernels = [f for name, f in vars(importlib.import_module(f"peftbench.backbone.{module}")).items()
+               if name.endswith("_kernel") and hasattr(f, "arg_names")]
+    assert kernels
+    for kernel in kernels:
+        assert BATCH_INTS & set(kernel.arg_names) <= _unspecialized(kernel), kernel.arg_names
 
 def test_host_cdiv_and_next_power_of_2_are_triton_s():
     for n in [*range(1, 300), 4095, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:

@@ -33,7 +33,7 @@ PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguou
 PARTS_BLOCK = 64  # the combines (one program a latent column) load this many programs' partial sums at once
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
                              wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
                              PROJECT: tl.constexpr, HAS_V: tl.constexpr, HAS_Q: tl.constexpr, RP: tl.constexpr,
@@ -80,7 +80,7 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, 
     tl.store(part_ctx_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["programs", "n_cols"])
 def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr, updated_ptr, programs, r, n_cols,
                             RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
     part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
@@ -110,7 +110,7 @@ def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr
     _store_column(updated_ptr, col, _column(lat_ptr, col, r, n_cols, RP) + context_all, r, n_cols, RP)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "n_cols"])
 def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, y_ptr, rows, r,
                  n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr, RP: tl.constexpr,
                  MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):

@@ -12,7 +12,7 @@ from peftbench.backbone.triton_latent_tiles import (_column, _load_latents, _loa
                                                      _weight_chunk)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
                           d_q_stride, part_ptr, d_base_ptr, rows, r, n_cols, m, scale, tiles_per_program, cols,
                           UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr,
@@ -52,7 +52,7 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
     tl.store(part_ds_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_scored * scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["programs", "n_cols"])
 def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
                          minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
                          HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
@@ -75,7 +75,7 @@ def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_c
     _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
                              minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_ptr, wk_ptr,
                              wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
@@ -124,7 +124,7 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
     tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["programs", "n_cols"])
 def _latent_grad_kernel(part_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
                         PB: tl.constexpr):
     col = tl.program_id(0)

@@ -11,6 +11,10 @@ With ``DIRECT_LAUNCHER`` on, a hit calls the compiled kernel's launcher itself (
 signature is the one known: ``compiled[grid](...)`` also looks up the device and stream, builds launch metadata and
 calls Triton's launch hooks on every launch, for nothing when no hook is set (H100, Triton 3.6: 7.6 -> 4.8 us a
 launch, ``scripts/triton_launch_cost.py``).
+
+The kernels leave every int that changes with the batch unspecialized (``do_not_specialize``: the points, the
+scenes' latent columns, the row programs and tiles a program): Triton would otherwise compile another variant the
+first time one is 1 or a multiple of 16, in the middle of a trial (``tests/test_triton_launch.py``).
 Imported only with the kernel modules (Triton installed).
 """
 

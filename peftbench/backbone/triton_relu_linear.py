@@ -66,7 +66,7 @@ def _input_grad_kernel(dy_ptr, a_ptr, a_stride, w_ptr, da_ptr, rows, r, cols,
              tl.where(a > 0, acc, 0.0).to(da_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["rows"])
+@triton.jit(do_not_specialize=["rows", "tiles_per_program"])
 def _weight_grad_kernel(dy_ptr, a_ptr, a_stride, part_ptr, rows, r, cols, tiles_per_program,
                         BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr, RP: tl.constexpr):
     """This program's sums over its run of row tiles: dy^T relu(a) (cols, r) and dy's column sums (cols,), at

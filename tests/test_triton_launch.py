@@ -58,13 +58,14 @@ def _unspecialized(kernel) -> set[str]:
                                     "triton_relu_linear", "triton_layer_norm"])
 def test_kernels_compile_no_variant_per_batch(module):
     """No int that changes with the batch is specialized: Triton would compile another variant of a kernel the first
-    time one is 1 or a multiple of 16, in the middle of a trial (H100, session 41: a 17 s step of a paper-shaped GEM
-    trial, where the steps around it took ~1.1 s)."""
+    time one is 1 or a multiple of 16, in the middle of a trial (H100, session 41: a paper-shaped GEM trial's steps took
+    ~1.1 s but one 17 s, most likely so)."""
     kernels = [f for name, f in vars(importlib.import_module(f"peftbench.backbone.{module}")).items()
                if name.endswith("_kernel") and hasattr(f, "arg_names")]
     assert kernels
     for kernel in kernels:
         assert BATCH_INTS & set(kernel.arg_names) <= _unspecialized(kernel), kernel.arg_names
+
 
 def test_host_cdiv_and_next_power_of_2_are_triton_s():
     for n in [*range(1, 300), 4095, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:

@@ -94,7 +94,7 @@ def install_flash_stand_in(folder: Path) -> None:
 
 def load_reference(checkout: Path, device: torch.device):
     """The reference's ``sonata.model`` from a checkout, with the bench's flash-attn stand-in."""
-    from reference_identity import import_reference, patch_spconv_bias_for_cpu
+    from reference_shims import import_reference, patch_spconv_bias_for_cpu
 
     install_flash_stand_in(checkout.resolve().parent / "shim-bench")
     ref_model = import_reference(checkout)

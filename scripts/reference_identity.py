@@ -3,16 +3,7 @@
 
 The reference is read at run time from a git-ignored checkout (default ``.reference/sonata``,
 the repository root); nothing of it is committed. What it imports and may be missing is answered
-by small stand-ins written to ``.reference/shim/`` and put at the *end* of ``sys.path`` (a real
-package, when installed, wins):
-
-* ``torch_scatter.segment_csr`` over ``torch.segment_reduce`` (0 for empty segments);
-* ``flash_attn.flash_attn_varlen_qkvpacked_func``: SDPA per ``cu_seqlens`` sequence, computed in
-  fp32 from the fp16 ``qkv`` the reference hands it, returned in fp16 (as flash-attn does);
-* ``timm.layers.DropPath``, ``addict.Dict``, ``huggingface_hub`` (only the names model.py imports).
-
-On CPU, spconv refuses a conv bias in eval mode; the reference's ``SubMConv3d`` is then swapped
-for a subclass that adds the bias after a bias-free conv (same parameters and keys).
+by small stand-ins (``reference_shims.py``); on CPU its convs add their bias after spconv's.
 
 For each config it builds the reference PTv3 with random weights (every tensor perturbed, so no
 bias is 0 and no LayerNorm is the identity), loads the reference's state dict into ours
@@ -51,7 +42,6 @@ import types
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +52,8 @@ from peftbench.backbone.checkpoint import (  # noqa: E402
     load_backbone_state, read_backbone_checkpoint, save_sonata_checkpoint)
 from peftbench.backbone.compiled import compile_blocks  # noqa: E402
 from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
+from scripts.reference_scenes import make_batch  # noqa: E402
+from scripts.reference_shims import import_reference, patch_spconv_bias_for_cpu  # noqa: E402
 
 TOL = 1e-4
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -83,198 +75,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sonata": backbone_config("sonata"),
     "sonata-dec": backbone_config("sonata-dec"),
 }
-
-# --------------------------------------------------------------------------------- stand-ins
-
-SHIMS: dict[str, str] = {
-    "torch_scatter/__init__.py": '''"""Stand-in for torch_scatter (peftbench reference check): segment_csr only."""
-import torch
-
-__version__ = "stand-in"
-
-
-def segment_csr(src, indptr, out=None, reduce="sum"):
-    res = torch.segment_reduce(src, reduce, offsets=indptr, axis=0)
-    empty = indptr[1:] == indptr[:-1]
-    if bool(empty.any()):  # torch_scatter gives 0 on empty segments, segment_reduce -inf/nan
-        res = res.masked_fill(empty.view(-1, *([1] * (res.dim() - 1))), 0)
-    if out is not None:
-        out.copy_(res)
-        return out
-    return res
-''',
-    "flash_attn/__init__.py": '''"""Stand-in for flash_attn (peftbench reference check): varlen packed attention with SDPA.
-
-Like flash-attn it takes fp16/bf16 qkv and returns that dtype; the sums run in fp32.
-"""
-import torch
-import torch.nn.functional as F
-
-__version__ = "stand-in"
-
-
-def _attend(qkv, dropout_p, softmax_scale, causal):
-    # (S, L, 3, H, d) -> (S, L, H, d)
-    q, k, v = qkv.float().permute(2, 0, 3, 1, 4).unbind(0)
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=softmax_scale, is_causal=causal)
-    return out.transpose(1, 2)
-
-
-def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None,
-                                     causal=False, **kwargs):
-    out = torch.empty(qkv.shape[0], qkv.shape[2], qkv.shape[3], dtype=qkv.dtype, device=qkv.device)
-    bounds = cu_seqlens.tolist()
-    starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
-    full = [s for s, n in zip(starts, lengths) if n == max_seqlen]
-    if full:
-        idx = torch.tensor(full, device=qkv.device).view(-1, 1) + torch.arange(max_seqlen, device=qkv.device)
-        out[idx.flatten()] = _attend(qkv[idx], dropout_p, softmax_scale, causal).flatten(0, 1).to(qkv.dtype)
-    for s, n in zip(starts, lengths):
-        if n != max_seqlen and n > 0:
-            out[s:s + n] = _attend(qkv[s:s + n].unsqueeze(0), dropout_p, softmax_scale, causal)[0].to(qkv.dtype)
-    return out
-''',
-    "timm/__init__.py": '"""Stand-in for timm (peftbench reference check)."""\n__version__ = "stand-in"\n',
-    "timm/layers/__init__.py": '''"""timm.layers.DropPath stand-in (timm semantics: one draw per row, scaled by keep)."""
-import torch
-from torch import nn
-
-
-class DropPath(nn.Module):
-    def __init__(self, drop_prob=0.0, scale_by_keep=True):
-        super().__init__()
-        self.drop_prob = drop_prob
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x):
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        if keep > 0.0 and self.scale_by_keep:
-            mask.div_(keep)
-        return x * mask
-''',
-    "addict/__init__.py": '''"""Stand-in for addict.Dict (peftbench reference check): attribute access on a dict."""
-__version__ = "stand-in"
-
-
-class Dict(dict):
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as err:
-            raise AttributeError(name) from err
-
-    def __setattr__(self, name, value):
-        self[name] = value
-
-    def __delattr__(self, name):
-        del self[name]
-''',
-    "huggingface_hub/__init__.py": '''"""Stand-in for huggingface_hub (peftbench reference check): offline, nothing to download."""
-__version__ = "stand-in"
-
-
-def hf_hub_download(*args, **kwargs):
-    raise RuntimeError("huggingface_hub stand-in: no downloads in the reference check")
-
-
-class PyTorchModelHubMixin:
-    pass
-''',
-}
-
-
-def ensure_shims(shim_dir: Path) -> None:
-    for rel, text in SHIMS.items():
-        path = shim_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
-    if str(shim_dir) not in sys.path:
-        sys.path.append(str(shim_dir))  # last: real packages win
-
-
-def import_reference(ref_root: Path) -> types.ModuleType:
-    """Import ``sonata.model`` from a checkout without running ``sonata/__init__.py``
-    (which also imports the data/transform modules and their dependencies)."""
-    pkg_dir = ref_root / "sonata"
-    if not (pkg_dir / "model.py").is_file():
-        raise SystemExit(f"reference not found: {pkg_dir}/model.py (fetch facebookresearch/sonata into {ref_root})")
-    ensure_shims(ref_root.parent / "shim")
-    pkg = types.ModuleType("sonata")
-    pkg.__path__ = [str(pkg_dir)]  # type: ignore[attr-defined]
-    sys.modules["sonata"] = pkg
-    import importlib
-
-    model = importlib.import_module("sonata.model")
-    return model
-
-
-def patch_spconv_bias_for_cpu(ref_model: types.ModuleType) -> None:
-    """spconv's CPU build refuses bias in eval mode: add it after a bias-free conv."""
-    import spconv.pytorch as spconv
-
-    base = spconv.SubMConv3d
-
-    class SubMConv3dCPU(base):  # type: ignore[misc, valid-type]
-        def forward(self, input, add_input=None):  # noqa: A002 - spconv's signature
-            if input.features.is_cuda or self.bias is None:
-                return super().forward(input, add_input)
-            out = self._conv_forward(self.training, input, self.weight, None, add_input, name=self.name,
-                                     sparse_unique_name=self._sparse_unique_name)
-            return out.replace_feature(out.features + self.bias)
-
-    ref_model.spconv.SubMConv3d = SubMConv3dCPU  # the reference looks it up at construction
-
-
-# ------------------------------------------------------------------------------------ scenes
-
-
-def make_scene(rng: np.random.Generator, voxels: int, grid_size: float) -> dict[str, np.ndarray]:
-    """A room (floor, walls, boxes) sampled on its surfaces, voxelised at ``grid_size`` with one
-    point per voxel, then ``voxels`` voxels kept: coord, grid_coord and 9 features."""
-    side = math.sqrt(voxels * grid_size ** 2 / 2.5) + 0.5   # floor + ~1.5 floors of wall/box area
-    lx, ly, h = side * rng.uniform(0.9, 1.2), side * rng.uniform(0.8, 1.0), min(2.5, 0.6 * side)
-    planes = [((0, 0, 0), (lx, 0, 0), (0, ly, 0), (0, 0, 1)),
-              ((0, 0, 0), (lx, 0, 0), (0, 0, h), (0, 1, 0)),
-              ((0, 0, 0), (0, ly, 0), (0, 0, h), (1, 0, 0)),
-              ((0, ly, 0), (lx, 0, 0), (0, 0, h), (0, -1, 0))]
-    for _ in range(4):  # boxes: top and two sides
-        bx, by = rng.uniform(0.1, 0.7) * lx, rng.uniform(0.1, 0.7) * ly
-        sx, sy, sz = rng.uniform(0.2, 0.3) * lx, rng.uniform(0.2, 0.3) * ly, rng.uniform(0.3, 0.9)
-        planes += [((bx, by, sz), (sx, 0, 0), (0, sy, 0), (0, 0, 1)),
-                   ((bx, by, 0), (sx, 0, 0), (0, 0, sz), (0, -1, 0)),
-                   ((bx, by, 0), (0, sy, 0), (0, 0, sz), (-1, 0, 0))]
-    pts, normals, colors = [], [], []
-    for origin, u, v, n in planes:
-        area = np.linalg.norm(np.cross(u, v))
-        k = int(area / grid_size ** 2 * 3) + 1
-        a, b = rng.random((k, 1)), rng.random((k, 1))
-        pts.append(np.asarray(origin) + a * np.asarray(u) + b * np.asarray(v))
-        normals.append(np.repeat(np.asarray(n, float)[None], k, 0))
-        colors.append(np.clip(rng.uniform(0.2, 0.9, 3) + 0.05 * rng.standard_normal((k, 3)), 0, 1))
-    coord = np.concatenate(pts) + 0.002 * rng.standard_normal((sum(len(p) for p in pts), 3))
-    normal, color = np.concatenate(normals), np.concatenate(colors)
-    grid = np.floor((coord - coord.min(0)) / grid_size).astype(np.int64)
-    _, first = np.unique(grid, axis=0, return_index=True)
-    keep = rng.permutation(first)[:voxels]
-    keep.sort()
-    coord, grid, normal, color = coord[keep], grid[keep], normal[keep], color[keep]
-    grid -= grid.min(0)
-    coord = coord - coord.mean(0)
-    feat = np.concatenate([coord, color, normal], axis=1)
-    return {"coord": coord.astype(np.float32), "grid_coord": grid.astype(np.int32), "feat": feat.astype(np.float32)}
-
-
-def make_batch(sizes: list[int], grid_size: float, seed: int) -> dict[str, torch.Tensor]:
-    rng = np.random.default_rng(seed)
-    scenes = [make_scene(rng, n, grid_size) for n in sizes]
-    batch = {k: torch.from_numpy(np.concatenate([s[k] for s in scenes])) for k in ("coord", "grid_coord", "feat")}
-    batch["offset"] = torch.tensor(np.cumsum([len(s["coord"]) for s in scenes]), dtype=torch.long)
-    return batch
-
 
 # ------------------------------------------------------------------------------------ models
 

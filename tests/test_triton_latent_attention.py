@@ -112,8 +112,11 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     latents, and the gradients of the input and of every weight. ``with_base``: each adapter adds its output to
     its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel). ``PROJECT_IN_KERNEL``:
     the projections and h's gradient in the kernels with one read-out, matmuls with the other (every projection,
-    dtype and ``base`` case either way: the interpreter's time halved); in training only, never in evaluation."""
+    dtype and ``base`` case either way: the interpreter's time halved); in training only, never in evaluation.
+    ``PROJECT_TF32X3`` on in the ``base`` cases: their projections as tf32x3 products (on CUDA; Triton's interpreter
+    computes every product in float32), held to the same tolerances."""
     monkeypatch.setattr(latent_attention, "PROJECT_IN_KERNEL", int(read == "updated"))
+    monkeypatch.setattr(kernels, "PROJECT_TF32X3", int(with_base))
     gem = sys.modules[get_method("gem").__module__]
     batch = torch.repeat_interleave(torch.arange(2), torch.tensor([45, 30])).to(DEVICE)
     torch.manual_seed(0)
@@ -148,6 +151,13 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
         return forward(*args, project=project, **kwargs)
 
     monkeypatch.setattr(kernels, "forward", recording_forward)
+    precisions, launch = set(), kernels.launch  # the projections' products, as the kernels were given them
+
+    def recording_launch(kernel, grid, *args, **constexprs):
+        precisions.add(constexprs.get("PRECISION"))
+        return launch(kernel, grid, *args, **constexprs)
+
+    monkeypatch.setattr(kernels, "launch", recording_launch)
     got = run(lambda points, columns: kernels)
     monkeypatch.setattr(latent_attention, "TRITON_LATENT", 0)  # on CUDA the core would take the kernels too
     ref = run(lambda points, columns: None)
@@ -159,6 +169,7 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     same = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 or read != "updated" else dict(rtol=2**-7, atol=1e-3)
     torch.testing.assert_close(evaluated, got[0], **same)
     assert projected == [read == "updated"] * 2 + [False] * 2
+    assert precisions == {None, "tf32x3" if with_base else "ieee"}
     assert got[3] == {"_ProjectedKernelLatentAttentionBackward"} and not ref[3] & got[3]
     assert got[0].dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

@@ -31,13 +31,17 @@ from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 BLOCK_ROWS = 64
 PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguous run of row tiles
 PARTS_BLOCK = 64  # the combines (one program a latent column) load this many programs' partial sums at once
+# 1: the projections of h and h's gradient in the kernels (PROJECT_IN_KERNEL) as tf32x3 products, float32-level
+# error on tensor cores (emulated: scripts/tf32x3_error.py); 0: ieee float32. Off until its CUDA tests and an A/B
+# have run: not yet run on a GPU (session 41; the projections take the partials kernel from 0.5 to 4.1 ms a step)
+PROJECT_TF32X3 = 0
 
 
 @triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
                              wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
                              PROJECT: tl.constexpr, HAS_V: tl.constexpr, HAS_Q: tl.constexpr, RP: tl.constexpr,
-                             MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+                             MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """The online softmax's partial sums per program. ``PROJECT``: the keys (and values and queries where
     ``HAS_V`` / ``HAS_Q``) are ``h @ w^T``, computed here and written to their rows for the read-out and the
     backward; else read from them (values: ``v_ptr``, the keys where they double as them). ``part_ptr``: the
@@ -55,7 +59,7 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, 
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         if PROJECT:
             k, v, q = _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_V, HAS_Q, RP,
-                               BLOCK, BLOCK_C)
+                               BLOCK, BLOCK_C, PRECISION)
             _store_rows(k_ptr, k_stride, row, row_mask, k, RP)
             if HAS_V:
                 _store_rows(v_ptr, v_stride, row, row_mask, v, RP)
@@ -191,7 +195,7 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
            h.stride(0), wk, wv, wq, lat, batch, parts, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q, BLOCK=BLOCK_ROWS,
-           BLOCK_C=_channel_block(h.shape[1]), **meta)
+           BLOCK_C=_channel_block(h.shape[1]), PRECISION=_projection_precision(), **meta)
     launch(_context_combine_kernel, (plan.mp,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
            PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
@@ -212,6 +216,11 @@ def _projection(project: tuple[torch.Tensor, list[torch.Tensor]] | None, k: torc
     h, weights = project
     weights = [w.contiguous() for w in weights]
     return h, weights[0], weights[1] if has_v else weights[0], weights[-1] if has_q else weights[0]
+
+
+def _projection_precision() -> str:
+    """``tl.dot``'s input precision for the projections of ``h`` and ``h``'s gradient (``PROJECT_TF32X3``)."""
+    return "tf32x3" if PROJECT_TF32X3 else "ieee"
 
 
 def _channel_block(cols: int) -> int:
@@ -261,6 +270,6 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
            parts, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
-           BLOCK=BLOCK_ROWS, BLOCK_C=_channel_block(h.shape[1]), **meta)
+           BLOCK=BLOCK_ROWS, BLOCK_C=_channel_block(h.shape[1]), PRECISION=_projection_precision(), **meta)
     launch(_latent_grad_kernel, (plan.mp,), parts, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     return d_rows, d_lat, d_h

@@ -80,10 +80,11 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
                              minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_ptr, wk_ptr,
                              wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
                              KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr, D_H: tl.constexpr,
-                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+                             PRECISION: tl.constexpr):
     """The keys' and values' gradients per row tile and the latents' partial sums per program. ``D_H``: also the
-    gradient of ``h`` where the rows are ``h @ w^T`` (``_project``), ``d_rows @ w`` in float32, in ``d_h``'s
-    dtype (the queries' gradient, where they are their own rows, read back from ``d_q``)."""
+    gradient of ``h`` where the rows are ``h @ w^T`` (``_project``), ``d_rows @ w`` in float32 (``PRECISION``), in
+    ``d_h``'s dtype (the queries' gradient, where they are their own rows, read back from ``d_q``)."""
     pid = tl.program_id(0)
     col, ch = tl.arange(0, MP), tl.arange(0, RP)
     lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
@@ -113,11 +114,11 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
                 d_q = _load_rows(d_q_ptr, d_q_stride, row, row_mask, RP)
             for c0 in range(0, cols, BLOCK_C):
                 c = c0 + tl.arange(0, BLOCK_C)
-                d_h = tl.dot(d_k, _weight_chunk(wk_ptr, c, r, cols, RP), input_precision="ieee")
+                d_h = tl.dot(d_k, _weight_chunk(wk_ptr, c, r, cols, RP), input_precision=PRECISION)
                 if not KEYS_ARE_VALUES:
-                    d_h = tl.dot(d_v, _weight_chunk(wv_ptr, c, r, cols, RP), d_h, input_precision="ieee")
+                    d_h = tl.dot(d_v, _weight_chunk(wv_ptr, c, r, cols, RP), d_h, input_precision=PRECISION)
                 if not KEYS_READ:
-                    d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision="ieee")
+                    d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision=PRECISION)
                 tl.store(d_h_ptr + row.to(tl.int64)[:, None] * cols + c[None, :], d_h.to(d_h_ptr.dtype.element_ty),
                          mask=row_in[:, None] & (c < cols)[None, :])
     part_dl_ptr = part_ptr + 2 * tl.num_programs(0) * MP * RP  # the third of Plan.parts(.., RP, RP, RP)

@@ -40,9 +40,10 @@ def _weight_chunk(w_ptr, c, r, cols, RP: tl.constexpr):
 
 @triton.jit
 def _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_V: tl.constexpr,
-             HAS_Q: tl.constexpr, RP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr):
+             HAS_Q: tl.constexpr, RP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+             PRECISION: tl.constexpr):
     """The row tile's ``h @ w^T`` for the keys' weight and the values' and queries' where present (zeros where
-    absent): float32 products of ``h`` (any float dtype) read once."""
+    absent): float32 products (``PRECISION``, ``ieee`` or ``tf32x3``) of ``h`` (any float dtype) read once."""
     k = tl.zeros((BLOCK, RP), tl.float32)
     v = tl.zeros((BLOCK, RP), tl.float32)
     q = tl.zeros((BLOCK, RP), tl.float32)
@@ -50,11 +51,11 @@ def _project(h_ptr, h_stride, wk_ptr, wv_ptr, wq_ptr, row, row_in, r, cols, HAS_
         c = c0 + tl.arange(0, BLOCK_C)
         x = tl.load(h_ptr + row.to(tl.int64)[:, None] * h_stride + c[None, :],
                     mask=row_in[:, None] & (c < cols)[None, :], other=0.0).to(tl.float32)
-        k = tl.dot(x, tl.trans(_weight_chunk(wk_ptr, c, r, cols, RP)), k, input_precision="ieee")
+        k = tl.dot(x, tl.trans(_weight_chunk(wk_ptr, c, r, cols, RP)), k, input_precision=PRECISION)
         if HAS_V:
-            v = tl.dot(x, tl.trans(_weight_chunk(wv_ptr, c, r, cols, RP)), v, input_precision="ieee")
+            v = tl.dot(x, tl.trans(_weight_chunk(wv_ptr, c, r, cols, RP)), v, input_precision=PRECISION)
         if HAS_Q:
-            q = tl.dot(x, tl.trans(_weight_chunk(wq_ptr, c, r, cols, RP)), q, input_precision="ieee")
+            q = tl.dot(x, tl.trans(_weight_chunk(wq_ptr, c, r, cols, RP)), q, input_precision=PRECISION)
     return k, v, q
 
 

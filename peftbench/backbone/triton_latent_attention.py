@@ -33,7 +33,8 @@ PROGRAMS = 264  # row-reduction programs: two per H100 SM; each sums a contiguou
 PARTS_BLOCK = 64  # the combines (one program a latent column) load this many programs' partial sums at once
 # 1: the projections of h and h's gradient in the kernels (PROJECT_IN_KERNEL) as tf32x3 products, float32-level
 # error on tensor cores (emulated: scripts/tf32x3_error.py); 0: ieee float32. Off until its CUDA tests and an A/B
-# have run: not yet run on a GPU (session 41; the projections take the partials kernel from 0.5 to 4.1 ms a step)
+# have run: not yet run on a GPU (session 41, H100: the partials kernel 4.1 ms a training step with the projections,
+# 0.5 in evaluation without them)
 PROJECT_TF32X3 = 0
 
 

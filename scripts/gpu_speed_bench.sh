@@ -25,7 +25,8 @@
 #   host       the host's time per function (scripts/host_profile.py)
 #   kprof      kernels, host ops and device idle gaps of one step per workload (scripts/kernel_profile.py,
 #              KPROF_WORKLOADS, default "frozen:infer:3 frozen:train:3 gem:train:3"; KPROF_TOP rows, default 30;
-#              KPROF_ANATOMY: ranges whose first calls are listed with the ops inside them, separated by "|")
+#              KPROF_ANATOMY: ranges whose first calls are listed with the ops inside them, separated by "|";
+#              KPROF_SET: integer settings made first, as SIDE_SET)
 #   reference  the reference's bench (scripts/reference_bench.py, checkout in $REF)
 #   bench      `peftbench bench`, fp16, profiled, beside the reference (BF16=1 adds a bf16 run)
 #   side       the reference's workloads, ours and METHODS' timed in turns in one process, ratios round by round
@@ -100,6 +101,7 @@ has host && stamp "host profile" && timeout 240 python3 scripts/host_profile.py 
 IFS='|' read -r -a ANATOMY <<< "${KPROF_ANATOMY:-}"  # range names hold spaces
 has kprof && stamp "kernel profile" && timeout 240 python3 scripts/kernel_profile.py --steps 10 --top "${KPROF_TOP:-30}" \
   --workloads ${KPROF_WORKLOADS:-frozen:infer:3 frozen:train:3 gem:train:3} ${KPROF_ANATOMY:+--anatomy "${ANATOMY[@]}"} \
+  ${KPROF_SET:+--set $KPROF_SET} \
   --json "$OUT/kprof.json" 2>&1 | grep -Ev "$F" > "$OUT/kprof.txt"; has kprof && grep "^==" "$OUT/kprof.txt" | tee -a "$LOG"
 has eval && stamp eval && timeout 300 python3 scripts/eval_bench.py --val-batch ${VAL_BATCH:-1 4 8} \
   --per-pass ${VOTING:-1 4 8} --scenes 8 --json "$OUT/eval.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"

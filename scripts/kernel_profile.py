@@ -26,6 +26,7 @@ from peftbench.bench import FROZEN, autocast_for, bench_model, step_functions, s
 from peftbench.backbone.sparse_conv import set_default_backend  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.train.trainer import model_inputs, to_device  # noqa: E402
+from gather_levels_ab import set_integers  # noqa: E402
 
 
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
@@ -144,7 +145,10 @@ def main() -> None:
                         default=["_SpconvConv", "_SpconvConvBackward", "SparseImplicitGemmFunction"],
                         help="ranges whose first calls are listed with what runs inside them")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--set", nargs="*", default=[], metavar="MODULE:NAME=VALUE",
+                        help="integer settings made first, e.g. peftbench.backbone.triton_latent_attention:PROGRAMS=528")
     args = parser.parse_args()
+    set_integers(args.set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     set_default_backend(args.conv_backend)
     work = [w.split(":") for w in args.workloads]

@@ -113,15 +113,19 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel). ``PROJECT_IN_KERNEL``:
     the projections and h's gradient in the kernels with one read-out, matmuls with the other (every projection,
     dtype and ``base`` case either way: the interpreter's time halved); in training only, never in evaluation.
-    ``PROJECT_TF32X3`` on in the ``base`` cases: their projections as tf32x3 products (on CUDA; Triton's interpreter
-    computes every product in float32), held to the same tolerances."""
+    The ``base`` cases set the other ``PROJECT_*`` settings: the projections as tf32x3 products (on CUDA; Triton's
+    interpreter computes every product in float32), held to the same tolerances, in 32-channel tiles (three, the
+    last partial) by 8 warps."""
     monkeypatch.setattr(latent_attention, "PROJECT_IN_KERNEL", int(read == "updated"))
-    monkeypatch.setattr(kernels, "PROJECT_TF32X3", int(with_base))
+    projection_options = ("tf32x3", 32, 8) if with_base else ("ieee", 64, 4)
+    for name, value in zip(("PROJECT_TF32X3", "PROJECT_BLOCK_C", "PROJECT_WARPS"),
+                           (int(with_base), *projection_options[1:])):
+        monkeypatch.setattr(kernels, name, value)
     gem = sys.modules[get_method("gem").__module__]
     batch = torch.repeat_interleave(torch.arange(2), torch.tensor([45, 30])).to(DEVICE)
     torch.manual_seed(0)
     bank = gem.LatentBank(4, 8, 0.5)
-    adapters = [gem.ContextAdapter(80, 8, proj, None, read) for _ in range(2)]  # 80: two column tiles, one partial
+    adapters = [gem.ContextAdapter(80, 8, proj, None, read) for _ in range(2)]  # 80: 64 + 16 or 3 x 32 channels
     modules = torch.nn.ModuleList([bank, *adapters]).to(DEVICE)
     for adapter in adapters:
         torch.nn.init.normal_(adapter.up.weight, std=0.3)
@@ -151,10 +155,11 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
         return forward(*args, project=project, **kwargs)
 
     monkeypatch.setattr(kernels, "forward", recording_forward)
-    precisions, launch = set(), kernels.launch  # the projections' products, as the kernels were given them
+    options, launch = set(), kernels.launch  # the projections' products, tiles and warps as the kernels were given
 
     def recording_launch(kernel, grid, *args, **constexprs):
-        precisions.add(constexprs.get("PRECISION"))
+        if constexprs.get("PROJECT") or constexprs.get("D_H"):
+            options.add(tuple(constexprs[name] for name in ("PRECISION", "BLOCK_C", "num_warps")))
         return launch(kernel, grid, *args, **constexprs)
 
     monkeypatch.setattr(kernels, "launch", recording_launch)
@@ -169,7 +174,7 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     same = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 or read != "updated" else dict(rtol=2**-7, atol=1e-3)
     torch.testing.assert_close(evaluated, got[0], **same)
     assert projected == [read == "updated"] * 2 + [False] * 2
-    assert precisions == {None, "tf32x3" if with_base else "ieee"}
+    assert options == ({projection_options} if read == "updated" else set())
     assert got[3] == {"_ProjectedKernelLatentAttentionBackward"} and not ref[3] & got[3]
     assert got[0].dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)

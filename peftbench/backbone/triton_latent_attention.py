@@ -36,6 +36,10 @@ PARTS_BLOCK = 64  # the combines (one program a latent column) load this many pr
 # have run: not yet run on a GPU (session 41, H100: the partials kernel 4.1 ms a training step with the projections,
 # 0.5 in evaluation without them)
 PROJECT_TF32X3 = 0
+# where the kernels project h: the channel tile of h a product takes and the kernel's warps (registers: a (64, 64)
+# float32 tile of h beside three (64, 32) accumulators), for a sweep (scripts/context_kernel_sweep.py)
+PROJECT_BLOCK_C = 64
+PROJECT_WARPS = 4
 
 
 @triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
@@ -196,7 +200,7 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
            h.stride(0), wk, wv, wq, lat, batch, parts, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q, BLOCK=BLOCK_ROWS,
-           BLOCK_C=_channel_block(h.shape[1]), PRECISION=_projection_precision(), **meta)
+           **_projection_options(project is not None, h.shape[1]), **meta)
     launch(_context_combine_kernel, (plan.mp,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
            PB=PARTS_BLOCK, **meta)
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
@@ -219,9 +223,13 @@ def _projection(project: tuple[torch.Tensor, list[torch.Tensor]] | None, k: torc
     return h, weights[0], weights[1] if has_v else weights[0], weights[-1] if has_q else weights[0]
 
 
-def _projection_precision() -> str:
-    """``tl.dot``'s input precision for the projections of ``h`` and ``h``'s gradient (``PROJECT_TF32X3``)."""
-    return "tf32x3" if PROJECT_TF32X3 else "ieee"
+def _projection_options(projecting: bool, cols: int) -> dict:
+    """``BLOCK_C``, ``PRECISION`` (``tl.dot``'s input precision: ``PROJECT_TF32X3``) and, ``projecting`` ``h`` of
+    ``cols`` channels, ``num_warps`` (the ``PROJECT_*`` settings) for a kernel that may project ``h``."""
+    if not projecting:  # the kernel reads no h: one variant whatever the settings
+        return dict(BLOCK_C=_channel_block(cols), PRECISION="ieee")
+    return dict(BLOCK_C=min(PROJECT_BLOCK_C, _channel_block(cols)), PRECISION="tf32x3" if PROJECT_TF32X3 else "ieee",
+                num_warps=PROJECT_WARPS)
 
 
 def _channel_block(cols: int) -> int:
@@ -271,6 +279,6 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
            parts, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
            plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
-           BLOCK=BLOCK_ROWS, BLOCK_C=_channel_block(h.shape[1]), PRECISION=_projection_precision(), **meta)
+           BLOCK=BLOCK_ROWS, **_projection_options(d_h is not None, h.shape[1]), **meta)
     launch(_latent_grad_kernel, (plan.mp,), parts, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
     return d_rows, d_lat, d_h

@@ -3,7 +3,7 @@
 kernels that project ``h`` (issue 12): device time from the profiler's kernels (no host time in it), summed over a
 batch-3 Sonata encoder's blocks, for each ``PROJECT_TF32X3`` x ``PROJECT_BLOCK_C`` x ``PROJECT_WARPS`` x
 ``PROGRAMS``, and for the projections by cuBLAS matmuls (``PROJECT_IN_KERNEL=0``); each setting's largest
-difference from the defaults' output and ``h``'s gradient.
+difference from the defaults' updated latents and weights' gradients (relative to the largest value).
 
     python scripts/context_kernel_sweep.py --json sweep.json
 """
@@ -27,6 +27,7 @@ from scripts.latent_attention_bench import LEVEL_POINTS  # noqa: E402
 LEVEL_CHANNELS = (48, 96, 192, 384, 512)  # Sonata's encoder
 LEVEL_BLOCKS = (3, 3, 3, 12, 3)
 RANK, LATENTS, SCENES = 32, 4, 3
+DEVICE = "cuda"
 
 
 def level_inputs(points: int, channels: int, device: torch.device) -> dict:
@@ -45,12 +46,14 @@ def level_inputs(points: int, channels: int, device: torch.device) -> dict:
                 d_y=normal(points, channels, dtype=torch.float16), d_latents=normal(SCENES, LATENTS, RANK))
 
 
-def train_call(x: dict, kernels) -> tuple[torch.Tensor, torch.Tensor]:
-    """The adapter's forward and backward; ``(y, h's gradient)``."""
+def train_call(x: dict, kernels) -> tuple[torch.Tensor, ...]:
+    """The adapter's forward and backward: the updated latents and the gradients of the projections, the
+    up-projection and the latents (float32: ``y`` and ``h``'s gradient are float16 sums with ``h`` and ``y``'s)."""
     y, updated = latent_attention.projected_latent_attention(
         x["h"], x["weights"], x["up"], x["latents"], x["batch"], RANK ** -0.5, True, True, False, kernels, base=x["h"])
-    (d_h,) = torch.autograd.grad((y, updated), (x["h"],), (x["d_y"], x["d_latents"]))
-    return y, d_h
+    grads = torch.autograd.grad((y, updated), (x["h"], *x["weights"], x["up"], x["latents"]),
+                                (x["d_y"], x["d_latents"]))  # h's too: its gradient is in the training step
+    return updated, *grads[1:]
 
 
 def kernel_ms(fn, repeats: int = 5) -> tuple[float, dict[str, float]]:
@@ -81,7 +84,7 @@ def main() -> int:
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--json")
     args = parser.parse_args()
-    device = torch.device("cuda")
+    device = torch.device(DEVICE)
     kernels = latent_attention.kernels_take(torch.empty(1, device=device), 1)
     levels = [level_inputs(n, c, device) for n, c in zip(LEVEL_POINTS, LEVEL_CHANNELS)]
     defaults = {name: getattr(kernels, name) for name in ("PROJECT_TF32X3", "PROJECT_BLOCK_C", "PROJECT_WARPS",

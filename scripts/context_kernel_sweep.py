@@ -14,7 +14,6 @@ import argparse
 import itertools
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import peftbench.backbone.latent_attention as latent_attention  # noqa: E402
+from scripts.kernel_profile import trace_kernels  # noqa: E402
 from scripts.latent_attention_bench import LEVEL_POINTS  # noqa: E402
 
 LEVEL_CHANNELS = (48, 96, 192, 384, 512)  # Sonata's encoder
@@ -65,11 +65,7 @@ def kernel_ms(fn, repeats: int = 5) -> tuple[float, dict[str, float]]:
         for _ in range(repeats):
             fn()
         torch.cuda.synchronize()
-    with tempfile.TemporaryDirectory() as folder:
-        trace = Path(folder) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    _, kernels = trace_kernels(prof)
     named: dict[str, float] = {}
     for e in kernels:
         if e["name"].startswith("_"):

@@ -32,13 +32,18 @@ from gather_levels_ab import set_integers  # noqa: E402
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "cudaEventSynchronize")
 
 
-def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
-    """Kernels by device time, host ops by own time, and device idle gaps by what was launched next."""
+def trace_kernels(prof) -> tuple[list[dict], list[dict]]:
+    """A finished profile's trace events, and those of them that ran on the device (kernels, copies, memsets)."""
     with tempfile.TemporaryDirectory() as folder:
         trace = Path(folder) / "trace.json"
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text())["traceEvents"]
-    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+    return events, [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
+
+
+def kernel_tables(prof, top: int, anatomy_of: tuple[str, ...] = ()) -> dict:
+    """Kernels by device time, host ops by own time, and device idle gaps by what was launched next."""
+    events, kernels = trace_kernels(prof)
     # runtime launches (torch's kernels) and driver launches (Triton's cuLaunchKernelEx)
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
@@ -146,7 +151,8 @@ def main() -> None:
                         help="ranges whose first calls are listed with what runs inside them")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--set", nargs="*", default=[], metavar="MODULE:NAME=VALUE",
-                        help="integer settings made first, e.g. peftbench.backbone.triton_latent_attention:PROGRAMS=528")
+                        help="integer settings made first, e.g. "
+                        "peftbench.backbone.triton_latent_attention:PROGRAMS=528")
     args = parser.parse_args()
     set_integers(args.set)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

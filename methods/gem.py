@@ -31,7 +31,7 @@ from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_
                                                  scene_latent_attention)
 from peftbench.backbone.no_grad_memo import no_grad_memo
 from peftbench.backbone.relu_linear import fused_relu_linear_add
-from peftbench.backbone.sparse_conv import SubMConv3d
+from peftbench.backbone.sparse_conv import FactoredWeight, SubMConv3d
 from peftbench.errors import PeftbenchError
 
 CA_PROJECTIONS = ("shared_qk", "shared_kv", "qkv+up")
@@ -80,10 +80,13 @@ class SpatialAdapter(CPEConvBranch):
         if bias:
             nn.init.zeros_(self.up.bias)
 
-    def conv_weight(self) -> torch.Tensor:
-        weight = self.conv.weight  # (r, k, k, k, r) @ (r, d) -> (r, k, k, k, d), float32
-        return no_grad_memo(self, "conv_weight", (weight, self.down.weight), lambda: float32_linear(
-            weight.reshape(-1, weight.shape[-1]), self.down.weight.t()).view(*weight.shape[:-1], -1))
+    def conv_weight(self) -> torch.Tensor | FactoredWeight:
+        # (r, k, k, k, r) @ (r, d) -> (r, k, k, k, d), float32; in training the factors, which the gathered conv
+        # takes into its own autograd node
+        factors = FactoredWeight(self.conv.weight, self.down.weight)
+        if torch.is_grad_enabled():
+            return factors
+        return no_grad_memo(self, "conv_weight", (factors.conv, factors.down), factors.product)
 
     def after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return float32_linear(self.act(conv_out), self.up.weight, self.up.bias).to(x.dtype)

@@ -204,6 +204,47 @@ def test_extra_weight_columns_equal_a_second_conv_and_only_trainable_rows_get_gr
     assert conv.weight.grad is None
 
 
+@pytest.mark.parametrize("trainable", ["both", "down", "conv"])
+def test_factored_extra_weight_is_one_node_and_equals_its_product(monkeypatch: pytest.MonkeyPatch,
+                                                                   trainable: str) -> None:
+    """GEM's Spatial Adapter's conv as its factors (``FactoredWeight``): in training they are inputs of the conv's
+    own node (no product ops in the graph), with the outputs and every gradient of the product made by separate
+    ops (``FACTORED_WEIGHTS`` off); in evaluation, the rows kept between calls are rebuilt when a factor changes."""
+    from peftbench.backbone import gather_conv
+    from peftbench.backbone.sparse_conv import FactoredWeight, SubMConv3d
+
+    grid, batch = _sites(90, 6, 2, seed=5)
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
+    g = torch.Generator().manual_seed(4)
+    conv = SubMConv3d(5, 4, 3, bias=True, indice_key="t", backend="gather").double().requires_grad_(False)
+    feat = torch.randn(len(grid), 5, generator=g, dtype=torch.float64, requires_grad=True)
+    factors = FactoredWeight(torch.randn(2, 3, 3, 3, 3, generator=g, requires_grad=trainable != "down"),
+                             torch.randn(3, 5, generator=g, requires_grad=trainable != "conv"))
+    leaves = [t for t in (feat, factors.conv, factors.down) if t.requires_grad]
+    w_out = torch.randn(len(grid), 6, generator=g, dtype=torch.float64)
+
+    def run(factored: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        monkeypatch.setattr(gather_conv, "FACTORED_WEIGHTS", factored)
+        out, extra_out = conv(point, feat, factors)
+        return out, extra_out, torch.autograd.grad((torch.cat([out, extra_out], 1) * w_out).sum(), leaves)
+
+    out, extra_out, grads = run(1)
+    inputs = {fn.variable for fn, _ in extra_out.grad_fn.next_functions[0][0].next_functions if fn is not None
+              and hasattr(fn, "variable")}
+    assert type(extra_out.grad_fn.next_functions[0][0]).__name__ == "_GatherConvBackward"
+    assert inputs == set(leaves)  # the features and the trainable factors, nothing made from them between
+    ref_out, ref_extra, ref_grads = run(0)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(extra_out, ref_extra)
+    for ours, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, ref)
+    with torch.no_grad():
+        kept = conv(point, feat, factors)[1]
+        factors.down.mul_(2)  # the memo's source changed in place: the rows are made again
+        torch.testing.assert_close(conv(point, feat, factors)[1], 2 * kept)
+        torch.testing.assert_close(kept, ref_extra)
+
+
 @pytest.mark.parametrize("kernels, spconv, says", [
     (True, True, ["every level takes the gathered conv's Triton kernels", "otherwise spconv, with levels of at most"]),
     (True, False, ["every level takes the gathered conv's Triton kernels", "otherwise the torch conv"]),

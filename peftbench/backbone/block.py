@@ -17,7 +17,7 @@ from torch import nn
 
 from peftbench.backbone.attention import SerializedAttention
 from peftbench.backbone.layer_norm import LayerNorm
-from peftbench.backbone.sparse_conv import SubMConv3d
+from peftbench.backbone.sparse_conv import FactoredWeight, SubMConv3d, dense_weight
 from peftbench.backbone.structure import Point
 
 
@@ -55,7 +55,7 @@ class PositionEncoding(nn.Sequential):
                          nn.Linear(channels, channels), LayerNorm(channels))
 
     def forward(self, point: Point, x: torch.Tensor,  # type: ignore[override]
-                extra_conv_weight: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                extra_conv_weight: torch.Tensor | FactoredWeight | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The CPE of ``x``; with ``extra_conv_weight``, also that conv of ``x`` from the same conv call."""
         conv, linear, norm = self
         if extra_conv_weight is None:
@@ -75,8 +75,8 @@ class CPEConvBranch(nn.Module):
 
     kernel_size: int
 
-    def conv_weight(self) -> torch.Tensor:
-        """KRSC ``(out, k, k, k, in)``: the branch's conv as a conv of the block's input."""
+    def conv_weight(self) -> torch.Tensor | FactoredWeight:
+        """KRSC ``(out, k, k, k, in)``: the branch's conv as a conv of the block's input (or its factors)."""
         raise NotImplementedError
 
     def after_conv(self, point: Point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,8 @@ class Block(nn.Module):
         if not shared:
             return _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
         weights = [branch.conv_weight() for branch in shared]
-        out, extra = self.cpe(point, x, torch.cat(weights) if len(weights) > 1 else weights[0])
+        out, extra = self.cpe(point, x, torch.cat([dense_weight(w) for w in weights]) if len(weights) > 1
+                              else weights[0])
         conv_outs = extra.split([len(w) for w in weights], dim=1) if len(shared) > 1 else (extra,)
         for branch, conv_out in zip(shared, conv_outs):
             out = branch.add_after_conv(point, conv_out, x, out)

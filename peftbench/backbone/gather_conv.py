@@ -23,13 +23,16 @@ from torch import Tensor, nn
 
 from peftbench.backbone.function_apply import apply
 from peftbench.backbone.no_grad_memo import no_grad_memo
-from peftbench.backbone.sparse_conv import kernel_offsets
+from peftbench.backbone.sparse_conv import FactoredWeight, factor_product, kernel_offsets
 from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
 
 # CUDA half features: the forward, input gradient and weight gradient as one Triton kernel each, with the
 # gather inside (``triton_gather_conv``); 0: gather, then matmul
 TRITON_CONV = 1
+# 1: an extra weight given as a ``FactoredWeight`` (GEM's Spatial Adapter) enters the conv's autograd node as its
+# factors, the product and its gradients inside; 0: as their product, made by separate ops (A/Bs)
+FACTORED_WEIGHTS = 1
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -147,14 +150,18 @@ def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
 class _GatherConv(torch.autograd.Function):
     """``kernels``: the Triton kernels' module (the gather inside each matmul), or None (gather, then matmul,
     with ``reversed_table`` for the input gradient); ``rows``: ``_rows(weight, extra, feat.dtype)`` if already
-    made."""
+    made; ``extra_down``: ``extra`` and it are a ``FactoredWeight``'s factors."""
 
     @staticmethod
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
-                reversed_table: Tensor | None, kernels, bias: Tensor | None, rows: Tensor | None = None) -> Tensor:
+                reversed_table: Tensor | None, kernels, bias: Tensor | None, rows: Tensor | None = None,
+                extra_down: Tensor | None = None) -> Tensor:
+        factors = None
+        if extra_down is not None:  # extra is a FactoredWeight's conv: the product here, its gradients below
+            factors, extra = (extra, extra_down), None if rows is not None else factor_product(extra, extra_down)
         rows = _rows(weight, extra, feat.dtype) if rows is None else rows
         # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
-        ctx.save_for_backward(feat, rows, table, reversed_table)
+        ctx.save_for_backward(feat, rows, table, reversed_table, *(factors or ()))
         ctx.kernels, ctx.split = kernels, len(weight)
         ctx.weights = [(w.shape, w.dtype) for w in (weight, extra) if w is not None]
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -168,7 +175,7 @@ class _GatherConv(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        feat, rows, table, reversed_table = ctx.saved_tensors
+        feat, rows, table, reversed_table, *factors = ctx.saved_tensors
         kernels = ctx.kernels
         grad = grad.to(feat.dtype)
         d_feat = None
@@ -181,12 +188,25 @@ class _GatherConv(torch.autograd.Function):
         d_weight = d_extra = None
         if ctx.needs_input_grad[1]:
             d_weight = _weight_grad(kernels, feat, grad[:, :ctx.split], table, *ctx.weights[0])
-        if ctx.needs_input_grad[2]:
+        d_down = None
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[8]:
             d_extra = _weight_grad(kernels, feat, grad[:, ctx.split:], table, *ctx.weights[1])
+            if factors:  # d(conv) = dP down^T, d(down) = conv^T dP over the flattened product P = conv @ down
+                d_extra, d_down = _factor_grads(d_extra, *factors, ctx.needs_input_grad[2], ctx.needs_input_grad[8])
         d_bias = None
         if ctx.needs_input_grad[6]:
             d_bias = grad[:, :ctx.split].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return d_feat, d_weight, d_extra, None, None, None, d_bias, None
+        return d_feat, d_weight, d_extra, None, None, None, d_bias, None, d_down
+
+
+def _factor_grads(d_product: Tensor, conv: Tensor, down: Tensor, conv_needed: bool, down_needed: bool
+                  ) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of ``factor_product(conv, down)``'s factors from the product's (all float32)."""
+    d_flat = d_product.reshape(-1, down.shape[-1])
+    with torch.autocast(d_flat.device.type, enabled=False):
+        d_conv = torch.mm(d_flat, down.T).view(conv.shape) if conv_needed else None
+        d_down = torch.mm(conv.reshape(-1, conv.shape[-1]).T, d_flat) if down_needed else None
+    return d_conv, d_down
 
 
 def _weight_grad(kernels, feat: Tensor, grad: Tensor, table: Tensor, shape: torch.Size, dtype: torch.dtype
@@ -222,21 +242,29 @@ def _rows(weight: Tensor, extra: Tensor | None, dtype: torch.dtype) -> Tensor:
     return w if extra is None else torch.cat([w, extra.to(dtype).flatten(1, 3)])
 
 
-def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | None = None,
+def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | FactoredWeight | None = None,
                     bias: Tensor | None = None, owner: nn.Module | None = None) -> Tensor:
     """Submanifold conv of ``feat`` (N, in) with KRSC ``weight`` [out, k, k, k, in] and ``bias`` (out,) or none;
-    ``extra`` (KRSC, same k and in, no bias) adds output columns after ``weight``'s from the same gather. With
-    autograd off, ``owner`` keeps the weights' rows cast and concatenated between calls (``no_grad_memo``)."""
+    ``extra`` (KRSC, same k and in, no bias; or its factors) adds output columns after ``weight``'s from the same
+    gather. With autograd off, ``owner`` keeps the weights' rows cast and concatenated between calls
+    (``no_grad_memo``)."""
+    if isinstance(extra, FactoredWeight) and not FACTORED_WEIGHTS:
+        extra = extra.product()
+    sources = (weight, extra)
+    extra_down = None
+    if isinstance(extra, FactoredWeight):  # the factors into the conv's node
+        sources = (weight, extra.conv, extra.down)
+        extra, extra_down = extra.conv, extra.down
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     k = weight.shape[1]
     backward = torch.is_grad_enabled() and (feat.requires_grad or weight.requires_grad
-                                            or (extra is not None and extra.requires_grad))
+                                            or any(t is not None and t.requires_grad for t in (extra, extra_down)))
     kernels = _triton_for(feat)
     reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
     rows = None
     if owner is not None and extra is not None and not torch.is_grad_enabled():  # evaluation: rows kept
-        rows = no_grad_memo(owner, f"gather_rows_{feat.dtype}", (weight, extra),
-                            lambda: _rows(weight, extra, feat.dtype))
+        rows = no_grad_memo(owner, f"gather_rows_{feat.dtype}", sources, lambda: _rows(
+            weight, extra if extra_down is None else factor_product(extra, extra_down), feat.dtype))
     return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels, bias,
-                 rows)
+                 rows, extra_down)

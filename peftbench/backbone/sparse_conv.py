@@ -58,6 +58,34 @@ def spconv_available() -> bool:
 GATHER_MAX_SITES = 65536
 
 
+@dataclass(frozen=True)
+class FactoredWeight:
+    """A KRSC conv weight given as two factors, ``conv`` (out, k, k, k, mid) @ ``down`` (mid, in), both float32:
+    GEM's Spatial Adapter's conv after its down-projection, as a conv of the block's input. The gathered conv takes
+    the factors into its own autograd node (the product and its gradients inside), where the product as separate
+    ops is five more nodes a block for the backward to walk (issue 12); other backends take ``product()``."""
+
+    conv: Tensor
+    down: Tensor
+
+    def __len__(self) -> int:
+        return self.conv.shape[0]
+
+    def product(self) -> Tensor:
+        return factor_product(self.conv, self.down)
+
+
+def factor_product(conv: Tensor, down: Tensor) -> Tensor:
+    """``conv @ down`` over ``conv``'s last axis, in their dtype (float32) with autocast off."""
+    with torch.autocast(conv.device.type, enabled=False):
+        return torch.mm(conv.reshape(-1, conv.shape[-1]), down).view(*conv.shape[:-1], down.shape[-1])
+
+
+def dense_weight(weight: Tensor | FactoredWeight) -> Tensor:
+    """``weight`` as one tensor (a ``FactoredWeight``'s product)."""
+    return weight.product() if isinstance(weight, FactoredWeight) else weight
+
+
 def backend_for_sites(name: str, device: torch.device | str, sites: int) -> str:
     """The backend a conv over ``sites`` sites runs: ``resolve_backend``, except that ``auto`` takes the
     gathered conv on every level where its Triton kernels take the conv (``gather_conv.kernels_take``: CUDA half
@@ -226,7 +254,7 @@ class SubMConv3d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"bias={self.bias is not None}, indice_key={self.indice_key!r}, backend={self.backend!r}")
 
-    def forward(self, point: Point, feat: Tensor, extra_weight: Tensor | None = None
+    def forward(self, point: Point, feat: Tensor, extra_weight: Tensor | FactoredWeight | None = None
                 ) -> Tensor | tuple[Tensor, Tensor]:
         """The conv of ``feat``; with ``extra_weight`` (KRSC, same kernel and input channels, no bias) also
         that conv's output columns from the same gather / spconv call: ``(out, extra_out)``."""
@@ -239,7 +267,8 @@ class SubMConv3d(nn.Module):
 
             out = gather_submconv(point, feat, self.weight, extra_weight, self.bias, owner=self)  # the bias inside
         else:
-            weight = self.weight if extra_weight is None else torch.cat([self.weight, extra_weight.to(self.weight.dtype)])
+            weight = self.weight if extra_weight is None else torch.cat([self.weight,
+                                                                         dense_weight(extra_weight).to(self.weight.dtype)])
             if backend == "spconv":
                 out = self._forward_spconv(point, feat, weight)
             else:

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Host work of one training step per method, counted on CPU (issue 12): top-level torch ops (views left out),
+autograd nodes evaluated in the backward and autograd Functions applied (the optimizer's step left out), for
+``peftbench bench``'s models.
+
+A GPU step of GEM waits on the host's work for each op and node; the counts are the same on any machine for the
+code paths CPU runs. The sparse convs take ``--conv-backend`` (``gather``: the conv Function a CUDA step takes;
+CPU has no Triton kernels, no autocast, torch's LayerNorm and the Context Adapter's torch core, so those parts
+count as on CPU, not as on a GPU).
+
+    python scripts/step_ops.py --methods frozen gem --points 2000 --json ops.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peftbench.backbone import sparse_conv  # noqa: E402
+from peftbench.bench import FROZEN, bench_model, step_functions, synthetic_scenes  # noqa: E402
+from peftbench.data.collate import collate_points  # noqa: E402
+from peftbench.registry import discover  # noqa: E402
+from peftbench.train.trainer import model_inputs  # noqa: E402
+
+VIEWS = {"aten::view", "aten::t", "aten::transpose", "aten::as_strided", "aten::split", "aten::narrow", "aten::slice",
+         "aten::reshape", "aten::expand", "aten::unsqueeze", "aten::detach", "aten::alias", "aten::permute",
+         "aten::empty", "aten::empty_strided", "aten::resolve_conj", "aten::resolve_neg", "aten::_unsafe_view",
+         "aten::lift_fresh", "aten::numpy_T", "aten::select", "aten::squeeze", "aten::expand_as", "aten::result_type"}
+
+
+def count_ops(prof: torch.profiler.profile, skip: str | None = None) -> tuple[collections.Counter, collections.Counter]:
+    """``(ops, nodes)`` of a CPU profile: top-level aten ops that are not views, and autograd nodes evaluated, by
+    name; none under ``skip`` (a ``record_function`` name: the optimizer's step, fused into a few kernels on a
+    GPU and a loop of ops a parameter on CPU)."""
+    ops, nodes = collections.Counter(), collections.Counter()
+    for e in prof.events():
+        parent, skipped = e.cpu_parent, False
+        top = True
+        while parent is not None:
+            skipped |= parent.name == skip
+            top &= not parent.name.startswith("aten::")
+            parent = parent.cpu_parent
+        if skipped or e.name == skip:
+            continue
+        if e.name.startswith("autograd::engine::evaluate_function: "):
+            nodes[e.name.split(": ", 1)[1]] += 1
+        elif e.name.startswith("aten::") and top and e.name not in VIEWS:
+            ops[e.name] += 1
+    return ops, nodes
+
+
+def step_counts(method: str, batch: dict, backbone: str) -> dict:
+    """One training step's ops and nodes for ``method`` (after two warm-up steps)."""
+    model = bench_model(backbone, method, torch.device("cpu"), "fp32").train()
+    target = batch["segment"].clamp(min=0)
+    _, train = step_functions(model, [], model, model_inputs(batch), target,
+                              lambda: torch.autocast("cpu", enabled=False), grad_to_input=method == FROZEN)
+    for _ in range(2):
+        train()
+    applied = collections.Counter()
+    original = torch.autograd.Function.apply.__func__
+
+    def counting_apply(cls, *args, **kwargs):
+        applied[cls.__name__] += 1
+        return original(cls, *args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(counting_apply)
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            train()
+    finally:
+        torch.autograd.Function.apply = classmethod(original)
+    ops, nodes = count_ops(prof, skip="pb:optimizer")
+    return {"method": method, "ops": sum(ops.values()), "nodes": sum(nodes.values()),
+            "functions": sum(applied.values()), "ops_by_name": dict(ops.most_common()),
+            "nodes_by_name": dict(nodes.most_common()), "functions_by_name": dict(applied.most_common())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", nargs="+", default=[FROZEN, "gem"])
+    parser.add_argument("--backbone", default="sonata")
+    parser.add_argument("--points", type=int, default=2000, help="points a scene")
+    parser.add_argument("--batch-size", type=int, default=3)
+    parser.add_argument("--conv-backend", default="gather", choices=sparse_conv.BACKENDS)
+    parser.add_argument("--top", type=int, default=12, help="ops and nodes listed per method")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    discover()
+    sparse_conv.set_default_backend(args.conv_backend)
+    batch = collate_points(synthetic_scenes(args.points, args.batch_size))
+    rows = []
+    for method in args.methods:
+        row = step_counts(method, batch, args.backbone)
+        rows.append(row)
+        print(f"{method}: {row['ops']} top-level ops, {row['nodes']} autograd nodes, {row['functions']} Functions "
+              f"applied", flush=True)
+        for key in ("ops_by_name", "nodes_by_name"):
+            print("   " + ", ".join(f"{name} {n}" for name, n in list(row[key].items())[:args.top]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -148,6 +148,9 @@ class ContextAdapter(nn.Module):
         self.bank = bank  # own latents (per-stage / per-layer sharing): reset the scene state here
 
     adds_to_base = True  # the block passes what it adds this branch to (``block._with_branches``)
+    # its projections read h of any float dtype in float32 (the kernels, or ``float32_linear``): the norm may write h
+    # in the autocast dtype (``block.HALF_BRANCH_INPUT``)
+    reads_half_input = True
 
     def forward(self, point, h: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """The adapter's output for the normed features ``h``; given ``base``, ``base`` plus it (on CUDA the sum is

@@ -4,11 +4,14 @@ autograd nodes evaluated in the backward and autograd Functions applied (the opt
 ``peftbench bench``'s models.
 
 A GPU step of GEM waits on the host's work for each op and node; the counts are the same on any machine for the
-code paths CPU runs. The sparse convs take ``--conv-backend`` (``gather``: the conv Function a CUDA step takes;
-CPU has no Triton kernels, no autocast, torch's LayerNorm and the Context Adapter's torch core, so those parts
-count as on CPU, not as on a GPU).
+code paths CPU runs. The sparse convs take ``--conv-backend`` (``gather``: the conv Function a CUDA step takes).
+With ``--kernels``, GEM's Context Adapter and Spatial Adapter read-out take their Triton kernels as on CUDA,
+run by Triton's interpreter on CPU tensors (``.venv/triton-tests``), and their launches are counted (the ops
+inside the interpreter are not). Still as on CPU, not as on a GPU: no autocast, torch's LayerNorm, the gathered
+conv's torch ops in place of its kernels (the same autograd node).
 
     python scripts/step_ops.py --methods frozen gem --points 2000 --json ops.json
+    python scripts/step_ops.py --methods gem --points 300 --kernels
 """
 
 from __future__ import annotations
@@ -16,17 +19,24 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if "--kernels" in sys.argv:  # read when Triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.append(str(ROOT / ".venv" / "triton-tests"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
 
-from peftbench.backbone import sparse_conv  # noqa: E402
+sys.path.insert(0, str(ROOT))
+
+from peftbench.backbone import latent_attention, relu_linear, sparse_conv  # noqa: E402
+from peftbench.backbone.triton_support import triton_kernels  # noqa: E402
 from peftbench.bench import FROZEN, bench_model, step_functions, synthetic_scenes  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
-from peftbench.registry import discover  # noqa: E402
+from peftbench.registry import discover, get_method  # noqa: E402
 from peftbench.train.trainer import model_inputs  # noqa: E402
 
 VIEWS = {"aten::view", "aten::t", "aten::transpose", "aten::as_strided", "aten::split", "aten::narrow", "aten::slice",
@@ -35,19 +45,19 @@ VIEWS = {"aten::view", "aten::t", "aten::transpose", "aten::as_strided", "aten::
          "aten::lift_fresh", "aten::numpy_T", "aten::select", "aten::squeeze", "aten::expand_as", "aten::result_type"}
 
 
-def count_ops(prof: torch.profiler.profile, skip: str | None = None) -> tuple[collections.Counter, collections.Counter]:
+def count_ops(prof: torch.profiler.profile, skip: tuple[str, ...] = ()) -> tuple[collections.Counter, collections.Counter]:
     """``(ops, nodes)`` of a CPU profile: top-level aten ops that are not views, and autograd nodes evaluated, by
-    name; none under ``skip`` (a ``record_function`` name: the optimizer's step, fused into a few kernels on a
-    GPU and a loop of ops a parameter on CPU)."""
+    name; none under a ``record_function`` of ``skip`` (the optimizer's step: a few fused kernels on a GPU, a loop
+    of ops a parameter on CPU; the interpreter's kernels)."""
     ops, nodes = collections.Counter(), collections.Counter()
     for e in prof.events():
         parent, skipped = e.cpu_parent, False
         top = True
         while parent is not None:
-            skipped |= parent.name == skip
+            skipped |= parent.name in skip
             top &= not parent.name.startswith("aten::")
             parent = parent.cpu_parent
-        if skipped or e.name == skip:
+        if skipped or e.name in skip:
             continue
         if e.name.startswith("autograd::engine::evaluate_function: "):
             nodes[e.name.split(": ", 1)[1]] += 1
@@ -56,7 +66,31 @@ def count_ops(prof: torch.profiler.profile, skip: str | None = None) -> tuple[co
     return ops, nodes
 
 
-def step_counts(method: str, batch: dict, backbone: str) -> dict:
+def take_kernels_on_cpu() -> collections.Counter:
+    """GEM's latent attention and ReLU-linear kernels taken on CPU tensors (Triton's interpreter), as on CUDA; the
+    launches counted by kernel, run under ``pb:triton`` (left out of the op counts)."""
+    latent = triton_kernels("triton_latent_attention")
+    if latent is None:
+        raise SystemExit("--kernels: Triton does not import (./setup.sh puts it in .venv/triton-tests)")
+    def kernels_take(points: torch.Tensor, columns: int):
+        return latent if columns <= latent_attention.KERNEL_MAX_COLUMNS else None
+    latent_attention.kernels_take = sys.modules[get_method("gem").__module__].kernels_take = kernels_take
+    relu_linear._kernels_for = lambda base, a, weight: (
+        triton_kernels("triton_relu_linear") if base.dtype == weight.dtype == torch.float32 else None)
+    launches = collections.Counter()
+    for module in ("triton_latent_attention", "triton_relu_linear"):
+        kernels = triton_kernels(module)
+        original = kernels.launch
+
+        def counting_launch(kernel, *args, _original=original, **kwargs):
+            launches[kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__] += 1
+            with torch.profiler.record_function("pb:triton"):
+                _original(kernel, *args, **kwargs)
+        kernels.launch = counting_launch
+    return launches
+
+
+def step_counts(method: str, batch: dict, backbone: str, launches: collections.Counter | None) -> dict:
     """One training step's ops and nodes for ``method`` (after two warm-up steps)."""
     model = bench_model(backbone, method, torch.device("cpu"), "fp32").train()
     target = batch["segment"].clamp(min=0)
@@ -64,6 +98,8 @@ def step_counts(method: str, batch: dict, backbone: str) -> dict:
                               lambda: torch.autocast("cpu", enabled=False), grad_to_input=method == FROZEN)
     for _ in range(2):
         train()
+    if launches is not None:
+        launches.clear()
     applied = collections.Counter()
     original = torch.autograd.Function.apply.__func__
 
@@ -77,10 +113,11 @@ def step_counts(method: str, batch: dict, backbone: str) -> dict:
             train()
     finally:
         torch.autograd.Function.apply = classmethod(original)
-    ops, nodes = count_ops(prof, skip="pb:optimizer")
+    ops, nodes = count_ops(prof, skip=("pb:optimizer", "pb:triton"))
     return {"method": method, "ops": sum(ops.values()), "nodes": sum(nodes.values()),
-            "functions": sum(applied.values()), "ops_by_name": dict(ops.most_common()),
-            "nodes_by_name": dict(nodes.most_common()), "functions_by_name": dict(applied.most_common())}
+            "functions": sum(applied.values()), "triton_launches": sum((launches or {}).values()),
+            "ops_by_name": dict(ops.most_common()), "nodes_by_name": dict(nodes.most_common()),
+            "functions_by_name": dict(applied.most_common()), "launches_by_kernel": dict(launches or {})}
 
 
 def main() -> int:
@@ -90,18 +127,20 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=2000, help="points a scene")
     parser.add_argument("--batch-size", type=int, default=3)
     parser.add_argument("--conv-backend", default="gather", choices=sparse_conv.BACKENDS)
+    parser.add_argument("--kernels", action="store_true", help="GEM's Triton kernels through the interpreter")
     parser.add_argument("--top", type=int, default=12, help="ops and nodes listed per method")
     parser.add_argument("--json")
     args = parser.parse_args()
     discover()
     sparse_conv.set_default_backend(args.conv_backend)
     batch = collate_points(synthetic_scenes(args.points, args.batch_size))
+    launches = take_kernels_on_cpu() if args.kernels else None
     rows = []
     for method in args.methods:
-        row = step_counts(method, batch, args.backbone)
+        row = step_counts(method, batch, args.backbone, launches)
         rows.append(row)
         print(f"{method}: {row['ops']} top-level ops, {row['nodes']} autograd nodes, {row['functions']} Functions "
-              f"applied", flush=True)
+              f"applied" + (f", {row['triton_launches']} Triton launches" if args.kernels else ""), flush=True)
         for key in ("ops_by_name", "nodes_by_name"):
             print("   " + ", ".join(f"{name} {n}" for name, n in list(row[key].items())[:args.top]))
     if args.json:

@@ -149,3 +149,30 @@ def test_unknown_method_lists_available():
 def test_unknown_setting_names_valid_ones():
     with pytest.raises(PeftbenchError, match="rank"):
         build_method("gem", {"rnak": 4})
+
+
+@pytest.mark.parametrize("switch, method, settings, half", [
+    (0, "ca", None, False), (1, "ca", None, True),
+    (1, "adapter", {"placement": "parallel_attn"}, False),  # its linears read the norm's output as it is
+    (1, "lora", None, True)])  # no branch beside the attention: as ever
+def test_attention_norm_writes_the_autocast_dtype_where_every_branch_reads_half_input(
+        micro_config, scene_batch, monkeypatch, switch, method, settings, half):
+    """``block.HALF_BRANCH_INPUT``: the norm before the attention writes its output for the attention's linear (the
+    autocast dtype, ``linear_input``) where every branch beside the attention declares ``reads_half_input`` (GEM's
+    Context Adapter), never beside another branch, and only with the switch on."""
+    from peftbench.backbone import block as block_module
+    from peftbench.backbone.layer_norm import LayerNorm
+
+    monkeypatch.setattr(block_module, "HALF_BRANCH_INPUT", switch)
+    model = _model(micro_config, method, settings)
+    norms = {id(b.norm1[0]) for _, b in model.backbone.encoder_blocks()}
+    seen, forward = [], LayerNorm.forward
+
+    def recording(self, x, linear_input=False):
+        if id(self) in norms:
+            seen.append(linear_input)
+        return forward(self, x, linear_input)
+
+    monkeypatch.setattr(LayerNorm, "forward", recording)
+    _forward(model, scene_batch)
+    assert seen == [half] * len(norms)

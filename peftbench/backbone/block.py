@@ -20,6 +20,13 @@ from peftbench.backbone.layer_norm import LayerNorm
 from peftbench.backbone.sparse_conv import FactoredWeight, SubMConv3d, dense_weight
 from peftbench.backbone.structure import Point
 
+# 1: where every branch beside the attention (or the MLP) ``reads_half_input`` (it reads its input only through
+# float32 products of any float dtype: GEM's Context Adapter), the norm writes its output in the autocast dtype, as
+# where no branch reads it: the attention's cast of it and that cast's backward go (two launches a block), and the
+# norm's output, the branch's read of it, its gradient and the gradients' sum move half the bytes; the branch then
+# reads the input rounded to the autocast dtype, as the attention does (issue 12; off until timed on a GPU)
+HALF_BRANCH_INPUT = 0
+
 
 class DropPath(nn.Module):
     """Stochastic depth per point (timm semantics on (N, C) features)."""
@@ -143,9 +150,12 @@ class Block(nn.Module):
 
 
 def _norm(norm: nn.Sequential, x: torch.Tensor, branches: nn.ModuleDict) -> torch.Tensor:
-    """``norm(x)`` for the attention or the MLP, whose first op is a linear; where no branch reads it too,
-    the norm may write it in the autocast dtype that linear casts it to (``LayerNorm``'s ``linear_input``)."""
-    return norm[0](x, linear_input=not branches)
+    """``norm(x)`` for the attention or the MLP, whose first op is a linear; where no branch reads it too (or, with
+    ``HALF_BRANCH_INPUT``, every branch ``reads_half_input``), the norm may write it in the autocast dtype that
+    linear casts it to (``LayerNorm``'s ``linear_input``)."""
+    half = not branches or (HALF_BRANCH_INPUT and all(getattr(b, "reads_half_input", False)
+                                                      for b in branches.values()))
+    return norm[0](x, linear_input=half)
 
 
 def _with_branches(out: torch.Tensor, slot: nn.ModuleDict, point: Point, x: torch.Tensor) -> torch.Tensor:

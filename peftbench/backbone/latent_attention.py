@@ -232,19 +232,19 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         h, rows, up_weight, out, lat, batch, updated, joined, *rest = ctx.saved_tensors
         stats, proj_weights = rest[:ctx.stats], rest[ctx.stats:]
         with torch.autocast(device_type=d_y.device.type, enabled=False):
+            # base's gradient is y's as it comes (before the cast below); in another dtype, written by the read-out's
+            # backward kernel as it reads it
+            d_base, write_base = None, ctx.needs_input_grad[10] and ctx.base_dtype != d_y.dtype
+            if ctx.needs_input_grad[10]:
+                d_base = torch.empty(d_y.shape, dtype=ctx.base_dtype, device=d_y.device) if write_base else d_y
             d_y = d_y.float()
             d_up = d_y.T @ out
-            # base's gradient is y's: in another dtype, written by the read-out's backward kernel as it reads it
-            d_base = None
-            if ctx.needs_input_grad[10]:
-                d_base = d_y if ctx.base_dtype == d_y.dtype else torch.empty(d_y.shape, dtype=ctx.base_dtype,
-                                                                             device=d_y.device)
             d_rows, d_lat, d_h = ctx.kernels.backward(
                 d_y, None if d_updated is None else d_updated.float(),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
                 project=(h, proj_weights) if ctx.needs_input_grad[0] and joined is None else None,
-                d_base=None if d_base is d_y else d_base)
+                d_base=d_base if write_base else None)
             if joined is not None and ctx.needs_input_grad[0]:
                 d_h = (d_rows @ joined).to(h.dtype)
             d_weight = d_rows.T @ h.float()

@@ -26,6 +26,7 @@ from torch import nn
 
 from peftbench import Method, MethodConfig, register
 from peftbench.backbone import latent_attention
+from peftbench.backbone.autocast_off import autocast_off
 from peftbench.backbone.block import CPEConvBranch
 from peftbench.backbone.latent_attention import (cached_off_scene_bias, kernels_take, projected_latent_attention,
                                                  scene_latent_attention)
@@ -55,7 +56,7 @@ class GEMConfig(MethodConfig):
 
 def float32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` in the weight's dtype (float32; autocast off: see the module's precision note)."""
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast_off(x.device.type):
         return nn.functional.linear(x.to(weight.dtype), weight, bias)
 
 

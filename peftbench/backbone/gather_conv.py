@@ -21,6 +21,7 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from peftbench.backbone.autocast_off import autocast_off
 from peftbench.backbone.function_apply import apply
 from peftbench.backbone.no_grad_memo import no_grad_memo
 from peftbench.backbone.sparse_conv import FactoredWeight, factor_product, kernel_offsets
@@ -203,7 +204,7 @@ def _factor_grads(d_product: Tensor, conv: Tensor, down: Tensor, conv_needed: bo
                   ) -> tuple[Tensor | None, Tensor | None]:
     """The gradients of ``factor_product(conv, down)``'s factors from the product's (all float32)."""
     d_flat = d_product.reshape(-1, down.shape[-1])
-    with torch.autocast(d_flat.device.type, enabled=False):
+    with autocast_off(d_flat.device.type):
         d_conv = torch.mm(d_flat, down.T).view(conv.shape) if conv_needed else None
         d_down = torch.mm(conv.reshape(-1, conv.shape[-1]).T, d_flat) if down_needed else None
     return d_conv, d_down

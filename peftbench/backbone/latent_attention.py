@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from peftbench.backbone.autocast_off import autocast_off
 from peftbench.backbone.function_apply import apply
 from peftbench.backbone.structure import Point
 from peftbench.backbone.triton_support import triton_kernels
@@ -59,7 +60,7 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     """
     num_scenes, m, r = latents.shape
     kernels = kernels_take(k, num_scenes * m)
-    with torch.autocast(device_type=k.device.type, enabled=False):
+    with autocast_off(k.device.type):
         if kernels is not None:
             out, updated = apply(_KernelLatentAttention, k.float(), None if v is None else v.float(),
                                  None if q is None else q.float(), latents.float().reshape(-1, r), batch, m, scale,
@@ -116,7 +117,7 @@ class _LatentAttention(torch.autograd.Function):
     def backward(ctx, d_out: Tensor, d_updated: Tensor | None):  # type: ignore[override]
         # float32 as the forward, also where backward() is called under autocast (on CPU it runs on
         # the caller's thread, autocast state included)
-        with torch.autocast(device_type=d_out.device.type, enabled=False):
+        with autocast_off(d_out.device.type):
             d_updated = None if d_updated is None else d_updated.float()
             return _LatentAttention._backward(ctx, d_out.float(), d_updated)
 
@@ -214,7 +215,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             rows = torch.empty((len(h), r * len(proj_weights)), dtype=torch.float32, device=h.device)
         else:
             joined = torch.cat(proj_weights) if len(proj_weights) > 1 else proj_weights[0]
-            with torch.autocast(device_type=h.device.type, enabled=False):
+            with autocast_off(h.device.type):
                 rows = h.float() @ joined.T
         y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
         y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
@@ -231,7 +232,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
     def backward(ctx, d_y: Tensor, d_updated: Tensor | None):  # type: ignore[override]
         h, rows, up_weight, out, lat, batch, updated, joined, *rest = ctx.saved_tensors
         stats, proj_weights = rest[:ctx.stats], rest[ctx.stats:]
-        with torch.autocast(device_type=d_y.device.type, enabled=False):
+        with autocast_off(d_y.device.type):
             # base's gradient is y's as it comes (before the cast below); in another dtype, written by the read-out's
             # backward kernel as it reads it
             d_base, write_base = None, ctx.needs_input_grad[10] and ctx.base_dtype != d_y.dtype

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from peftbench.backbone.autocast_off import autocast_off
 from peftbench.backbone.function_apply import apply
 from peftbench.backbone.structure import Point
 from peftbench.errors import PeftbenchError
@@ -77,7 +78,7 @@ class FactoredWeight:
 
 def factor_product(conv: Tensor, down: Tensor) -> Tensor:
     """``conv @ down`` over ``conv``'s last axis, in their dtype (float32) with autocast off."""
-    with torch.autocast(conv.device.type, enabled=False):
+    with autocast_off(conv.device.type):
         return torch.mm(conv.reshape(-1, conv.shape[-1]), down).view(*conv.shape[:-1], down.shape[-1])
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Host work of one training step per method, counted on CPU (issue 12): top-level torch ops (views left out),
-autograd nodes evaluated in the backward and autograd Functions applied (the optimizer's step left out), for
-``peftbench bench``'s models.
+"""Host work of one training (or inference) step per method, counted on CPU (issue 12): top-level torch ops (views
+left out), autograd nodes evaluated in the backward and autograd Functions applied (the optimizer's step left out),
+for ``peftbench bench``'s models.
 
 A GPU step of GEM waits on the host's work for each op and node; the counts are the same on any machine for the
 code paths CPU runs. The sparse convs take ``--conv-backend`` (``gather``: the conv Function a CUDA step takes).
@@ -90,14 +90,17 @@ def take_kernels_on_cpu() -> collections.Counter:
     return launches
 
 
-def step_counts(method: str, batch: dict, backbone: str, launches: collections.Counter | None) -> dict:
-    """One training step's ops and nodes for ``method`` (after two warm-up steps)."""
-    model = bench_model(backbone, method, torch.device("cpu"), "fp32").train()
+def step_counts(method: str, batch: dict, backbone: str, launches: collections.Counter | None,
+                mode: str = "train") -> dict:
+    """One step's ops and nodes for ``method`` (``train``, or ``infer``: a forward without autograd), after two
+    warm-up steps."""
+    model = bench_model(backbone, method, torch.device("cpu"), "fp32").train(mode == "train")
     target = batch["segment"].clamp(min=0)
-    _, train = step_functions(model, [], model, model_inputs(batch), target,
-                              lambda: torch.autocast("cpu", enabled=False), grad_to_input=method == FROZEN)
+    infer, train = step_functions(model, [], model, model_inputs(batch), target,
+                                  lambda: torch.autocast("cpu", enabled=False), grad_to_input=method == FROZEN)
+    step = train if mode == "train" else infer
     for _ in range(2):
-        train()
+        step()
     if launches is not None:
         launches.clear()
     applied = collections.Counter()
@@ -110,11 +113,11 @@ def step_counts(method: str, batch: dict, backbone: str, launches: collections.C
     torch.autograd.Function.apply = classmethod(counting_apply)
     try:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            train()
+            step()
     finally:
         torch.autograd.Function.apply = classmethod(original)
     ops, nodes = count_ops(prof, skip=("pb:optimizer", "pb:triton"))
-    return {"method": method, "ops": sum(ops.values()), "nodes": sum(nodes.values()),
+    return {"method": method, "mode": mode, "ops": sum(ops.values()), "nodes": sum(nodes.values()),
             "functions": sum(applied.values()), "triton_launches": sum((launches or {}).values()),
             "ops_by_name": dict(ops.most_common()), "nodes_by_name": dict(nodes.most_common()),
             "functions_by_name": dict(applied.most_common()), "launches_by_kernel": dict(launches or {})}
@@ -126,6 +129,7 @@ def main() -> int:
     parser.add_argument("--backbone", default="sonata")
     parser.add_argument("--points", type=int, default=2000, help="points a scene")
     parser.add_argument("--batch-size", type=int, default=3)
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
     parser.add_argument("--conv-backend", default="gather", choices=sparse_conv.BACKENDS)
     parser.add_argument("--kernels", action="store_true", help="GEM's Triton kernels through the interpreter")
     parser.add_argument("--top", type=int, default=12, help="ops and nodes listed per method")
@@ -137,7 +141,7 @@ def main() -> int:
     launches = take_kernels_on_cpu() if args.kernels else None
     rows = []
     for method in args.methods:
-        row = step_counts(method, batch, args.backbone, launches)
+        row = step_counts(method, batch, args.backbone, launches, args.mode)
         rows.append(row)
         print(f"{method}: {row['ops']} top-level ops, {row['nodes']} autograd nodes, {row['functions']} Functions "
               f"applied" + (f", {row['triton_launches']} Triton launches" if args.kernels else ""), flush=True)

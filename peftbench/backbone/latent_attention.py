@@ -193,19 +193,18 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     in the read-out kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same
     call is ~11 autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a
     GPU step waits on the host's work for each (issue 12)."""
-    num_scenes, m, r = latents.shape
-    y, updated = apply(_ProjectedKernelLatentAttention, h, latents.float().reshape(-1, r), up_weight, batch, m, scale,
-                       read_updated, has_v, has_q, kernels, base, PROJECT_IN_KERNEL and torch.is_grad_enabled(),
-                       *proj_weights)
-    return y, updated.view(num_scenes, m, r)
+    return apply(_ProjectedKernelLatentAttention, h, latents.float(), up_weight, batch, latents.shape[1], scale,
+                 read_updated, has_v, has_q, kernels, base, PROJECT_IN_KERNEL and torch.is_grad_enabled(), *proj_weights)
 
 
 class _ProjectedKernelLatentAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: Tensor, lat: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
+    def forward(ctx, h: Tensor, latents: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
                 scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType, base: Tensor | None,
                 in_kernel: bool, *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
-        r = lat.shape[1]
+        # the latents (B, m, r) in and out, reshaped here: two view nodes fewer a block than reshaped around the node
+        r = latents.shape[2]
+        lat = latents.reshape(-1, r)
         h = h.contiguous()
         # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (training: the weights apart), or a
         # matmul by the concatenation (evaluation may pass it), kept for h's gradient
@@ -225,7 +224,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, joined, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
-        return y, updated
+        return y, updated.view(latents.shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -241,7 +240,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             d_y = d_y.float()
             d_up = d_y.T @ out
             d_rows, d_lat, d_h = ctx.kernels.backward(
-                d_y, None if d_updated is None else d_updated.float(),
+                d_y, None if d_updated is None else d_updated.float().view(lat.shape),
                 *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
                 project=(h, proj_weights) if ctx.needs_input_grad[0] and joined is None else None,
@@ -250,7 +249,8 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
                 d_h = (d_rows @ joined).to(h.dtype)
             d_weight = d_rows.T @ h.float()
             d_weights = d_weight.split(lat.shape[1]) if len(proj_weights) > 1 else (d_weight,)
-        return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, None, *d_weights
+        return d_h, d_lat.view(-1, ctx.m, lat.shape[1]), d_up, None, None, None, None, None, None, None, d_base, None, \
+            *d_weights
 
 
 def _row_slices(rows: Tensor, r: int, has_v: bool, has_q: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:

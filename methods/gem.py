@@ -158,15 +158,17 @@ class ContextAdapter(nn.Module):
         in the read-out kernel)."""
         if self.bank is not None:
             self.bank(point)
-        # the projections as one float32 matmul, split
-        names = self.projections
-        weights = [self._modules[name].weight for name in names]
-        if len(weights) > 1 and not torch.is_grad_enabled():  # (training: the concatenation is in the graph)
-            weights = [no_grad_memo(self, "projections", weights, lambda: torch.cat(weights))]
         latents = point.scene_state["gem_latents"]
         read_updated = self.read_latents == "updated"
         kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
-        if kernels is not None and latent_attention.ONE_NODE:  # CUDA: one autograd node for the whole adapter
+        one_node = kernels is not None and latent_attention.ONE_NODE
+        # the projections as one float32 matmul, split; or the kernels project h by each weight
+        names = self.projections
+        weights = [self._modules[name].weight for name in names]
+        concatenated = len(weights) > 1 and not (one_node and latent_attention.projects_in_kernel())
+        if concatenated and not torch.is_grad_enabled():  # (training: the concatenation is in the graph)
+            weights = [no_grad_memo(self, "projections", weights, lambda: torch.cat(weights))]
+        if one_node:  # CUDA: one autograd node for the whole adapter
             y, point.scene_state["gem_latents"] = projected_latent_attention(
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
                 "q" in names, kernels, base)

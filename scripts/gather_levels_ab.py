@@ -9,7 +9,7 @@ matmul) costs a few ops but reads every k^3 neighbour, present or not. On the be
 blocks), so 16384 gathers on the last two levels (15 of 24 blocks) and 65536 on the last three.
 Also the largest difference of the float32 forward from the first value's (the same conv either way).
 ``--setting module:NAME`` takes another integer setting the same way (e.g.
-``peftbench.backbone.layer_norm:TRITON_MAX_CHANNELS``).
+``peftbench.backbone.layer_norm:TRITON_MAX_CHANNELS``); ``--set module:NAME=VALUE ...`` holds others for every value.
 
     python scripts/gather_levels_ab.py --values 0 16384 65536 --workloads frozen:train:3 gem:train:3 --json ab.json
 """
@@ -89,6 +89,8 @@ def main() -> int:
                                                            "frozen:infer:3", "gem:infer:3"])
     parser.add_argument("--setting", default="peftbench.backbone.sparse_conv:GATHER_MAX_SITES",
                         help="module:NAME of the integer setting")
+    parser.add_argument("--set", nargs="*", default=[], metavar="MODULE:NAME=VALUE",
+                        help="integer settings held for every value (e.g. another switch on while this one is timed)")
     parser.add_argument("--points", type=int, default=102400)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
@@ -98,6 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     setting_name = args.setting.split(":")[1]
     discover()
+    set_integers(args.set)
     device = torch.device(args.device)
     work = [w.split(":") for w in args.workloads]
     scenes = synthetic_scenes(args.points, max(int(b) for _, _, b in work))

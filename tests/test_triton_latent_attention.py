@@ -112,11 +112,14 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
     latents, and the gradients of the input and of every weight. ``with_base``: each adapter adds its output to
     its input itself (the block's ``adds_to_base``; on the kernels, in the read-out kernel). ``PROJECT_IN_KERNEL``:
     the projections and h's gradient in the kernels with one read-out, matmuls with the other (every projection,
-    dtype and ``base`` case either way: the interpreter's time halved); in training only, never in evaluation.
+    dtype and ``base`` case either way: the interpreter's time halved); in training only, or (``base`` cases,
+    ``PROJECT_IN_KERNEL`` 2) in evaluation too.
     The ``base`` cases set the other ``PROJECT_*`` settings: the projections as tf32x3 products (on CUDA; Triton's
     interpreter computes every product in float32), held to the same tolerances, in 32-channel tiles (three, the
     last partial) by 8 warps."""
-    monkeypatch.setattr(latent_attention, "PROJECT_IN_KERNEL", int(read == "updated"))
+    # in training with the updated latents read, in evaluation too where the adapters add to a base
+    in_kernel = (2 if with_base else 1) if read == "updated" else 0
+    monkeypatch.setattr(latent_attention, "PROJECT_IN_KERNEL", in_kernel)
     projection_options = ("tf32x3", 32, 8) if with_base else ("ieee", 64, 4)
     for name, value in zip(("PROJECT_TF32X3", "PROJECT_BLOCK_C", "PROJECT_WARPS"),
                            (int(with_base), *projection_options[1:])):
@@ -174,7 +177,7 @@ def test_context_adapter_as_one_node_equals_its_ops(kernels, monkeypatch, proj, 
         evaluated = chain(lambda points, columns: kernels)[0]
     same = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 or read != "updated" else dict(rtol=2**-7, atol=1e-3)
     torch.testing.assert_close(evaluated, got[0], **same)
-    assert projected == [read == "updated"] * 2 + [False] * 2
+    assert projected == [in_kernel > 0] * 2 + [in_kernel == 2] * 2
     assert options == ({projection_options} if read == "updated" else set())
     assert got[3] == {"_ProjectedKernelLatentAttentionBackward"} and not ref[3] & got[3]
     assert got[0].dtype == dtype

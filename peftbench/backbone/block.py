@@ -62,7 +62,8 @@ class PositionEncoding(nn.Sequential):
                          nn.Linear(channels, channels), LayerNorm(channels))
 
     def forward(self, point: Point, x: torch.Tensor,  # type: ignore[override]
-                extra_conv_weight: torch.Tensor | FactoredWeight | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                extra_conv_weight: torch.Tensor | FactoredWeight | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """The CPE of ``x``; with ``extra_conv_weight``, also that conv of ``x`` from the same conv call."""
         conv, linear, norm = self
         if extra_conv_weight is None:

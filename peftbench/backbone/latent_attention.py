@@ -30,10 +30,16 @@ TRITON_LATENT = 1  # 0: the torch core on CUDA too (A/Bs)
 ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs; see projected_latent_attention)
 # 1: in training, the one-node adapter's projections in the partials kernel and h's gradient in the keys' backward
 # kernel; 0: a float32 matmul each. Training only: with autograd off (the concatenated weight memoised) GEM's step
-# was faster by the matmul (H100, session 40, in turns: a GEM training step 0.978x with it, inference 1.07x)
+# was faster by the matmul (H100, session 40, in turns: a GEM training step 0.978x with it, inference 1.07x); 2: in
+# evaluation too (no cast of h for the matmul; to time with ``triton_latent_attention.PROJECT_TF32X3``)
 PROJECT_IN_KERNEL = 1
 # most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
 KERNEL_MAX_COLUMNS = 128
+
+
+def projects_in_kernel() -> bool:
+    """Whether the one-node adapter's kernels project ``h`` now (``PROJECT_IN_KERNEL``; autograd on or off)."""
+    return PROJECT_IN_KERNEL == 2 or bool(PROJECT_IN_KERNEL and torch.is_grad_enabled())
 
 
 def kernels_take(points: Tensor, columns: int) -> ModuleType | None:
@@ -194,7 +200,7 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     call is ~11 autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a
     GPU step waits on the host's work for each (issue 12)."""
     return apply(_ProjectedKernelLatentAttention, h, latents.float(), up_weight, batch, latents.shape[1], scale,
-                 read_updated, has_v, has_q, kernels, base, PROJECT_IN_KERNEL and torch.is_grad_enabled(), *proj_weights)
+                 read_updated, has_v, has_q, kernels, base, projects_in_kernel(), *proj_weights)
 
 
 class _ProjectedKernelLatentAttention(torch.autograd.Function):

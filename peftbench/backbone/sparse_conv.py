@@ -268,8 +268,9 @@ class SubMConv3d(nn.Module):
 
             out = gather_submconv(point, feat, self.weight, extra_weight, self.bias, owner=self)  # the bias inside
         else:
-            weight = self.weight if extra_weight is None else torch.cat([self.weight,
-                                                                         dense_weight(extra_weight).to(self.weight.dtype)])
+            weight = self.weight
+            if extra_weight is not None:
+                weight = torch.cat([weight, dense_weight(extra_weight).to(weight.dtype)])
             if backend == "spconv":
                 out = self._forward_spconv(point, feat, weight)
             else:

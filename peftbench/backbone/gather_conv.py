@@ -157,9 +157,9 @@ class _GatherConv(torch.autograd.Function):
     def forward(ctx, feat: Tensor, weight: Tensor, extra: Tensor | None, table: Tensor,  # type: ignore[override]
                 reversed_table: Tensor | None, kernels, bias: Tensor | None, rows: Tensor | None = None,
                 extra_down: Tensor | None = None) -> Tensor:
-        factors = None
-        if extra_down is not None:  # extra is a FactoredWeight's conv: the product here, its gradients below
-            factors, extra = (extra, extra_down), None if rows is not None else factor_product(extra, extra_down)
+        factors = None if extra_down is None else (extra, extra_down)
+        if factors:  # a FactoredWeight's: the product here (unless its rows come made), its factors' gradients below
+            extra = None if rows is not None else factor_product(*factors)
         rows = _rows(weight, extra, feat.dtype) if rows is None else rows
         # the rows kept for the input gradient: no second cast and concatenation of the weights in the backward
         ctx.save_for_backward(feat, rows, table, reversed_table, *(factors or ()))
@@ -249,13 +249,9 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
     ``extra`` (KRSC, same k and in, no bias; or its factors) adds output columns after ``weight``'s from the same
     gather. With autograd off, ``owner`` keeps the weights' rows cast and concatenated between calls
     (``no_grad_memo``)."""
-    if isinstance(extra, FactoredWeight) and not FACTORED_WEIGHTS:
-        extra = extra.product()
-    sources = (weight, extra)
     extra_down = None
-    if isinstance(extra, FactoredWeight):  # the factors into the conv's node
-        sources = (weight, extra.conv, extra.down)
-        extra, extra_down = extra.conv, extra.down
+    if isinstance(extra, FactoredWeight):  # the factors into the conv's node (or, for A/Bs, their product)
+        extra, extra_down = (extra.conv, extra.down) if FACTORED_WEIGHTS else (extra.product(), None)
     if torch.is_autocast_enabled(feat.device.type):
         feat = feat.to(torch.get_autocast_dtype(feat.device.type))
     k = weight.shape[1]
@@ -265,6 +261,7 @@ def gather_submconv(point: Point, feat: Tensor, weight: Tensor, extra: Tensor | 
     reversed_table = cached_reversed_table(point, k) if backward and kernels is None else None
     rows = None
     if owner is not None and extra is not None and not torch.is_grad_enabled():  # evaluation: rows kept
+        sources = (weight, extra) if extra_down is None else (weight, extra, extra_down)
         rows = no_grad_memo(owner, f"gather_rows_{feat.dtype}", sources, lambda: _rows(
             weight, extra if extra_down is None else factor_product(extra, extra_down), feat.dtype))
     return apply(_GatherConv, feat, weight, extra, cached_neighbour_table(point, k), reversed_table, kernels, bias,

@@ -10,7 +10,6 @@ autograd nodes under CPU autocast, the same on any machine.
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 from pathlib import Path
 
@@ -19,11 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftbench.registry import discover, get_method  # noqa: E402
+from scripts.step_ops import count_ops  # noqa: E402
 
-VIEWS = {"aten::view", "aten::t", "aten::transpose", "aten::as_strided", "aten::split", "aten::narrow", "aten::slice",
-         "aten::reshape", "aten::expand", "aten::unsqueeze", "aten::detach", "aten::alias", "aten::permute",
-         "aten::empty", "aten::empty_strided", "aten::resolve_conj", "aten::resolve_neg", "aten::_unsafe_view",
-         "aten::lift_fresh", "aten::numpy_T", "aten::select", "aten::squeeze", "aten::expand_as", "aten::result_type"}
 
 
 class _Point(dict):
@@ -61,15 +57,9 @@ def main() -> None:
     call()  # builds the level's cache
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         call()
-    ops, nodes = collections.Counter(), 0
-    for e in prof.events():
-        nodes += e.name.startswith("autograd::engine::evaluate_function")
-        parent = e.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
-            parent = parent.cpu_parent
-        if e.name.startswith("aten::") and parent is None and e.name not in VIEWS:
-            ops[e.name] += 1
-    print(f"one Context Adapter call, forward and backward: {sum(ops.values())} top-level ops, {nodes} autograd nodes")
+    ops, nodes = count_ops(prof)
+    print(f"one Context Adapter call, forward and backward: {sum(ops.values())} top-level ops, "
+          f"{sum(nodes.values())} autograd nodes")
     for name, count in ops.most_common():
         print(f"  {count:4d}  {name}")
 

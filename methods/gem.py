@@ -92,10 +92,13 @@ class SpatialAdapter(CPEConvBranch):
     def after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return float32_linear(self.act(conv_out), self.up.weight, self.up.bias).to(x.dtype)
 
-    def add_after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        # on CUDA one kernel; it sums in out's dtype, where after_conv's result is x's
-        fused = fused_relu_linear_add(out, conv_out, self.up.weight, self.up.bias) if out.dtype == x.dtype else None
-        return super().add_after_conv(point, conv_out, x, out) if fused is None else fused
+    def add_after_conv(self, point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
+        # on CUDA one kernel (the residual sum too); it sums in out's dtype, where after_conv's result is x's
+        fused = None
+        if out.dtype == x.dtype:
+            fused = fused_relu_linear_add(out, conv_out, self.up.weight, self.up.bias, residual)
+        return super().add_after_conv(point, conv_out, x, out, residual) if fused is None else fused
 
     def forward(self, point, x: torch.Tensor) -> torch.Tensor:
         return self.after_conv(point, self.conv(point, float32_linear(x, self.down.weight)), x)  # conv: autocast dtype

@@ -105,3 +105,62 @@ def test_spatial_adapter_sum_on_the_kernels_equals_its_output_added(kernels, mon
     expected = out + adapter.after_conv(None, conv_out, x)
     assert bool(taken) == (out_dtype == x.dtype) and got.dtype == expected.dtype
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_residual_sum_in_the_kernel_equals_the_add_after_it(kernels):
+    """``residual + (base + relu(a) @ W^T + b)`` in the forward kernel: the same float32 sums in the same order as the
+    kernel without it and the add after it, and the residual's gradient is y's."""
+    base, a, weight, bias = _case(150, 8, 48, A_DTYPES[0], seed=7)
+    residual = torch.randn(base.shape, generator=torch.Generator().manual_seed(8)).to(DEVICE).requires_grad_()
+    got = kernels.ReluLinearAdd.apply(base, a, weight, bias, residual)
+    unfused = residual + kernels.ReluLinearAdd.apply(base, a, weight, bias)
+    assert torch.equal(got, unfused)
+    dy = torch.randn(got.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    leaves = (base, a, weight, bias, residual)
+    for ours, want in zip(torch.autograd.grad(got, leaves, dy), torch.autograd.grad(unfused, leaves, dy)):
+        torch.testing.assert_close(ours, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fold", [0, 1])
+def test_block_folds_the_residual_into_the_spatial_adapter(kernels, monkeypatch, micro_config, scene_batch, fold):
+    """``block.FOLD_RESIDUAL``: GEM's Spatial Adapter (on the kernels: CPU tensors through the interpreter) adds the
+    block's input in its kernel, and the add after it is gone: the same logits and gradients, one autograd node
+    fewer a block."""
+    import collections
+
+    from peftbench.backbone import block as block_module
+    from peftbench.model import Segmentor
+    from peftbench.registry import build_method
+
+    if CUDA:
+        pytest.skip("the micro model's batch is on CPU")
+    monkeypatch.setattr(relu_linear, "_kernels_for", lambda base, a, weight: kernels)
+    torch.manual_seed(0)
+    model = Segmentor(micro_config, 5)
+    build_method("sa").apply(model)
+    for name, param in model.named_parameters():
+        if name.endswith("up.weight") or name.endswith("up.bias"):
+            torch.nn.init.normal_(param, std=0.1)
+    inputs = {k: v for k, v in scene_batch.items() if k != "segment"}
+
+    def run(switch):
+        monkeypatch.setattr(block_module, "FOLD_RESIDUAL", switch)
+        model.zero_grad()
+        logits = model(inputs, torch.Generator().manual_seed(0))
+        nodes, seen, stack = collections.Counter(), set(), [logits.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None and fn not in seen:
+                seen.add(fn)
+                nodes[type(fn).__name__] += 1
+                stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        logits.square().sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, nodes
+
+    logits, grads, nodes = run(fold)
+    ref_logits, ref_grads, ref_nodes = run(0)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-6, atol=1e-6)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    blocks = len(list(model.backbone.encoder_blocks()))
+    assert ref_nodes["AddBackward0"] - nodes["AddBackward0"] == (blocks if fold else 0)

@@ -26,6 +26,11 @@ from peftbench.backbone.structure import Point
 # norm's output, the branch's read of it, its gradient and the gradients' sum move half the bytes; the branch then
 # reads the input rounded to the autocast dtype, as the attention does (issue 12; off until timed on a GPU)
 HALF_BRANCH_INPUT = 0
+# 1: where a block's only CPE branch rides on the CPE's conv, that branch adds the block's input x in its last op
+# (GEM's Spatial Adapter: its ReLU-linear kernel), not an add after it: a launch, an autograd node and a write and
+# read of the level's (N, C) float32 features fewer a block; the same sum in the same order (issue 12; off until
+# timed on a GPU)
+FOLD_RESIDUAL = 0
 
 
 class DropPath(nn.Module):
@@ -91,10 +96,12 @@ class CPEConvBranch(nn.Module):
         """The branch's output from its conv's output ``conv_out`` (and the block input ``x``)."""
         raise NotImplementedError
 
-    def add_after_conv(self, point: Point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor
-                       ) -> torch.Tensor:
-        """``out + after_conv(...)``; a branch may fuse the sum into its last op."""
-        return out + self.after_conv(point, conv_out, x)
+    def add_after_conv(self, point: Point, conv_out: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
+                       residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``out + after_conv(...)``, and with ``residual``, ``residual + (that)``; a branch may fuse the sums into
+        its last op."""
+        out = out + self.after_conv(point, conv_out, x)
+        return out if residual is None else residual + out
 
 
 class Block(nn.Module):
@@ -122,7 +129,7 @@ class Block(nn.Module):
         # the CPE's conv to the attention's patches instead of breaking before the qkv projection.
         layout = self.attn.layout(point)
         x = point.feat
-        x = x + self._position_encoding(point, x)
+        x = self._position_encoding(point, x)
         h = _norm(self.norm1, x, self.attn_branches)
         x = x + self.drop_path(_with_branches(self.attn(point, h, layout), self.attn_branches, point, h))
         h = _norm(self.norm2, x, self.mlp_branches)
@@ -133,21 +140,23 @@ class Block(nn.Module):
         return point
 
     def _position_encoding(self, point: Point, x: torch.Tensor) -> torch.Tensor:
-        """``cpe(x) + Σ cpe_branches(x)``, the ``CPEConvBranch`` entries through the CPE's conv call."""
+        """``x + (cpe(x) + Σ cpe_branches(x))``, the ``CPEConvBranch`` entries through the CPE's conv call; with
+        ``FOLD_RESIDUAL``, a single such branch adds ``x`` itself."""
         kernel = self.cpe[0].kernel_size
         shared = [b for b in self.cpe_branches.values() if isinstance(b, CPEConvBranch) and b.kernel_size == kernel]
         if not shared:
-            return _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
+            return x + _with_branches(self.cpe(point, x), self.cpe_branches, point, x)
         weights = [branch.conv_weight() for branch in shared]
         out, extra = self.cpe(point, x, torch.cat([dense_weight(w) for w in weights]) if len(weights) > 1
                               else weights[0])
         conv_outs = extra.split([len(w) for w in weights], dim=1) if len(shared) > 1 else (extra,)
+        fold = FOLD_RESIDUAL and len(self.cpe_branches) == 1
         for branch, conv_out in zip(shared, conv_outs):
-            out = branch.add_after_conv(point, conv_out, x, out)
+            out = branch.add_after_conv(point, conv_out, x, out, residual=x if fold else None)
         for branch in self.cpe_branches.values():
             if branch not in shared:
                 out = out + branch(point, x)
-        return out
+        return out if fold else x + out
 
 
 def _norm(norm: nn.Sequential, x: torch.Tensor, branches: nn.ModuleDict) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``base + relu(a) @ W^T + b`` with the product in float32, on the Triton kernels: a branch's ReLU, up-projection
-and residual add (GEM's Spatial Adapter after its conv). On CUDA, one kernel forward instead of four launches, and
-two and a sum backward instead of five or six (``triton_relu_linear``; switch ``TRITON_RELU_LINEAR``). Elsewhere
-the caller runs its own torch ops.
+and add (GEM's Spatial Adapter after its conv; the block's residual sum too). On CUDA, one kernel forward instead
+of four launches, and two and a sum backward instead of five or six (``triton_relu_linear``; switch
+``TRITON_RELU_LINEAR``). Elsewhere the caller runs its own torch ops.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ def _kernels_for(base: Tensor, a: Tensor, weight: Tensor) -> ModuleType | None:
     return None
 
 
-def fused_relu_linear_add(base: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
+def fused_relu_linear_add(base: Tensor, a: Tensor, weight: Tensor, bias: Tensor | None,
+                          residual: Tensor | None = None) -> Tensor | None:
     """``base + relu(a) @ weight.T + bias`` on the kernels: ``a`` (N, r) in any float dtype, the product and bias in
-    float32 (``weight`` (C, r), ``bias`` (C,) or None), the sum in ``base``'s dtype (N, C). None where the kernels
-    do not take it."""
+    float32 (``weight`` (C, r), ``bias`` (C,) or None), the sum in ``base``'s dtype (N, C); with ``residual``
+    (``base``'s shape), ``residual + (base + ...)``. None where the kernels do not take it (``residual`` in
+    another dtype than ``base``'s too)."""
     kernels = _kernels_for(base, a, weight)
-    return None if kernels is None else apply(kernels.ReluLinearAdd, base, a, weight, bias)
+    if kernels is None or (residual is not None and residual.dtype != base.dtype):
+        return None
+    return apply(kernels.ReluLinearAdd, base, a, weight, bias, residual)

@@ -1,4 +1,5 @@
-"""``y = base + relu(a) @ W^T + b`` (``relu_linear``) as Triton kernels: one forward, two and a sum backward.
+"""``y = (residual +) base + relu(a) @ W^T + b`` (``relu_linear``) as Triton kernels: one forward, two and a sum
+backward.
 
 As torch ops the same is a ReLU, a cast, an addmm and an add forward, and two matmuls, a sum, a cast and the
 ReLU's gradient backward, each a launch and an autograd node on every call: GEM's Spatial Adapter makes that
@@ -29,8 +30,10 @@ def _relu_rows(a_ptr, a_stride, row, row_in, r, RP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["rows"])  # a new point count each batch: no variant per rows % 16
-def _forward_kernel(base_ptr, a_ptr, a_stride, w_ptr, b_ptr, y_ptr, rows, r, cols,
-                    HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr, RP: tl.constexpr):
+def _forward_kernel(base_ptr, a_ptr, a_stride, w_ptr, b_ptr, res_ptr, y_ptr, rows, r, cols,
+                    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+                    BLOCK_COLS: tl.constexpr, RP: tl.constexpr):
+    """y = (residual +) (base + relu(a) @ W^T + b), summed in float32 in that order."""
     row = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     col = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     row_in, col_in = row < rows, col < cols
@@ -41,8 +44,10 @@ def _forward_kernel(base_ptr, a_ptr, a_stride, w_ptr, b_ptr, y_ptr, rows, r, col
         branch += tl.load(b_ptr + col, mask=col_in, other=0.0)[None, :]
     mask = row_in[:, None] & col_in[None, :]
     offsets = row.to(tl.int64)[:, None] * cols + col[None, :]
-    base = tl.load(base_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + offsets, (base + branch).to(y_ptr.dtype.element_ty), mask=mask)
+    y = tl.load(base_ptr + offsets, mask=mask, other=0.0).to(tl.float32) + branch
+    if HAS_RESIDUAL:
+        y = tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) + y
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -96,12 +101,15 @@ def _tiles(cols: int, r: int) -> tuple[int, int]:
 
 class ReluLinearAdd(torch.autograd.Function):
     """``base + relu(a) @ weight.T + bias`` for float32 ``base`` (N, C), ``a`` (N, r; rows may be a column slice
-    of a wider matrix), float32 ``weight`` (C, r) and ``bias`` (C,) or None; the result in ``base``'s dtype."""
+    of a wider matrix), float32 ``weight`` (C, r) and ``bias`` (C,) or None; the result in ``base``'s dtype.
+    With ``residual`` (``base``'s shape and dtype), ``residual + (base + ...)``: the block's residual sum in the same
+    kernel (a launch, a node and a read and write of (N, C) fewer than the add after it)."""
 
     @staticmethod
     def forward(ctx, base: torch.Tensor, a: torch.Tensor, weight: torch.Tensor,  # type: ignore[override]
-                bias: torch.Tensor | None) -> torch.Tensor:
+                bias: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
         base, weight = base.contiguous(), weight.contiguous()
+        residual = None if residual is None else residual.contiguous()
         if a.stride(1) != 1:
             a = a.contiguous()
         rows, cols = base.shape
@@ -110,7 +118,8 @@ class ReluLinearAdd(torch.autograd.Function):
         y = torch.empty_like(base)
         if rows:
             launch(_forward_kernel, (cdiv(rows, BLOCK_ROWS), cdiv(cols, block_cols)), base, a, a.stride(0), weight,
-                   weight if bias is None else bias, y, rows, r, cols, HAS_BIAS=bias is not None, BLOCK=BLOCK_ROWS,
+                   weight if bias is None else bias, base if residual is None else residual, y, rows, r, cols,
+                   HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, BLOCK=BLOCK_ROWS,
                    BLOCK_COLS=block_cols, RP=rp)
         ctx.save_for_backward(a, weight)
         ctx.has_bias = bias is not None
@@ -140,5 +149,8 @@ class ReluLinearAdd(torch.autograd.Function):
                    tiles_per_program, BLOCK=BLOCK_ROWS, BLOCK_COLS=block_cols, RP=rp)
             sums = parts[0] if programs == 1 else parts.sum(0)
             d_weight, d_bias = sums[:cols * r].view(cols, r), sums[cols * r:]
-        return (dy if ctx.needs_input_grad[0] else None, d_a, d_weight if ctx.needs_input_grad[2] else None,
-                d_bias if ctx.has_bias and ctx.needs_input_grad[3] else None)
+        grads = (dy if ctx.needs_input_grad[0] else None, d_a, d_weight if ctx.needs_input_grad[2] else None,
+                 d_bias if ctx.has_bias and ctx.needs_input_grad[3] else None)
+        if len(ctx.needs_input_grad) > 4:  # called with the residual argument
+            grads += (dy if ctx.needs_input_grad[4] else None,)
+        return grads

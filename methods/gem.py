@@ -152,13 +152,16 @@ class ContextAdapter(nn.Module):
         self.bank = bank  # own latents (per-stage / per-layer sharing): reset the scene state here
 
     adds_to_base = True  # the block passes what it adds this branch to (``block._with_branches``)
+    adds_residual = True  # and, in evaluation, the block's input too (``block.FOLD_RESIDUAL``)
     # its projections read h of any float dtype in float32 (the kernels, or ``float32_linear``): the norm may write h
     # in the autocast dtype (``block.HALF_BRANCH_INPUT``)
     reads_half_input = True
 
-    def forward(self, point, h: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-        """The adapter's output for the normed features ``h``; given ``base``, ``base`` plus it (on CUDA the sum is
-        in the read-out kernel)."""
+    def forward(self, point, h: torch.Tensor, base: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The adapter's output for the normed features ``h``; given ``base``, ``base`` plus it, and given
+        ``residual`` (with ``base``, autograd off), ``residual + (base + it)`` (on CUDA the sums are in the read-out
+        kernel)."""
         if self.bank is not None:
             self.bank(point)
         latents = point.scene_state["gem_latents"]
@@ -174,7 +177,7 @@ class ContextAdapter(nn.Module):
         if one_node:  # CUDA: one autograd node for the whole adapter
             y, point.scene_state["gem_latents"] = projected_latent_attention(
                 h, weights, self.up.weight, latents, point.batch, self.scale, read_updated, "v" in names,
-                "q" in names, kernels, base)
+                "q" in names, kernels, base, residual)
             return y
         parts = dict(zip(names, float32_linear(h, torch.cat(weights) if len(weights) > 1 else weights[0]).split(
             self.k.out_features, dim=-1)))
@@ -184,7 +187,8 @@ class ContextAdapter(nn.Module):
             k, v, q, latents, point.batch, self.scale, read_updated=read_updated,
             scene_bias=None if kernels is not None else cached_off_scene_bias(point, latents.shape[1]))
         y = float32_linear(out, self.up.weight).to(h.dtype)
-        return y if base is None else base + y
+        y = y if base is None else base + y
+        return y if residual is None else residual + y
 
 
 @register

@@ -202,3 +202,51 @@ def test_cuda_dispatch_takes_the_kernels_and_the_switch_turns_them_off(monkeypat
     monkeypatch.setattr(latent_attention, "KERNEL_MAX_COLUMNS", 7)  # 2 scenes x 4 latents: too many columns
     wide_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
     assert type(wide_out.grad_fn).__name__ == "_LatentAttentionBackward"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the micro model's batch is on CPU")
+@pytest.mark.parametrize("on_kernels", [True, False])
+def test_evaluation_folds_the_residual_into_the_context_adapter(kernels, monkeypatch, micro_config, scene_batch,
+                                                                on_kernels):
+    """``block.FOLD_RESIDUAL`` in evaluation: GEM's Context Adapter adds the block's input in its read-out kernel
+    (CPU tensors through the interpreter) or its own ops, and its Spatial Adapter in its ReLU-linear kernel: the same
+    logits as the adds after them, and exactly one such kernel launch of each a block. Training keeps the adds (the
+    drop path, the backward)."""
+    from peftbench.backbone import block as block_module
+    from peftbench.backbone import relu_linear
+    from peftbench.model import Segmentor
+    from peftbench.registry import build_method
+    import peftbench.backbone.triton_relu_linear as relu_kernels
+
+    gem = sys.modules[get_method("gem").__module__]
+    if on_kernels:
+        monkeypatch.setattr(gem, "kernels_take", lambda points, columns: kernels)
+        monkeypatch.setattr(relu_linear, "_kernels_for", lambda base, a, weight: relu_kernels)
+    folded = []
+    for module in (kernels, relu_kernels):
+        launch = module.launch
+
+        def recording(kernel, grid, *args, _launch=launch, **constexprs):
+            folded.append(constexprs.get("HAS_RESIDUAL", False))
+            return _launch(kernel, grid, *args, **constexprs)
+        monkeypatch.setattr(module, "launch", recording)
+    torch.manual_seed(0)
+    model = Segmentor(micro_config, 5)
+    build_method("gem").apply(model)
+    for name, param in model.named_parameters():
+        if param.requires_grad and not param.any():
+            torch.nn.init.normal_(param, std=0.1)
+    inputs = {k: v for k, v in scene_batch.items() if k != "segment"}
+
+    def logits(fold: int, train: bool = False) -> torch.Tensor:
+        monkeypatch.setattr(block_module, "FOLD_RESIDUAL", fold)
+        folded.clear()
+        with torch.set_grad_enabled(train):
+            return model.train(train)(inputs, torch.Generator().manual_seed(0)).detach()
+
+    blocks = len(list(model.backbone.encoder_blocks()))
+    got = logits(1)
+    assert sum(folded) == (2 * blocks if on_kernels else 0)
+    torch.testing.assert_close(got, logits(0), rtol=1e-6, atol=1e-6)
+    logits(1, train=True)
+    assert sum(folded) == (blocks if on_kernels else 0)  # the Spatial Adapter's only: it has no drop path

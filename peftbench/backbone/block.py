@@ -27,9 +27,10 @@ from peftbench.backbone.structure import Point
 # reads the input rounded to the autocast dtype, as the attention does (issue 12; off until timed on a GPU)
 HALF_BRANCH_INPUT = 0
 # 1: where a block's only CPE branch rides on the CPE's conv, that branch adds the block's input x in its last op
-# (GEM's Spatial Adapter: its ReLU-linear kernel), not an add after it: a launch, an autograd node and a write and
-# read of the level's (N, C) float32 features fewer a block; the same sum in the same order (issue 12; off until
-# timed on a GPU)
+# (GEM's Spatial Adapter: its ReLU-linear kernel), not an add after it; and in evaluation (autograd off, no drop
+# path) a single branch beside the attention that ``adds_residual`` (GEM's Context Adapter: its read-out kernel)
+# adds x too. Each is a launch and a write and read of the level's (N, C) float32 features fewer a block (and an
+# autograd node in training), the same sums in the same order (issue 12; off until timed on a GPU)
 FOLD_RESIDUAL = 0
 
 
@@ -131,13 +132,24 @@ class Block(nn.Module):
         x = point.feat
         x = self._position_encoding(point, x)
         h = _norm(self.norm1, x, self.attn_branches)
-        x = x + self.drop_path(_with_branches(self.attn(point, h, layout), self.attn_branches, point, h))
+        x = self._attention(point, x, h, layout)
         h = _norm(self.norm2, x, self.mlp_branches)
         x = x + self.drop_path(_with_branches(self.mlp(h), self.mlp_branches, point, h))
         if self.post_mlp:
             x = _with_branches(x, self.post_mlp, point, x)
         point.feat = x
         return point
+
+    def _attention(self, point: Point, x: torch.Tensor, h: torch.Tensor, layout) -> torch.Tensor:
+        """``x + drop_path(attn(h) + Σ attn_branches(h))``; with ``FOLD_RESIDUAL``, in evaluation, a single branch
+        that ``adds_residual`` adds ``x`` itself."""
+        out = self.attn(point, h, layout)
+        branches = list(self.attn_branches.values())
+        drops = isinstance(self.drop_path, DropPath) and self.drop_path.training
+        if (FOLD_RESIDUAL and len(branches) == 1 and getattr(branches[0], "adds_residual", False)
+                and not torch.is_grad_enabled() and not drops):
+            return branches[0](point, h, base=out, residual=x)
+        return x + self.drop_path(_with_branches(out, self.attn_branches, point, h))
 
     def _position_encoding(self, point: Point, x: torch.Tensor) -> torch.Tensor:
         """``x + (cpe(x) + Σ cpe_branches(x))``, the ``CPEConvBranch`` entries through the CPE's conv call; with

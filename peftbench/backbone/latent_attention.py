@@ -188,10 +188,12 @@ class _KernelLatentAttention(torch.autograd.Function):
 
 def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight: Tensor, latents: Tensor,
                                batch: Tensor, scale: float, read_updated: bool, has_v: bool, has_q: bool,
-                               kernels: ModuleType, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                               kernels: ModuleType, base: Tensor | None = None,
+                               residual: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The Context Adapter on the kernels, as one autograd node: ``(base + up(out), updated latents)`` where
     ``[k | v | q] = h @ cat(proj_weights).T`` (``v`` / ``q`` where ``has_v`` / ``has_q``) and ``out`` the core's
-    read-out; without ``base``, ``up(out)``.
+    read-out; without ``base``, ``up(out)``. With ``residual`` (autograd off only), ``residual + (base + up(out))``:
+    the block's residual sum in the read-out kernel too.
 
     Products in float32 (the Context Adapter's contract): the projections (in training, ``PROJECT_IN_KERNEL``, in the
     partials kernel, ``h`` read in its own dtype, and ``h``'s gradient in the keys' and values' backward kernel; else
@@ -199,15 +201,17 @@ def projected_latent_attention(h: Tensor, proj_weights: list[Tensor], up_weight:
     in the read-out kernel, the result in ``h``'s dtype promoted with ``base``'s. Composed of separate ops the same
     call is ~11 autograd nodes (casts, the weights' concatenation, three matmuls, a split, the core, the sum), and a
     GPU step waits on the host's work for each (issue 12)."""
+    if residual is not None and torch.is_grad_enabled():
+        raise ValueError("projected_latent_attention: a residual only with autograd off (its backward has none)")
     return apply(_ProjectedKernelLatentAttention, h, latents.float(), up_weight, batch, latents.shape[1], scale,
-                 read_updated, has_v, has_q, kernels, base, projects_in_kernel(), *proj_weights)
+                 read_updated, has_v, has_q, kernels, base, residual, projects_in_kernel(), *proj_weights)
 
 
 class _ProjectedKernelLatentAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, latents: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
                 scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType, base: Tensor | None,
-                in_kernel: bool, *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
+                residual: Tensor | None, in_kernel: bool, *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
         # the latents (B, m, r) in and out, reshaped here: two view nodes fewer a block than reshaped around the node
         r = latents.shape[2]
         lat = latents.reshape(-1, r)
@@ -223,10 +227,13 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             with autocast_off(h.device.type):
                 rows = h.float() @ joined.T
         y_dtype = h.dtype if base is None else torch.promote_types(h.dtype, base.dtype)
+        if residual is not None:
+            y_dtype = torch.promote_types(y_dtype, residual.dtype)
         y = torch.empty((len(h), len(up_weight)), dtype=y_dtype, device=h.device)
         out, updated, *stats = kernels.forward(*_row_slices(rows, r, has_v, has_q), lat, batch, m, scale,
                                                read_updated, up_weight.contiguous(),
-                                               None if base is None else base.contiguous(), y, project=project)
+                                               None if base is None else base.contiguous(), y, project=project,
+                                               residual=None if residual is None else residual.contiguous())
         ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, joined, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
@@ -256,7 +263,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             d_weight = d_rows.T @ h.float()
             d_weights = d_weight.split(lat.shape[1]) if len(proj_weights) > 1 else (d_weight,)
         return d_h, d_lat.view(-1, ctx.m, lat.shape[1]), d_up, None, None, None, None, None, None, None, d_base, None, \
-            *d_weights
+            None, *d_weights
 
 
 def _row_slices(rows: Tensor, r: int, has_v: bool, has_q: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:

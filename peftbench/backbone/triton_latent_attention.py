@@ -120,9 +120,10 @@ def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr
 
 
 @triton.jit(do_not_specialize=["rows", "n_cols"])
-def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, y_ptr, rows, r,
-                 n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr, RP: tl.constexpr,
-                 MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
+def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, res_ptr, y_ptr,
+                 rows, r, n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
+                 BLOCK_COLS: tl.constexpr):
     row, row_in, row_mask = _row_tile(tl.program_id(0), rows, r, RP, BLOCK)
     col = tl.arange(0, MP)
     scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
@@ -131,7 +132,7 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, u
     out = tl.dot(spread, _load_latents(updated_ptr, r, n_cols, RP, MP), input_precision="ieee")
     ch = tl.arange(0, RP)
     tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_mask)
-    if UP:  # y = (base +) out @ up^T, a tile of C columns at a time, summed in float32
+    if UP:  # y = (residual +) ((base +) out @ up^T), a tile of C columns at a time, summed in float32
         for c0 in range(0, cols, BLOCK_COLS):
             up, c, c_in = _up_rows(up_ptr, c0, r, cols, RP, BLOCK_COLS)
             offsets = row.to(tl.int64)[:, None] * cols + c[None, :]
@@ -139,6 +140,8 @@ def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, u
             y = tl.dot(out, tl.trans(up), input_precision="ieee")
             if HAS_BASE:
                 y += tl.load(base_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if HAS_RESIDUAL:
+                y = tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32) + y
             tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -175,15 +178,17 @@ def _views(buffer: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Te
 def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
             m: int, scale: float, read_updated: bool, up: torch.Tensor | None = None,
             base: torch.Tensor | None = None, y: torch.Tensor | None = None,
-            project: tuple[torch.Tensor, list[torch.Tensor]] | None = None) -> tuple[torch.Tensor, ...]:
+            project: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+            residual: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
     projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
     points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
     are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
     ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any float dtype; summed in float32) into
-    ``y`` (contiguous, any float dtype). ``project``: ``(h, weights)``, ``h`` (N, C) contiguous of any float
-    dtype and the projections' (r, C) weights of ``k``, ``v`` and ``q``, those given: the partials kernel writes
-    ``k``, ``v``, ``q`` (then slices of one buffer to fill) as ``h @ w^T`` in float32 (no separate matmul)."""
+    ``y`` (contiguous, any float dtype), and with ``residual`` (as ``base``), ``residual + (that)``. ``project``:
+    ``(h, weights)``, ``h`` (N, C) contiguous of any float dtype and the projections' (r, C) weights of ``k``, ``v``
+    and ``q``, those given: the partials kernel writes ``k``, ``v``, ``q`` (then slices of one buffer to fill) as
+    ``h @ w^T`` in float32 (no separate matmul)."""
     has_v, has_q = v is not None, q is not None
     k = _rows(k)
     v, q = (k if t is None else _rows(t) for t in (v, q))
@@ -206,9 +211,9 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     out = torch.empty((rows, r), dtype=torch.float32, device=device)
     cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
-           out if up is None else up, out if base is None else base, out if y is None else y, rows, r, n_cols, m,
-           scale, cols, UP=up is not None, HAS_BASE=base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols),
-           **meta)
+           out if up is None else up, out if base is None else base, out if residual is None else residual,
+           out if y is None else y, rows, r, n_cols, m, scale, cols, UP=up is not None, HAS_BASE=base is not None,
+           HAS_RESIDUAL=residual is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
     return out, updated, shift, total, context
 
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from peftbench.backbone import latent_attention, relu_linear, sparse_conv  # noqa: E402
 from peftbench.backbone.triton_support import triton_kernels  # noqa: E402
-from peftbench.bench import FROZEN, bench_model, step_functions, synthetic_scenes  # noqa: E402
+from peftbench.bench import FROZEN, autocast_for, bench_model, step_functions, synthetic_scenes  # noqa: E402
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.registry import discover, get_method  # noqa: E402
 from peftbench.train.trainer import model_inputs  # noqa: E402
@@ -72,8 +72,10 @@ def take_kernels_on_cpu() -> collections.Counter:
     latent = triton_kernels("triton_latent_attention")
     if latent is None:
         raise SystemExit("--kernels: Triton does not import (./setup.sh puts it in .venv/triton-tests)")
+
     def kernels_take(points: torch.Tensor, columns: int):
         return latent if columns <= latent_attention.KERNEL_MAX_COLUMNS else None
+
     latent_attention.kernels_take = sys.modules[get_method("gem").__module__].kernels_take = kernels_take
     relu_linear._kernels_for = lambda base, a, weight: (
         triton_kernels("triton_relu_linear") if base.dtype == weight.dtype == torch.float32 else None)
@@ -97,7 +99,7 @@ def step_counts(method: str, batch: dict, backbone: str, launches: collections.C
     model = bench_model(backbone, method, torch.device("cpu"), "fp32").train(mode == "train")
     target = batch["segment"].clamp(min=0)
     infer, train = step_functions(model, [], model, model_inputs(batch), target,
-                                  lambda: torch.autocast("cpu", enabled=False), grad_to_input=method == FROZEN)
+                                  lambda: autocast_for(torch.device("cpu"), "fp32"), grad_to_input=method == FROZEN)
     step = train if mode == "train" else infer
     for _ in range(2):
         step()

@@ -144,11 +144,11 @@ class Block(nn.Module):
         """``x + drop_path(attn(h) + Σ attn_branches(h))``; with ``FOLD_RESIDUAL``, in evaluation, a single branch
         that ``adds_residual`` adds ``x`` itself."""
         out = self.attn(point, h, layout)
-        branches = list(self.attn_branches.values())
-        drops = isinstance(self.drop_path, DropPath) and self.drop_path.training
-        if (FOLD_RESIDUAL and len(branches) == 1 and getattr(branches[0], "adds_residual", False)
-                and not torch.is_grad_enabled() and not drops):
-            return branches[0](point, h, base=out, residual=x)
+        if FOLD_RESIDUAL and len(self.attn_branches) == 1 and not torch.is_grad_enabled():
+            (branch,) = self.attn_branches.values()
+            drops = isinstance(self.drop_path, DropPath) and self.drop_path.training
+            if getattr(branch, "adds_residual", False) and not drops:
+                return branch(point, h, base=out, residual=x)
         return x + self.drop_path(_with_branches(out, self.attn_branches, point, h))
 
     def _position_encoding(self, point: Point, x: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,12 @@
 #              (scripts/layer_norm_bench.py)
 #   launch     host time to issue one op, same shape against a new shape each call (scripts/launch_cost.py)
 #   overheads  the garbage collector's and spconv's allocator callbacks' share of a step (scripts/step_overheads.py)
+#   ctests     every test file with CUDA cases (the Triton kernels, GEM's adapters, the gathered conv, methods)
+#   ksweep     the Context Adapter's kernels per projection setting (scripts/context_kernel_sweep.py; SWEEP_ARGS)
 #   gab        the step with small levels gathered instead of spconv, per GATHER_MAX_SITES value in turns
 #              (scripts/gather_levels_ab.py; GAB_VALUES default "0 16384 65536", GAB_WORKLOADS; GAB_SETTING
-#              module:NAME for another integer setting)
+#              module:NAME for another integer setting, several separated by spaces timed one after another;
+#              GAB_SET: integer settings held for all, as SIDE_SET)
 #   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
@@ -64,8 +67,19 @@ has lnorm && stamp "layer norm" && (timeout 120 python3 -m pytest -q -p no:cache
 has launch && stamp "launch cost" && timeout 60 python3 scripts/launch_cost.py --json "$OUT/launch.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has overheads && stamp "step overheads" && timeout 200 python3 scripts/step_overheads.py --workloads ${OVERHEAD_WORKLOADS:-frozen:train:3 gem:train:3} ${OVERHEAD_ARGS:-} \
   --json "$OUT/overheads.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-has gab && stamp "gathered levels" && timeout 240 python3 scripts/gather_levels_ab.py --values ${GAB_VALUES:-0 16384 65536} \
-  ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} ${GAB_SETTING:+--setting $GAB_SETTING} --json "$OUT/gab.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+has ctests && stamp "CUDA tests" && timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_triton_latent_attention.py \
+  tests/test_triton_launch.py tests/test_triton_relu_linear.py tests/test_latent_attention.py tests/test_gem_precision.py \
+  tests/test_no_grad_memo.py tests/test_triton_gather_conv.py tests/test_gather_conv.py tests/test_autocast_off.py \
+  tests/test_methods.py 2>&1 | tail -15 | tee -a "$LOG"
+has ksweep && stamp "context kernels sweep" && timeout 240 python3 scripts/context_kernel_sweep.py ${SWEEP_ARGS:-} \
+  --json "$OUT/sweep.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+if has gab; then
+  for setting in ${GAB_SETTING:-peftbench.backbone.sparse_conv:GATHER_MAX_SITES}; do
+    stamp "in turns: $setting" && timeout 240 python3 scripts/gather_levels_ab.py --values ${GAB_VALUES:-0 16384 65536} \
+      ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} --setting "$setting" ${GAB_SET:+--set $GAB_SET} \
+      --json "$OUT/gab_${setting##*:}.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
+  done
+fi
 # the GPU smoke suite with spconv (conv_backend auto) and 12 loader workers
 sed -e 's/conv_backend: torch/conv_backend: auto/' -e 's/num_workers: 2 /num_workers: 12 /' suites/gpu_smoke.yaml > /tmp/gpu_speed.yaml
 sed -e 's/^  amp: true/  amp: true\n  compile: true/' /tmp/gpu_speed.yaml > /tmp/gpu_speed_c.yaml

@@ -7,7 +7,8 @@
 #              (scripts/layer_norm_bench.py)
 #   launch     host time to issue one op, same shape against a new shape each call (scripts/launch_cost.py)
 #   overheads  the garbage collector's and spconv's allocator callbacks' share of a step (scripts/step_overheads.py)
-#   ctests     every test file with CUDA cases (the Triton kernels, GEM's adapters, the gathered conv, methods)
+#   ctests     the Triton kernels' tests (latent attention, ReLU-linear, gathered conv, LayerNorm, launcher) and those of
+#              GEM's adapters, the gathered conv, autocast_off and the methods, on CUDA
 #   ksweep     the Context Adapter's kernels per projection setting (scripts/context_kernel_sweep.py; SWEEP_ARGS)
 #   gab        the step with small levels gathered instead of spconv, per GATHER_MAX_SITES value in turns
 #              (scripts/gather_levels_ab.py; GAB_VALUES default "0 16384 65536", GAB_WORKLOADS; GAB_SETTING
@@ -67,9 +68,10 @@ has lnorm && stamp "layer norm" && (timeout 120 python3 -m pytest -q -p no:cache
 has launch && stamp "launch cost" && timeout 60 python3 scripts/launch_cost.py --json "$OUT/launch.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has overheads && stamp "step overheads" && timeout 200 python3 scripts/step_overheads.py --workloads ${OVERHEAD_WORKLOADS:-frozen:train:3 gem:train:3} ${OVERHEAD_ARGS:-} \
   --json "$OUT/overheads.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
-has ctests && stamp "CUDA tests" && timeout 170 python3 -m pytest -q -p no:cacheprovider tests/test_triton_latent_attention.py \
-  tests/test_triton_launch.py tests/test_triton_relu_linear.py tests/test_latent_attention.py tests/test_gem_precision.py \
-  tests/test_no_grad_memo.py tests/test_triton_gather_conv.py tests/test_gather_conv.py tests/test_autocast_off.py \
+LATENT_TESTS="tests/test_triton_launch.py tests/test_triton_latent_attention.py tests/test_latent_attention.py
+  tests/test_gem_precision.py tests/test_triton_relu_linear.py tests/test_no_grad_memo.py"
+has ctests && stamp "CUDA tests" && timeout 200 python3 -m pytest -q -p no:cacheprovider $LATENT_TESTS \
+  tests/test_triton_gather_conv.py tests/test_gather_conv.py tests/test_triton_layer_norm.py tests/test_autocast_off.py \
   tests/test_methods.py 2>&1 | tail -15 | tee -a "$LOG"
 has ksweep && stamp "context kernels sweep" && timeout 240 python3 scripts/context_kernel_sweep.py ${SWEEP_ARGS:-} \
   --json "$OUT/sweep.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
@@ -121,9 +123,8 @@ has eval && stamp eval && timeout 300 python3 scripts/eval_bench.py --val-batch 
   --per-pass ${VOTING:-1 4 8} --scenes 8 --json "$OUT/eval.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
 has gconv && stamp "gathered conv kernel" && (timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_triton_gather_conv.py 2>&1 | tail -3; \
   timeout 150 python3 scripts/gather_conv_bench.py --json "$OUT/gconv.json" 2>&1) | grep -Ev "$F" | tee -a "$LOG"
-has latent && stamp "latent attention kernels" && (timeout 150 python3 -m pytest -q -p no:cacheprovider \
-  tests/test_triton_launch.py tests/test_triton_latent_attention.py tests/test_latent_attention.py tests/test_gem_precision.py \
-  tests/test_triton_relu_linear.py tests/test_no_grad_memo.py 2>&1 | tail -3; \
+has latent && stamp "latent attention kernels" && (timeout 150 python3 -m pytest -q -p no:cacheprovider $LATENT_TESTS \
+  2>&1 | tail -3; \
   timeout 150 python3 scripts/latent_attention_bench.py --json "$OUT/latent.json" 2>&1) | grep -Ev "$F" | tee -a "$LOG"
 has gsweep && stamp "gathered conv kernel tiles" && timeout 300 python3 scripts/gather_conv_bench.py --sweep \
   --json "$OUT/gsweep.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"

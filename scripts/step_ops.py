@@ -66,12 +66,13 @@ def count_ops(prof: torch.profiler.profile, skip: tuple[str, ...] = ()) -> tuple
     return ops, nodes
 
 
-def take_kernels_on_cpu() -> collections.Counter:
+def take_kernels_on_cpu(run: bool = True) -> collections.Counter:
     """GEM's latent attention and ReLU-linear kernels taken on CPU tensors (Triton's interpreter), as on CUDA; the
-    launches counted by kernel, run under ``pb:triton`` (left out of the op counts)."""
+    launches counted by kernel, run under ``pb:triton`` (left out of the op counts), or with ``run`` False not run
+    at all (the host's path to each launch without the launch: ``host_proxy.py``)."""
     latent = triton_kernels("triton_latent_attention")
     if latent is None:
-        raise SystemExit("--kernels: Triton does not import (./setup.sh puts it in .venv/triton-tests)")
+        raise SystemExit("Triton does not import (./setup.sh puts it in .venv/triton-tests)")
 
     def kernels_take(points: torch.Tensor, columns: int):
         return latent if columns <= latent_attention.KERNEL_MAX_COLUMNS else None
@@ -86,8 +87,9 @@ def take_kernels_on_cpu() -> collections.Counter:
 
         def counting_launch(kernel, *args, _original=original, **kwargs):
             launches[kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__] += 1
-            with torch.profiler.record_function("pb:triton"):
-                _original(kernel, *args, **kwargs)
+            if run:
+                with torch.profiler.record_function("pb:triton"):
+                    _original(kernel, *args, **kwargs)
         kernels.launch = counting_launch
     return launches
 

@@ -81,6 +81,31 @@ def test_interleaved_takes_turns_and_compares_round_by_round(monkeypatch) -> Non
     assert round_ratios(rounds, "a", "b") == {"median": 2.0, "min": 2.0, "max": 2.0}
 
 
+def test_host_proxy_takes_turns_a_step_at_a_time_and_pairs_each_turns_steps(monkeypatch) -> None:
+    """scripts/host_proxy.py: one step of each function in turn, and each ratio taken within a turn, so a drift of
+    the CPU's speed from one turn to the next falls on both sides (the ratio of the medians would read 1 here)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import host_proxy
+
+    clock, calls = [0.0], []
+    durations = {"a": iter([2.0, 8.0, 3.0]), "b": iter([1.0, 4.0, 3.0])}
+
+    def step(name: str):
+        def run() -> None:
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+
+    monkeypatch.setattr(host_proxy.time, "perf_counter", lambda: clock[0])
+    times = host_proxy.in_turns({"a": step("a"), "b": step("b")}, turns=3)
+    assert calls == ["a", "b"] * 3
+    assert times == {"a": [2000.0, 8000.0, 3000.0], "b": [1000.0, 4000.0, 3000.0]}
+    assert host_proxy.turn_ratios(times, "a", "b") == {"median": 2.0, "q25": 1.5, "q75": 2.0}
+
+
 def test_side_by_side_builds_every_workload_it_compares() -> None:
     """scripts/side_by_side.py's functions (the reference stood in for by our own PTv3, which takes the
     same constructor and gives the same hypercolumn) run, and every comparison names two of them."""

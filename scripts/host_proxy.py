@@ -9,7 +9,9 @@ and a few points a scene, so that a step is mostly Python, op dispatch and autog
 GEM's kernels are taken as on CUDA, and their launches counted but not run (``step_ops.take_kernels_on_cpu``), so
 the Triton launches themselves are left out (~5-10 us each on an H100 host); AdamW is fused as on CUDA. Not as on
 a GPU: no autocast, torch's LayerNorm and the gathered conv's torch ops in place of their kernels, and a CPU op's
-dispatch instead of a CUDA launch.
+dispatch instead of a CUDA launch. On this 2-core CPU, 120 turns put a setting's ratio within ~4 % (a setting with
+no effect in evaluation, ``gather_conv:FACTORED_WEIGHTS``, read 0.958, 0.967 and 0.937 in three runs), so it tells
+GEM's host work from frozen's (~1.3x in evaluation, ~1.5x in training), not a setting worth 1-2 %.
 
     python scripts/host_proxy.py --methods gem lora --json host.json
     python scripts/host_proxy.py --setting peftbench.backbone.block:FOLD_RESIDUAL --values 0 1
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -51,12 +54,16 @@ class FusedAdamW(torch.optim.AdamW):
         super().__init__(params, **{**kwargs, "fused": True})
 
 
-def in_turns(fns: dict, turns: int) -> dict[str, list[float]]:
+def in_turns(fns: dict, turns: int, seed: int = 0) -> dict[str, list[float]]:
     """Per function, the ms of each of ``turns`` steps, the functions taking turns one step at a time: this CPU's
-    speed drifts by up to ~20 % from one second to the next, and a ratio of adjacent steps cancels most of it."""
+    speed drifts by up to ~20 % from one second to the next, and a ratio of steps of one turn cancels most of it.
+    The order is drawn anew each turn: a step runs up to ~8 % faster right after a step of the same method and mode
+    than after a training step of another (caches), so a fixed order would favour some."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    order, rng = list(fns.items()), random.Random(seed)
     for _ in range(turns):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name, fn in order:
             start = time.perf_counter()
             fn()
             times[name].append(1000 * (time.perf_counter() - start))
@@ -97,12 +104,12 @@ def main() -> int:
     for method in (FROZEN, *args.methods):
         settings = NARROW.get(method)
         for mode in args.modes:
-            model = bench_model("sonata", method, cpu, "fp32", settings, overrides).train(mode == "train")
-            infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(cpu, "fp32"),
-                                          grad_to_input=method == FROZEN)
-            step = train if mode == "train" else infer
-            values = args.values if args.setting and method != FROZEN else [None]
-            for value in values:
+            for value in args.values if args.setting and method != FROZEN else [None]:
+                # a model for each value: one model stepped twice in a row runs faster the second time (~5 % here)
+                model = bench_model("sonata", method, cpu, "fp32", settings, overrides).train(mode == "train")
+                infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(cpu, "fp32"),
+                                              grad_to_input=method == FROZEN)
+                step = train if mode == "train" else infer
                 name = f"{method}:{mode}" + ("" if value is None else f"@{value}")
                 fns[name] = step if value is None else with_setting(args.setting, value, step)
                 fns[name]()

@@ -101,7 +101,7 @@ def test_host_proxy_takes_turns_a_step_at_a_time_and_pairs_each_turns_steps(monk
 
     monkeypatch.setattr(host_proxy.time, "perf_counter", lambda: clock[0])
     times = host_proxy.in_turns({"a": step("a"), "b": step("b")}, turns=3)
-    assert calls == ["a", "b"] * 3
+    assert sorted(calls[:2]) == sorted(calls[2:4]) == sorted(calls[4:]) == ["a", "b"]  # each once a turn
     assert times == {"a": [2000.0, 8000.0, 3000.0], "b": [1000.0, 4000.0, 3000.0]}
     assert host_proxy.turn_ratios(times, "a", "b") == {"median": 2.0, "q25": 1.5, "q75": 2.0}
 

@@ -212,9 +212,9 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
     def forward(ctx, h: Tensor, latents: Tensor, up_weight: Tensor, batch: Tensor, m: int,  # type: ignore[override]
                 scale: float, read_updated: bool, has_v: bool, has_q: bool, kernels: ModuleType, base: Tensor | None,
                 residual: Tensor | None, in_kernel: bool, *proj_weights: Tensor) -> tuple[Tensor, Tensor]:
-        # the latents (B, m, r) in and out, reshaped here: two view nodes fewer a block than reshaped around the node
+        # the latents (B, m, r) in and out as they are: the kernels read B*m rows of r, whatever the shape
         r = latents.shape[2]
-        lat = latents.reshape(-1, r)
+        lat = latents.contiguous()  # the bank's expanded latents (the first block) copied, later blocks' as they come
         h = h.contiguous()
         # [k | v | q] = h @ cat(proj_weights)^T, written by the partials kernel (training: the weights apart), or a
         # matmul by the concatenation (evaluation may pass it), kept for h's gradient
@@ -237,7 +237,7 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
         ctx.save_for_backward(h, rows, up_weight, out, lat, batch, updated, joined, *stats, *proj_weights)
         ctx.m, ctx.scale, ctx.read_updated, ctx.has_v, ctx.has_q = m, scale, read_updated, has_v, has_q
         ctx.kernels, ctx.base_dtype, ctx.stats = kernels, None if base is None else base.dtype, len(stats)
-        return y, updated.view(latents.shape)
+        return y, updated
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -253,16 +253,16 @@ class _ProjectedKernelLatentAttention(torch.autograd.Function):
             d_y = d_y.float()
             d_up = d_y.T @ out
             d_rows, d_lat, d_h = ctx.kernels.backward(
-                d_y, None if d_updated is None else d_updated.float().view(lat.shape),
-                *_row_slices(rows, lat.shape[1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
+                d_y, None if d_updated is None else d_updated.float(),
+                *_row_slices(rows, lat.shape[-1], ctx.has_v, ctx.has_q), lat, batch, ctx.m, ctx.scale,
                 ctx.read_updated, updated, *stats, up=up_weight.contiguous(),
                 project=(h, proj_weights) if ctx.needs_input_grad[0] and joined is None else None,
                 d_base=d_base if write_base else None)
             if joined is not None and ctx.needs_input_grad[0]:
                 d_h = (d_rows @ joined).to(h.dtype)
             d_weight = d_rows.T @ h.float()
-            d_weights = d_weight.split(lat.shape[1]) if len(proj_weights) > 1 else (d_weight,)
-        return d_h, d_lat.view(-1, ctx.m, lat.shape[1]), d_up, None, None, None, None, None, None, None, d_base, None, \
+            d_weights = d_weight.split(lat.shape[-1]) if len(proj_weights) > 1 else (d_weight,)
+        return d_h, d_lat, d_up, None, None, None, None, None, None, None, d_base, None, \
             None, *d_weights
 
 

@@ -162,17 +162,29 @@ class Plan:
         self.programs = cdiv(tiles, self.tiles_per_program)
         self.read_grid = (tiles,)
 
-    def parts(self, device: torch.device, *widths: int) -> torch.Tensor:
-        """Per row program, a (programs, MP, width) partial for each of ``widths``, one after another in one
-        allocation that the kernels take whole: a ``torch.empty`` is ~4 us of host time on an H100 host (session 27),
-        and splitting one into three views ~10 us more on a 2-core CPU (a GEM step would make hundreds)."""
-        return torch.empty(self.programs * self.mp * sum(widths), dtype=torch.float32, device=device)
+    def parts(self, *widths: int) -> tuple[int]:
+        """The shape of the row programs' partial sums: per program, a (MP, width) partial for each of ``widths``,
+        one after another, which the kernels take whole."""
+        return (self.programs * self.mp * sum(widths),)
 
 
-def _views(buffer: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
-    """Contiguous tensors of ``shapes`` one after another in ``buffer``."""
-    sizes = [math.prod(shape) for shape in shapes]
-    return [part.view(shape) for part, shape in zip(buffer.split(sizes), shapes)]
+def _buffers(device: torch.device, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Contiguous float32 tensors of ``shapes``, one after another in one allocation, each at a 16-byte boundary
+    (Triton specializes a pointer on it). A ``torch.empty`` is ~4 us of host time on an H100 host (session 27), a
+    view by ``as_strided`` ~1 us on a 2-core CPU (a split and views: ~2 us each), and a GEM step makes hundreds."""
+    starts, end = [], 0
+    for shape in shapes:
+        starts.append(end)
+        end += -(-math.prod(shape) // 4) * 4
+    buffer = torch.empty(end, dtype=torch.float32, device=device)
+    views = []
+    for shape, start in zip(shapes, starts):
+        strides, stride = [], 1
+        for size in reversed(shape):
+            strides.append(stride)
+            stride *= size
+        views.append(buffer.as_strided(shape, strides[::-1], start))
+    return views
 
 
 def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat: torch.Tensor, batch: torch.Tensor,
@@ -181,9 +193,9 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
             project: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
-    projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r), the
-    points' scenes ``batch`` (N,) and m latents a scene. ``shift``, ``total`` (M,) and ``context`` (M, r)
-    are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
+    projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r) or (B, m, r)
+    (M = B*m), the points' scenes ``batch`` (N,) and m latents a scene; ``updated`` and ``context`` in ``lat``'s
+    shape. ``shift``, ``total`` (M,) and ``context`` are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
     ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any float dtype; summed in float32) into
     ``y`` (contiguous, any float dtype), and with ``residual`` (as ``base``), ``residual + (that)``. ``project``:
     ``(h, weights)``, ``h`` (N, C) contiguous of any float dtype and the projections' (r, C) weights of ``k``, ``v``
@@ -194,12 +206,13 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     v, q = (k if t is None else _rows(t) for t in (v, q))
     lat = lat.contiguous()
     rows, r = k.shape
-    n_cols = lat.shape[0]
+    n_cols = lat.numel() // r
     plan = Plan(rows, n_cols, r)
     device = k.device
-    parts = plan.parts(device, 1, 1, plan.rp)
-    shift, total, context, updated = _views(torch.empty(2 * (plan.mp + lat.numel()), dtype=torch.float32,
-                                                        device=device), [(plan.mp,)] * 2 + [lat.shape] * 2)
+    # the updated latents apart: they go on to the next block, where the rest is dropped or kept for the backward
+    out, parts, shift, total, context = _buffers(device, [(rows, r), plan.parts(1, 1, plan.rp), (plan.mp,),
+                                                          (plan.mp,), lat.shape])
+    updated = torch.empty(lat.shape, dtype=torch.float32, device=device)
     meta = dict(RP=plan.rp, MP=plan.mp)
     h, wk, wv, wq = _projection(project, k, has_v, has_q)
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
@@ -208,7 +221,6 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
            **_projection_options(project is not None, h.shape[1]), **meta)
     launch(_context_combine_kernel, (plan.mp,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
            PB=PARTS_BLOCK, **meta)
-    out = torch.empty((rows, r), dtype=torch.float32, device=device)
     cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
            out if up is None else up, out if base is None else base, out if residual is None else residual,
@@ -256,23 +268,24 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     k, v, q = (None if t is None else _rows(t) for t in (k, v, q))
     lat = lat.contiguous()
     rows, r = k.shape
-    n_cols = lat.shape[0]
+    n_cols = lat.numel() // r
     plan = Plan(rows, n_cols, r)
     device, meta = k.device, dict(RP=plan.rp, MP=plan.mp)
-    d_rows = torch.empty((rows, r * (1 + (v is not None) + (q is not None))), dtype=torch.float32, device=device)
+    # the latents' gradient apart: it goes on to the previous block, where the rest is dropped with this backward
+    d_rows, parts, d_context, minus_d_total, *d_q = _buffers(
+        device, [(rows, r * (1 + (v is not None) + (q is not None))), plan.parts(plan.rp, plan.rp, plan.rp),
+                 lat.shape, (plan.mp,)] + [(rows, r)] * (q is None))
+    d_lat = torch.empty(lat.shape, dtype=torch.float32, device=device)
     d_k = d_rows[:, :r]
     d_v = None if v is None else d_rows[:, r:2 * r]
-    d_q = torch.empty((rows, r), dtype=torch.float32, device=device) if q is None else d_rows[:, -r:]
+    d_q = d_q[0] if q is None else d_rows[:, -r:]
     queries = k if q is None else q
-    parts = plan.parts(device, plan.rp, plan.rp, plan.rp)
     scored = updated if read_updated else lat
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
            d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), parts,
            d_q if d_base is None else d_base, rows, r, n_cols, m, scale, plan.tiles_per_program, cols,
            UP=up is not None, D_BASE=d_base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
-    d_context, d_lat, minus_d_total = _views(torch.empty(2 * lat.numel() + plan.mp, dtype=torch.float32,
-                                                         device=device), [lat.shape] * 2 + [(plan.mp,)])
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
     launch(_read_combine_kernel, (plan.mp,), parts, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,

@@ -10,8 +10,8 @@ GEM's kernels are taken as on CUDA, and their launches counted but not run (``st
 the Triton launches themselves are left out (~5-10 us each on an H100 host); AdamW is fused as on CUDA. Not as on
 a GPU: no autocast, torch's LayerNorm and the gathered conv's torch ops in place of their kernels, and a CPU op's
 dispatch instead of a CUDA launch. On this 2-core CPU, 120 turns put a setting's ratio within ~4 % (a setting with
-no effect in evaluation, ``gather_conv:FACTORED_WEIGHTS``, read 0.958, 0.967 and 0.937 in three runs), so it tells
-GEM's host work from frozen's (~1.3x in evaluation, ~1.5x in training), not a setting worth 1-2 %.
+no effect in evaluation, ``gather_conv:FACTORED_WEIGHTS``, read 0.958 there), so it tells GEM's host work from
+frozen's (~1.3x in evaluation, ~1.5x in training), not a setting worth 1-2 %.
 
     python scripts/host_proxy.py --methods gem lora --json host.json
     python scripts/host_proxy.py --setting peftbench.backbone.block:FOLD_RESIDUAL --values 0 1

@@ -40,6 +40,18 @@ def _inputs(counts: list[int], m: int, r: int, seed: int):
     return batch, k, v, q, latents, g
 
 
+def test_buffers_are_one_allocation_of_disjoint_views_each_at_a_16_byte_boundary(kernels):
+    """Triton specializes a pointer on 16-byte alignment: a view at another offset would compile another variant."""
+    shapes = [(3,), (5, 2), (1,), (2, 3, 2)]
+    views = kernels._buffers(torch.device(DEVICE), shapes)
+    assert [tuple(v.shape) for v in views] == shapes
+    assert all(v.is_contiguous() and v.dtype == torch.float32 for v in views)
+    assert all(v.data_ptr() % 16 == 0 for v in views)
+    spans = sorted((v.data_ptr(), v.data_ptr() + 4 * v.numel()) for v in views)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+    assert len({v.untyped_storage().data_ptr() for v in views}) == 1
+
+
 # one scene; three scenes, one of a single point; ranks 32, 5 (padded to 16) and 8; tiles cut mid-scene
 @pytest.mark.parametrize("counts, m, r", [([70], 4, 32), ([50, 1, 90], 3, 5), ([33, 120], 4, 8)])
 @pytest.mark.parametrize("with_v", [False, True])

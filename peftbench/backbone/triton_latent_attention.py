@@ -195,9 +195,10 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     """``(out, updated, shift, total, context)`` for float32 ``k``, ``v``, ``q`` (N, r; column slices of the
     projections are read in place; None: the keys double as values / queries), latents ``lat`` (M, r) or (B, m, r)
     (M = B*m), the points' scenes ``batch`` (N,) and m latents a scene; ``updated`` and ``context`` in ``lat``'s
-    shape. ``shift``, ``total`` (M,) and ``context`` are what the backward reads. With the float32 up-projection ``up`` (C, r), the read-out kernel also writes
-    ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any float dtype; summed in float32) into
-    ``y`` (contiguous, any float dtype), and with ``residual`` (as ``base``), ``residual + (that)``. ``project``:
+    shape. ``shift``, ``total`` (M,) and ``context`` are what the backward reads. With the float32 up-projection
+    ``up`` (C, r), the read-out kernel also writes ``y = base + out @ up^T`` (N, C; ``base`` contiguous or None, any
+    float dtype; summed in float32) into ``y`` (contiguous, any float dtype), and with ``residual`` (as ``base``),
+    ``residual + (that)``. ``project``:
     ``(h, weights)``, ``h`` (N, C) contiguous of any float dtype and the projections' (r, C) weights of ``k``, ``v``
     and ``q``, those given: the partials kernel writes ``k``, ``v``, ``q`` (then slices of one buffer to fill) as
     ``h @ w^T`` in float32 (no separate matmul)."""

@@ -16,6 +16,7 @@ One model is built per method and timed on every batch size and autocast dtype a
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,17 +94,21 @@ def timed(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int =
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, rounds: int, steps: int,
-                warmup: int = 2) -> dict[str, list[float]]:
+                warmup: int = 2, order_seed: int | None = None) -> dict[str, list[float]]:
     """Per function, the median wall ms of ``steps`` steps in each of ``rounds`` rounds, the functions
     taking turns (A B C, A B C, ...). One workload's step moves ~15 % between processes on a lent GPU
     machine, and more between machines; taken in turns, a drift of the host falls on every function
-    alike, and ``round_ratios`` compares two of them round by round."""
+    alike, and ``round_ratios`` compares two of them round by round. With ``order_seed``, each round's
+    order is drawn anew (where a step runs faster after a step of the same kind, a fixed order favours some)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     rounds_ms: dict[str, list[float]] = {name: [] for name in fns}
+    order, rng = list(fns.items()), None if order_seed is None else random.Random(order_seed)
     for _ in range(rounds):
-        for name, fn in fns.items():
+        if rng is not None:
+            rng.shuffle(order)
+        for name, fn in order:
             rounds_ms[name].append(timed(fn, device, steps, warmup=0)["ms"])
     return rounds_ms
 

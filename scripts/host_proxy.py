@@ -7,11 +7,11 @@ host's share is what moves most between machines. Here the model keeps every blo
 Sonata's encoder (5 stages, 3-3-3-12-3 blocks) at 16 channels and one head a level (``--channels``), GEM at rank 8,
 and a few points a scene, so that a step is mostly Python, op dispatch and autograd: the work a GPU host does.
 GEM's kernels are taken as on CUDA, and their launches counted but not run (``step_ops.take_kernels_on_cpu``), so
-the Triton launches themselves are left out (~5-10 us each on an H100 host); AdamW is fused as on CUDA. Not as on
-a GPU: no autocast, torch's LayerNorm and the gathered conv's torch ops in place of their kernels, and a CPU op's
-dispatch instead of a CUDA launch. On this 2-core CPU, 120 turns put a setting's ratio within ~4 % (a setting with
-no effect in evaluation, ``gather_conv:FACTORED_WEIGHTS``, read 0.958 there), so it tells GEM's host work from
-frozen's (~1.3x in evaluation, ~1.5x in training), not a setting worth 1-2 %.
+the Triton launches themselves are left out (the launcher's call alone 4.8 us on an H100 host, session 38); AdamW is
+fused as on CUDA. Not as on a GPU: no autocast, torch's LayerNorm and the gathered conv's torch ops in place of their
+kernels, and a CPU op's dispatch instead of a CUDA launch. On this 2-core CPU, 120 turns put a setting's ratio within
+~4 % (a setting with no effect in evaluation, ``gather_conv:FACTORED_WEIGHTS``, read 0.958 there), so it tells GEM's
+host work from frozen's (~1.3x in evaluation, ~1.5x in training), not a setting worth 1-2 %.
 
     python scripts/host_proxy.py --methods gem lora --json host.json
     python scripts/host_proxy.py --setting peftbench.backbone.block:FOLD_RESIDUAL --values 0 1
@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from peftbench.backbone import sparse_conv  # noqa: E402
-from peftbench.bench import FROZEN, autocast_for, bench_model, step_functions, synthetic_scenes  # noqa: E402
+from peftbench.bench import (FROZEN, autocast_for, bench_model, interleaved, step_functions,  # noqa: E402
+                             synthetic_scenes)
 from peftbench.data.collate import collate_points  # noqa: E402
 from peftbench.registry import discover  # noqa: E402
 from peftbench.train.trainer import model_inputs  # noqa: E402
@@ -54,24 +53,9 @@ class FusedAdamW(torch.optim.AdamW):
         super().__init__(params, **{**kwargs, "fused": True})
 
 
-def in_turns(fns: dict, turns: int, seed: int = 0) -> dict[str, list[float]]:
-    """Per function, the ms of each of ``turns`` steps, the functions taking turns one step at a time: this CPU's
-    speed drifts by up to ~20 % from one second to the next, and a ratio of steps of one turn cancels most of it.
-    The order is drawn anew each turn: a step runs up to ~8 % faster right after a step of the same method and mode
-    than after a training step of another (caches), so a fixed order would favour some."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    order, rng = list(fns.items()), random.Random(seed)
-    for _ in range(turns):
-        rng.shuffle(order)
-        for name, fn in order:
-            start = time.perf_counter()
-            fn()
-            times[name].append(1000 * (time.perf_counter() - start))
-    return times
-
-
 def turn_ratios(times: dict[str, list[float]], numerator: str, denominator: str) -> dict[str, float]:
-    """Median and quartiles over the turns of ``numerator``'s step ms over ``denominator``'s in the same turn."""
+    """Median and quartiles over the turns of ``numerator``'s step ms over ``denominator``'s in the same turn (of
+    single steps, the extremes ``round_ratios`` gives say little)."""
     ratios = np.asarray(times[numerator]) / np.asarray(times[denominator])
     q25, median, q75 = np.quantile(ratios, [0.25, 0.5, 0.75])
     return {"median": float(median), "q25": float(q25), "q75": float(q75)}
@@ -105,7 +89,7 @@ def main() -> int:
         settings = NARROW.get(method)
         for mode in args.modes:
             for value in args.values if args.setting and method != FROZEN else [None]:
-                # a model for each value: one model stepped twice in a row runs faster the second time (~5 % here)
+                # a model for each value: one model's steps back to back run faster (a fixed order's bias above)
                 model = bench_model("sonata", method, cpu, "fp32", settings, overrides).train(mode == "train")
                 infer, train = step_functions(model, [], model, inputs, target, lambda: autocast_for(cpu, "fp32"),
                                               grad_to_input=method == FROZEN)
@@ -116,7 +100,10 @@ def main() -> int:
                 launches.clear()
                 fns[name]()
                 launched[name] = sum(launches.values())
-    times = in_turns(fns, args.turns)
+    # a step at a time in turns, the order drawn anew each turn: this CPU's speed drifts by up to ~20 % from one second
+    # to the next, and with a fixed order a setting that does nothing read 0.92-0.94 (a step after one of the same
+    # method and mode runs faster)
+    times = interleaved(fns, cpu, args.turns, steps=1, warmup=0, order_seed=0)
     rows = []
     for name, ms in times.items():
         method, mode = name.split("@")[0].split(":")

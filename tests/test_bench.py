@@ -81,17 +81,20 @@ def test_interleaved_takes_turns_and_compares_round_by_round(monkeypatch) -> Non
     assert round_ratios(rounds, "a", "b") == {"median": 2.0, "min": 2.0, "max": 2.0}
 
 
-def test_host_proxy_takes_turns_a_step_at_a_time_and_pairs_each_turns_steps(monkeypatch) -> None:
-    """scripts/host_proxy.py: one step of each function in turn, and each ratio taken within a turn, so a drift of
-    the CPU's speed from one turn to the next falls on both sides (the ratio of the medians would read 1 here)."""
+def test_host_proxy_draws_each_turns_order_and_pairs_each_turns_steps(monkeypatch) -> None:
+    """scripts/host_proxy.py: one step of each function a turn (``interleaved`` with ``order_seed``: each once a
+    turn, in an order drawn anew), and each ratio taken within a turn, so a drift of the CPU's speed from one turn to
+    the next falls on both sides (the ratio of the medians would read 1 here)."""
     import sys
     from pathlib import Path
+
+    import peftbench.bench as bench
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import host_proxy
 
     clock, calls = [0.0], []
-    durations = {"a": iter([2.0, 8.0, 3.0]), "b": iter([1.0, 4.0, 3.0])}
+    durations = {"a": iter([2.0, 8.0, 3.0, 1.0, 1.0, 1.0]), "b": iter([1.0, 4.0, 3.0, 1.0, 1.0, 1.0])}
 
     def step(name: str):
         def run() -> None:
@@ -99,11 +102,15 @@ def test_host_proxy_takes_turns_a_step_at_a_time_and_pairs_each_turns_steps(monk
             clock[0] += next(durations[name])
         return run
 
-    monkeypatch.setattr(host_proxy.time, "perf_counter", lambda: clock[0])
-    times = host_proxy.in_turns({"a": step("a"), "b": step("b")}, turns=3)
-    assert sorted(calls[:2]) == sorted(calls[2:4]) == sorted(calls[4:]) == ["a", "b"]  # each once a turn
-    assert times == {"a": [2000.0, 8000.0, 3000.0], "b": [1000.0, 4000.0, 3000.0]}
-    assert host_proxy.turn_ratios(times, "a", "b") == {"median": 2.0, "q25": 1.5, "q75": 2.0}
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    times = bench.interleaved({"a": step("a"), "b": step("b")}, torch.device("cpu"), rounds=6, steps=1, warmup=0,
+                              order_seed=0)
+    assert all(sorted(calls[i:i + 2]) == ["a", "b"] for i in range(0, 12, 2))  # each once a turn
+    assert calls[::2] != ["a"] * 6 and calls[::2] != ["b"] * 6  # the order is drawn, not fixed
+    assert times == {"a": [2000.0, 8000.0, 3000.0, 1000.0, 1000.0, 1000.0],
+                     "b": [1000.0, 4000.0, 3000.0, 1000.0, 1000.0, 1000.0]}
+    assert host_proxy.turn_ratios({k: v[:3] for k, v in times.items()}, "a", "b") == {
+        "median": 2.0, "q25": 1.5, "q75": 2.0}
 
 
 def test_side_by_side_builds_every_workload_it_compares() -> None:

@@ -92,8 +92,11 @@ probe() {  # $1: suite, $2: json suffix
 trials() {  # $1: suite, $2: json suffix
   for method in ${TRIALS:-gem lora}; do
     stamp "trial $method$2"
+    # a fresh Triton cache a trial: its entries' times say which kernels compiled when (against step_end_unix)
+    rm -rf /tmp/triton_cache && TRITON_CACHE_DIR=/tmp/triton_cache \
     timeout 200 python3 scripts/trial_probe.py "$1" --method $method --seed 0 --smi --json "$OUT/probe_$method$2.json" 2>&1 \
       | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/|_pct" | tee -a "$LOG"
+    find /tmp/triton_cache -name "*.json" ! -name "__grp__*" -printf "%T@ %P\n" 2>/dev/null | sort -n > "$OUT/compiles_$method$2.txt"
   done
 }
 # paper-shaped: the paper suite's step (24 scenes = 8 micro-batches of 3, Mix3D 0.8) on 72 dense rooms, 3 epochs

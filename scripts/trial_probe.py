@@ -78,6 +78,7 @@ def main() -> int:
     spec = next(s for s in trial_specs(load_suite(args.suite))
                 if args.method in (None, s["method"]["label"]) and args.seed in (None, s["seed"]))
     ends: list[float] = []
+    alloc_retries: list[int] = []  # the caching allocator's cumulative retries at each step end (a stall's suspect)
     unix_offset = time.time() - time.perf_counter()  # step ends as unix times, for nvidia-smi's stamps
     state: dict = {}
     original_sync = trainer_module.Trainer._synchronize
@@ -85,6 +86,8 @@ def main() -> int:
     def synchronize(self) -> None:  # the end of every training step (and of latency passes)
         original_sync(self)
         ends.append(time.perf_counter())
+        if self.device.type == "cuda":
+            alloc_retries.append(torch.cuda.memory_stats().get("num_alloc_retries", 0))
         state["trainer"] = self
         if len(ends) == args.profile_step:
             stack = contextlib.ExitStack()
@@ -112,6 +115,7 @@ def main() -> int:
            "trainer_step_ms_median": 1000 * float(np.median(trainer.step_times[3:])),
            "end_to_end_step_ms_median": float(np.median(gaps[3:])) if len(gaps) > 3 else None,
            "trainer_step_ms": [1000 * t for t in trainer.step_times], "end_to_end_step_ms": gaps.tolist(),
+           "step_end_unix": [unix_offset + t for t in ends[:steps]], "alloc_retries": alloc_retries[:steps],
            "gpu_busy": _smi_busy(smi, [unix_offset + t for t in ends[3:steps]]) if smi else None,
            "profile": state.get("profile"), "final": {k: v for k, v in final.items() if k.startswith(("eff/", "time/"))}}
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_ms")}, indent=1))

@@ -9,6 +9,8 @@ from peftbench.backbone.gather_conv import gather_submconv, neighbour_table
 from peftbench.backbone.sparse_conv import build_neighbour_map, submconv_torch
 from peftbench.backbone.structure import Point
 
+SPCONV_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # spconv's CUDA build takes CUDA tensors only
+
 
 def _sites(n: int, side: int, scenes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -53,10 +55,10 @@ def test_spconv_backend_takes_bfloat16_features() -> None:
 
     if not spconv_available():
         pytest.skip("spconv not installed")
-    grid, batch = _sites(50, 5, 1, seed=0)
-    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
-    conv = SubMConv3d(4, 4, 3, bias=False, indice_key="t", backend="spconv")
-    feat = torch.randn(len(grid), 4)
+    grid, batch = (t.to(SPCONV_DEVICE) for t in _sites(50, 5, 1, seed=0))
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1, device=SPCONV_DEVICE))
+    conv = SubMConv3d(4, 4, 3, bias=False, indice_key="t", backend="spconv").to(SPCONV_DEVICE)
+    feat = torch.randn(len(grid), 4, device=SPCONV_DEVICE)
     out = conv(point, feat.bfloat16())
     torch.testing.assert_close(out.float(), conv(point, feat.bfloat16().float()).float())
 
@@ -182,20 +184,21 @@ def test_extra_weight_columns_equal_a_second_conv_and_only_trainable_rows_get_gr
 
     if backend == "spconv" and not spconv_available():
         pytest.skip("spconv not installed")
-    grid, batch = _sites(90, 6, 2, seed=3)
-    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1))
+    device = SPCONV_DEVICE if backend == "spconv" else "cpu"
+    grid, batch = (t.to(device) for t in _sites(90, 6, 2, seed=3))
+    point = Point(grid_coord=grid, batch=batch, feat=torch.zeros(len(grid), 1, device=device))
     g = torch.Generator().manual_seed(2)
-    dtype = torch.float32 if backend == "spconv" else torch.float64  # spconv's CPU kernels: no float64
-    conv = SubMConv3d(5, 4, 3, bias=True, indice_key="t", backend=backend).to(dtype).requires_grad_(False)
+    dtype = torch.float32 if backend == "spconv" else torch.float64  # spconv's kernels: no float64
+    conv = SubMConv3d(5, 4, 3, bias=True, indice_key="t", backend=backend).to(device, dtype).requires_grad_(False)
     torch.nn.init.normal_(conv.bias)
-    feat = torch.randn(len(grid), 5, generator=g, dtype=dtype, requires_grad=True)
-    extra = torch.randn(3, 3, 3, 3, 5, generator=g, dtype=dtype, requires_grad=True)
+    feat = torch.randn(len(grid), 5, generator=g, dtype=dtype).to(device).requires_grad_()
+    extra = torch.randn(3, 3, 3, 3, 5, generator=g, dtype=dtype).to(device).requires_grad_()
     out, extra_out = conv(point, feat, extra)
     reference = submconv_torch(feat, torch.cat([conv.weight, extra]), build_neighbour_map(grid, batch, 3))
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
     torch.testing.assert_close(out, reference[:, :4] + conv.bias, **tol)
     torch.testing.assert_close(extra_out, reference[:, 4:], **tol)
-    w_out = torch.randn(len(grid), 7, generator=g, dtype=dtype)
+    w_out = torch.randn(len(grid), 7, generator=g, dtype=dtype).to(device)
     grads = torch.autograd.grad((torch.cat([out, extra_out], 1) * w_out).sum(), [feat, extra])
     ref_grads = torch.autograd.grad((torch.cat([reference[:, :4] + conv.bias, reference[:, 4:]], 1) * w_out).sum(),
                                     [feat, extra])

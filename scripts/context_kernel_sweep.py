@@ -85,6 +85,7 @@ def main() -> int:
     levels = [level_inputs(n, c, device) for n, c in zip(LEVEL_POINTS, LEVEL_CHANNELS)]
     defaults = {name: getattr(kernels, name) for name in ("PROJECT_TF32X3", "PROJECT_BLOCK_C", "PROJECT_WARPS",
                                                           "PROGRAMS")}
+    in_kernel = latent_attention.PROJECT_IN_KERNEL
     references = [train_call(x, kernels) for x in levels]
     settings = [dict(PROJECT_IN_KERNEL=0, PROGRAMS=p) for p in args.programs]
     settings += [dict(PROJECT_IN_KERNEL=1, PROJECT_TF32X3=tf, PROJECT_BLOCK_C=bc, PROJECT_WARPS=w, PROGRAMS=p)
@@ -111,7 +112,7 @@ def main() -> int:
         label = " ".join(f"{k.replace('PROJECT_', '').lower()}={v}" for k, v in setting.items())
         top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(named.items(), key=lambda kv: -kv[1])[:2])
         print(f"{label:60s} {step_ms:7.2f} ms a step  [{top}]  rel diff {difference:.1e}", flush=True)
-    latent_attention.PROJECT_IN_KERNEL = 1
+    latent_attention.PROJECT_IN_KERNEL = in_kernel
     best = min(rows, key=lambda row: row["step_ms"])
     print(f"fastest: {best}")
     if args.json:

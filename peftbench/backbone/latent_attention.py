@@ -31,8 +31,9 @@ ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs;
 # 1: in training, the one-node adapter's projections in the partials kernel and h's gradient in the keys' backward
 # kernel; 0: a float32 matmul each. Training only: with autograd off (the concatenated weight memoised) GEM's step
 # was faster by the matmul (H100, session 40, in turns: a GEM training step 0.978x with it, inference 1.07x); 2: in
-# evaluation too (no cast of h for the matmul; to time with ``triton_latent_attention.PROJECT_TF32X3``)
-PROJECT_IN_KERNEL = 1
+# evaluation too, with ``triton_latent_attention.PROJECT_TF32X3`` (no cast of h for the matmul; H100, session 46, in
+# turns over 1: GEM inference 0.989 [0.935, 0.993] at batch 3, 0.935 [0.807, 1.042] at 1)
+PROJECT_IN_KERNEL = 2
 # most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
 KERNEL_MAX_COLUMNS = 128
 

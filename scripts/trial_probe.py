@@ -3,9 +3,10 @@
 
 Reports the wall time between consecutive step ends (data wait included) next to the trainer's
 own step time (from batch in hand to synchronised end), and a torch-profiler breakdown (device
-and host ms per stage, as ``peftbench bench --profile``) of one whole step of the trial, loss,
-clipping and loader wait included. Nothing in the trainer is changed: its end-of-step
-synchronisation is wrapped to mark the step boundaries.
+and host ms per stage, as ``peftbench bench --profile``, and the ops with most device time) of one
+whole step of the trial, loss, clipping and loader wait included. Nothing in the trainer is
+changed: its end-of-step synchronisation is wrapped to mark the step boundaries (and, on CUDA,
+read the caching allocator's retries so far: a stalled step's suspect).
 
     python scripts/trial_probe.py suites/gpu_smoke.yaml --method gem --seed 0 --profile-step 20 --json probe.json
 """
@@ -100,8 +101,11 @@ def main() -> int:
         elif len(ends) == args.profile_step + 1 and "stack" in state:
             state.pop("stack").close()
             device_stages, host_stages = summarize(state["prof"].events(), self.device.type == "cuda")
+            by_device = sorted(state["prof"].key_averages(), key=lambda e: -e.self_device_time_total)[:25]
             state["profile"] = {"wall_ms": 1000 * (ends[-1] - ends[-2]), "device": device_stages,
-                                "host": host_stages}
+                                "host": host_stages,
+                                "top_ops": [(e.key[:80], round(e.self_device_time_total / 1000, 2),
+                                             round(e.self_cpu_time_total / 1000, 2), e.count) for e in by_device]}
 
     trainer_module.Trainer._synchronize = synchronize
     trainer_module.segmentation_loss = _labelled(trainer_module.segmentation_loss, "loss")

@@ -13,7 +13,7 @@
 #   gab        the step with small levels gathered instead of spconv, per GATHER_MAX_SITES value in turns
 #              (scripts/gather_levels_ab.py; GAB_VALUES default "0 16384 65536", GAB_WORKLOADS; GAB_SETTING
 #              module:NAME for another integer setting, several separated by spaces timed one after another;
-#              GAB_SET: integer settings held for all, as SIDE_SET)
+#              GAB_SET: integer settings held for all, as SIDE_SET; GAB_ROUNDS, default 5)
 #   probe      the trainer's step on fixed / new / repeated batch sizes (scripts/shape_probe.py); cprobe: compiled
 #   trials     GEM and LoRA gpu_smoke trials with nvidia-smi sampling (scripts/trial_probe.py); ctrials: compiled
 #   ptrials    the same at the paper suite's step (8 micro-batches of 3, Mix3D) on 72 dense rooms, 3 epochs,
@@ -78,7 +78,7 @@ has ksweep && stamp "context kernels sweep" && timeout 240 python3 scripts/conte
 if has gab; then
   for setting in ${GAB_SETTING:-peftbench.backbone.sparse_conv:GATHER_MAX_SITES}; do
     stamp "in turns: $setting" && timeout 240 python3 scripts/gather_levels_ab.py --values ${GAB_VALUES:-0 16384 65536} \
-      ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} --setting "$setting" ${GAB_SET:+--set $GAB_SET} \
+      ${GAB_WORKLOADS:+--workloads $GAB_WORKLOADS} --setting "$setting" ${GAB_SET:+--set $GAB_SET} --rounds ${GAB_ROUNDS:-5} \
       --json "$OUT/gab_${setting##*:}.json" 2>&1 | grep -Ev "$F" | tee -a "$LOG"
   done
 fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """GEM's Context Adapter, forward and backward as in a training step, per encoder level and per setting of the
 kernels that project ``h`` (issue 12): device time from the profiler's kernels (no host time in it), summed over a
-batch-3 Sonata encoder's blocks, for each ``PROJECT_TF32X3`` x ``PROJECT_BLOCK_C`` x ``PROJECT_WARPS`` x
-``PROGRAMS``, and for the projections by cuBLAS matmuls (``PROJECT_IN_KERNEL=0``); each setting's largest
-difference from the defaults' updated latents and weights' gradients (relative to the largest value).
+batch-3 Sonata encoder's blocks (``--scenes``: its points as so many scenes), for each ``PROJECT_TF32X3`` x
+``PROJECT_BLOCK_C`` x ``PROJECT_WARPS`` x ``PROGRAMS``, and for the projections by cuBLAS matmuls
+(``PROJECT_IN_KERNEL=0``); each setting's largest difference from the defaults' updated latents and weights'
+gradients (relative to the largest value).
 
     python scripts/context_kernel_sweep.py --json sweep.json
 """
@@ -26,24 +27,26 @@ from scripts.latent_attention_bench import LEVEL_POINTS  # noqa: E402
 
 LEVEL_CHANNELS = (48, 96, 192, 384, 512)  # Sonata's encoder
 LEVEL_BLOCKS = (3, 3, 3, 12, 3)
-RANK, LATENTS, SCENES = 32, 4, 3
+RANK, LATENTS = 32, 4
 DEVICE = "cuda"
 
 
-def level_inputs(points: int, channels: int, device: torch.device) -> dict:
-    """One GEM block's Context Adapter inputs at a level: fp16 ``h`` (the block adds to it), ``shared_qk``'s two
-    projections, the up-projection, the latents, and the gradients that flow back into ``y`` and the latents."""
+def level_inputs(points: int, channels: int, device: torch.device, scenes: int = 3) -> dict:
+    """One GEM block's Context Adapter inputs at a level of ``scenes`` scenes of equal size: fp16 ``h`` (the block
+    adds to it), ``shared_qk``'s two projections, the up-projection, the latents, and the gradients that flow back
+    into ``y`` and the latents."""
     g = torch.Generator(device).manual_seed(points)
-    sizes = torch.tensor([points // 3, points // 3, points - 2 * (points // 3)], device=device)
+    sizes = torch.full((scenes,), points // scenes, device=device)
+    sizes[-1] += points - int(sizes.sum())
 
     def normal(*shape, std=1.0, dtype=torch.float32):
         return (torch.randn(*shape, device=device, generator=g) * std).to(dtype)
     return dict(h=normal(points, channels, dtype=torch.float16).requires_grad_(),
                 weights=[normal(RANK, channels, std=0.02).requires_grad_() for _ in range(2)],
                 up=normal(channels, RANK, std=0.02).requires_grad_(),
-                latents=normal(SCENES, LATENTS, RANK, std=0.02).requires_grad_(),
-                batch=torch.repeat_interleave(torch.arange(SCENES, device=device), sizes),
-                d_y=normal(points, channels, dtype=torch.float16), d_latents=normal(SCENES, LATENTS, RANK))
+                latents=normal(scenes, LATENTS, RANK, std=0.02).requires_grad_(),
+                batch=torch.repeat_interleave(torch.arange(scenes, device=device), sizes),
+                d_y=normal(points, channels, dtype=torch.float16), d_latents=normal(scenes, LATENTS, RANK))
 
 
 def train_call(x: dict, kernels) -> tuple[torch.Tensor, ...]:
@@ -78,11 +81,13 @@ def main() -> int:
     parser.add_argument("--programs", type=int, nargs="+", default=[264, 528, 1056])
     parser.add_argument("--block-c", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--scenes", type=int, default=3, help="the batch-3 levels' points split into so many "
+                        "scenes (the kernels take scenes x 4 latent columns)")
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device(DEVICE)
     kernels = latent_attention.kernels_take(torch.empty(1, device=device), 1)
-    levels = [level_inputs(n, c, device) for n, c in zip(LEVEL_POINTS, LEVEL_CHANNELS)]
+    levels = [level_inputs(n, c, device, args.scenes) for n, c in zip(LEVEL_POINTS, LEVEL_CHANNELS)]
     defaults = {name: getattr(kernels, name) for name in ("PROJECT_TF32X3", "PROJECT_BLOCK_C", "PROJECT_WARPS",
                                                           "PROGRAMS")}
     in_kernel = latent_attention.PROJECT_IN_KERNEL

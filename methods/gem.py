@@ -166,7 +166,7 @@ class ContextAdapter(nn.Module):
             self.bank(point)
         latents = point.scene_state["gem_latents"]
         read_updated = self.read_latents == "updated"
-        kernels = kernels_take(h, latents.shape[0] * latents.shape[1])
+        kernels = kernels_take(h, latents.shape[1])
         one_node = kernels is not None and latent_attention.ONE_NODE
         # the projections as one float32 matmul, split; or the kernels project h by each weight
         names = self.projections

@@ -106,8 +106,7 @@ def _latent_attention_choice(on_cuda: bool) -> str:
         return "torch's core (its Triton kernels run on CUDA only)"
     if not latent_attention.TRITON_LATENT or triton_kernels("triton_latent_attention") is None:
         return "torch's core: Triton does not import (CUDA builds of torch bring it)"
-    return (f"Triton kernels up to {latent_attention.KERNEL_MAX_COLUMNS} latent columns (scenes x latents) a "
-            "forward, torch's core above")
+    return (f"Triton kernels up to {latent_attention.KERNEL_MAX_LATENTS} latents a scene, torch's core above")
 
 
 def _layer_norm_choice(on_cuda: bool) -> str:

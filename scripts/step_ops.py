@@ -74,8 +74,8 @@ def take_kernels_on_cpu(run: bool = True) -> collections.Counter:
     if latent is None:
         raise SystemExit("Triton does not import (./setup.sh puts it in .venv/triton-tests)")
 
-    def kernels_take(points: torch.Tensor, columns: int):
-        return latent if columns <= latent_attention.KERNEL_MAX_COLUMNS else None
+    def kernels_take(points: torch.Tensor, latents_per_scene: int):
+        return latent if latents_per_scene <= latent_attention.KERNEL_MAX_LATENTS else None
 
     latent_attention.kernels_take = sys.modules[get_method("gem").__module__].kernels_take = kernels_take
     relu_linear._kernels_for = lambda base, a, weight: (

@@ -71,7 +71,7 @@ def test_doctor_reports_versions_backends_and_paths(tmp_path, monkeypatch, capsy
     norm = next(line for line in out.splitlines() if line.strip().startswith("layer norm"))
     assert ("Triton kernels for rows of at most" in norm) if torch.cuda.is_available() else ("CUDA only" in norm)
     latent = next(line for line in out.splitlines() if line.strip().startswith("GEM context adapter"))
-    wanted = "Triton kernels up to 128 latent columns" if torch.cuda.is_available() else "CUDA only"
+    wanted = "Triton kernels up to 128 latents a scene" if torch.cuda.is_available() else "CUDA only"
     assert wanted in latent
     assert f"sqlite:///{tmp_path.resolve()}/mlflow.db" in out
     assert str(tmp_path / "hf") in out and "not cached" in out

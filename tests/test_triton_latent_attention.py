@@ -52,8 +52,10 @@ def test_buffers_are_one_allocation_of_disjoint_views_each_at_a_16_byte_boundary
     assert len({v.untyped_storage().data_ptr() for v in views}) == 1
 
 
-# one scene; three scenes, one of a single point; ranks 32, 5 (padded to 16) and 8; tiles cut mid-scene
-@pytest.mark.parametrize("counts, m, r", [([70], 4, 32), ([50, 1, 90], 3, 5), ([33, 120], 4, 8)])
+# one scene; three scenes, one of a single point; ranks 32, 5 (padded to 16) and 8; tiles cut mid-scene; ten
+# scenes, the first tile's nine in three windows of four scenes
+@pytest.mark.parametrize("counts, m, r", [([70], 4, 32), ([50, 1, 90], 3, 5), ([33, 120], 4, 8),
+                                          ([2, 1, 3, 1, 2, 1, 2, 3, 1, 20], 4, 8)])
 @pytest.mark.parametrize("with_v", [False, True])
 @pytest.mark.parametrize("with_q", [False, True])
 @pytest.mark.parametrize("read_updated", [False, True])
@@ -77,6 +79,29 @@ def test_kernels_equal_the_definition(kernels, counts, m, r, with_v, with_q, rea
                               [t for t in as32 if t is not None])
     for a, b in zip(got, ref):
         torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+
+
+def test_kernels_take_rows_of_scenes_in_any_order(kernels):
+    """A row tile scores only its scenes' latent columns, a window of whole scenes at a time (m = 3: five scenes,
+    15 of 16 columns): ten scenes, their rows in order and shuffled (every tile then meets most scenes, and each
+    program's tiles revisit them): the same outputs and gradients as the definition's, row for row."""
+    counts = [2, 1, 3, 1, 2, 1, 2, 3, 1, 20]
+    batch, k, v, q, latents, g = _inputs(counts, 3, 8, seed=11)
+    w_out = torch.randn(len(batch), 8, generator=g, dtype=torch.float64)
+    w_upd = torch.randn(latents.shape, generator=g, dtype=torch.float64)
+    out, upd = _per_point(k, v, q, latents, batch, 0.4, True)
+    ref = torch.autograd.grad((out * w_out).sum() + (upd * w_upd).sum(), [k, v, q, latents])
+    for order in (torch.arange(len(batch)), torch.randperm(len(batch), generator=g)):
+        rows = [t.detach()[order].float().to(DEVICE).requires_grad_() for t in (k, v, q)]
+        lat = latents.detach().float().to(DEVICE).requires_grad_()
+        got_out, got_upd = latent_attention._KernelLatentAttention.apply(
+            *rows, lat.reshape(-1, 8), batch[order].to(DEVICE), 3, 0.4, True, kernels)
+        torch.testing.assert_close(got_out.double().cpu(), out[order], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_upd.view(upd.shape).double().cpu(), upd, rtol=1e-5, atol=1e-5)
+        got = torch.autograd.grad((got_out * w_out[order].float().to(DEVICE)).sum()
+                                  + (got_upd.view(upd.shape) * w_upd.float().to(DEVICE)).sum(), [*rows, lat])
+        for a, b in zip(got, [t[order] for t in ref[:3]] + [ref[3]]):
+            torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
 def test_kernels_without_a_gradient_on_the_latents_and_on_projection_slices(kernels):
@@ -211,7 +236,7 @@ def test_cuda_dispatch_takes_the_kernels_and_the_switch_turns_them_off(monkeypat
     assert type(torch_out.grad_fn).__name__ == "_LatentAttentionBackward"
     torch.testing.assert_close(out, torch_out, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(latent_attention, "TRITON_LATENT", 1)
-    monkeypatch.setattr(latent_attention, "KERNEL_MAX_COLUMNS", 7)  # 2 scenes x 4 latents: too many columns
+    monkeypatch.setattr(latent_attention, "KERNEL_MAX_LATENTS", 3)  # 4 latents a scene: too many
     wide_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
     assert type(wide_out.grad_fn).__name__ == "_LatentAttentionBackward"
 
@@ -232,7 +257,7 @@ def test_evaluation_folds_the_residual_into_the_context_adapter(kernels, monkeyp
 
     gem = sys.modules[get_method("gem").__module__]
     if on_kernels:
-        monkeypatch.setattr(gem, "kernels_take", lambda points, columns: kernels)
+        monkeypatch.setattr(gem, "kernels_take", lambda points, latents_per_scene: kernels)
         monkeypatch.setattr(relu_linear, "_kernels_for", lambda base, a, weight: relu_kernels)
     folded = []
     for module in (kernels, relu_kernels):

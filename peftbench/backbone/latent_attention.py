@@ -34,8 +34,9 @@ ONE_NODE = 1  # 0: the Context Adapter as separate ops around the kernels (A/Bs;
 # evaluation too, with ``triton_latent_attention.PROJECT_TF32X3`` (no cast of h for the matmul; H100, session 46, in
 # turns over 1: GEM inference 0.989 [0.935, 0.993] at batch 3, 0.935 [0.807, 1.042] at 1)
 PROJECT_IN_KERNEL = 2
-# most latent columns (scenes x latents) the kernels take: a row tile's scores are held in registers
-KERNEL_MAX_COLUMNS = 128
+# most latents a scene the kernels take: a row tile's scores against a window of whole scenes' latents are held in
+# registers (the scenes a forward are not limited)
+KERNEL_MAX_LATENTS = 128
 
 
 def projects_in_kernel() -> bool:
@@ -43,10 +44,10 @@ def projects_in_kernel() -> bool:
     return PROJECT_IN_KERNEL == 2 or bool(PROJECT_IN_KERNEL and torch.is_grad_enabled())
 
 
-def kernels_take(points: Tensor, columns: int) -> ModuleType | None:
-    """The Triton kernels' module where they take the core for ``points`` against ``columns`` latents of all
-    scenes (CUDA, at most ``KERNEL_MAX_COLUMNS``, Triton importable), else None."""
-    if TRITON_LATENT and points.is_cuda and columns <= KERNEL_MAX_COLUMNS:
+def kernels_take(points: Tensor, latents_per_scene: int) -> ModuleType | None:
+    """The Triton kernels' module where they take the core for ``points`` against ``latents_per_scene`` latents a
+    scene (CUDA, at most ``KERNEL_MAX_LATENTS``, Triton importable), else None."""
+    if TRITON_LATENT and points.is_cuda and latents_per_scene <= KERNEL_MAX_LATENTS:
         return triton_kernels("triton_latent_attention")
     return None
 
@@ -66,7 +67,7 @@ def scene_latent_attention(k: Tensor, v: Tensor | None, q: Tensor | None, latent
     mask by ``batch`` and need none).
     """
     num_scenes, m, r = latents.shape
-    kernels = kernels_take(k, num_scenes * m)
+    kernels = kernels_take(k, m)
     with autocast_off(k.device.type):
         if kernels is not None:
             out, updated = apply(_KernelLatentAttention, k.float(), None if v is None else v.float(),

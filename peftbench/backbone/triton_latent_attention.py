@@ -9,7 +9,9 @@ pass over the rows for the read-out's gradients, a combine, a pass recomputing t
 values' gradients, and a last combine for the latents'. All products are float32 (``input_precision="ieee"``):
 the Context Adapter's float32 contract.
 
-Points are masked to their own scene's m latent columns by their scene index (no (N, B*m) bias).
+Points are masked to their own scene's m latent columns by their scene index (no (N, B*m) bias), and a row tile
+scores only the columns of the scenes its rows are in, a window of whole scenes at a time (``Plan``); the row
+programs merge their partial sums a window at a time into their slice of the partials, whatever the rows' order.
 Imported only where Triton is used (CUDA, or CPU tests with ``TRITON_INTERPRET=1``).
 """
 
@@ -23,9 +25,9 @@ import triton.language as tl
 
 from peftbench.backbone.triton_latent_backward import (_context_backward_kernel, _latent_grad_kernel,
                                                         _read_backward_kernel, _read_combine_kernel)
-from peftbench.backbone.triton_latent_tiles import (_column, _load_latents, _load_rows, _masked_scores, _project,
-                                                     _row_softmax, _row_tile, _scores, _store_column, _store_rows,
-                                                     _up_rows)
+from peftbench.backbone.triton_latent_tiles import (_column, _load_cols, _load_rows, _masked_scores, _project,
+                                                     _row_tile, _store_column, _store_rows, _tile_scenes, _up_rows,
+                                                     _window, _window_softmax, _zero_parts)
 from peftbench.backbone.triton_launch import cdiv, launch, next_power_of_2
 
 BLOCK_ROWS = 64
@@ -44,22 +46,24 @@ PROJECT_WARPS = 4
 
 @triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, h_ptr, h_stride, wk_ptr, wv_ptr,
-                             wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
-                             PROJECT: tl.constexpr, HAS_V: tl.constexpr, HAS_Q: tl.constexpr, RP: tl.constexpr,
-                             MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+                             wq_ptr, lat_ptr, batch_ptr, part_ptr, rows, r, cols, n_cols, m, scenes_per_window,
+                             scale, tiles_per_program, PROJECT: tl.constexpr, HAS_V: tl.constexpr,
+                             HAS_Q: tl.constexpr, RP: tl.constexpr, WP: tl.constexpr, BLOCK: tl.constexpr,
+                             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """The online softmax's partial sums per program. ``PROJECT``: the keys (and values and queries where
     ``HAS_V`` / ``HAS_Q``) are ``h @ w^T``, computed here and written to their rows for the read-out and the
     backward; else read from them (values: ``v_ptr``, the keys where they double as them). ``part_ptr``: the
-    programs' column maxima, then sums, then weighted values (``Plan.parts``)."""
+    programs' column maxima, then sums, then weighted values (``Plan.parts``), merged a window of columns at a time
+    (a row tile's scenes' columns only)."""
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
-    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
-    col = tl.arange(0, MP)
-    col_in = col < n_cols
-    lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
-    run_max = tl.full((MP,), float("-inf"), tl.float32)
-    run_sum = tl.zeros((MP,), tl.float32)
-    acc = tl.zeros((MP, RP), tl.float32)
+    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * n_cols, part_ptr + 2 * programs * n_cols
+    ch = tl.arange(0, RP)
+    for c0 in range(0, n_cols, WP):  # no rows yet: max -inf, sums 0
+        col = c0 + tl.arange(0, WP)
+        tl.store(part_max_ptr + pid * n_cols + col, tl.full((WP,), float("-inf"), tl.float32), mask=col < n_cols)
+        tl.store(part_sum_ptr + pid * n_cols + col, tl.zeros((WP,), tl.float32), mask=col < n_cols)
+    _zero_parts(part_ctx_ptr, pid, n_cols, RP, WP)
     for t in range(tiles_per_program):
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
         if PROJECT:
@@ -75,30 +79,37 @@ def _context_partials_kernel(k_ptr, k_stride, v_ptr, v_stride, q_ptr, q_stride, 
         else:
             k = _load_rows(k_ptr, k_stride, row, row_mask, RP)
             v = _load_rows(v_ptr, v_stride, row, row_mask, RP)
-        scores = _masked_scores(k, lat, row_in, batch_ptr, row, col // m, col_in, scale)
-        new_max = tl.maximum(run_max, tl.max(scores, axis=0))
-        shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a column with no rows yet: nothing to shift
-        alpha = tl.exp(run_max - shift)
-        e = tl.exp(scores - shift[None, :])
-        run_sum = run_sum * alpha + tl.sum(e, axis=0)
-        acc = acc * alpha[:, None] + tl.dot(tl.trans(e), v, input_precision="ieee")
-        run_max = new_max
-    tl.store(part_max_ptr + pid * MP + col, run_max)
-    tl.store(part_sum_ptr + pid * MP + col, run_sum)
-    ch = tl.arange(0, RP)
-    tl.store(part_ctx_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], acc)
+        scene, first, last = _tile_scenes(batch_ptr, row, row_in)
+        for s in range(first, last + 1, scenes_per_window):
+            col, col_scene, col_in = _window(s, m, n_cols, scenes_per_window, WP)
+            scores = _masked_scores(k, _load_cols(lat_ptr, col, col_in, r, RP), row_in, scene, col_scene, col_in,
+                                    scale)
+            tl.debug_barrier()  # the program's previous window may have stored these columns from other threads
+            run_max = tl.load(part_max_ptr + pid * n_cols + col, mask=col_in, other=float("-inf"))
+            new_max = tl.maximum(run_max, tl.max(scores, axis=0))
+            shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # a column with no rows yet: nothing to shift
+            alpha = tl.exp(run_max - shift)
+            e = tl.exp(scores - shift[None, :])
+            run_sum = tl.load(part_sum_ptr + pid * n_cols + col, mask=col_in, other=0.0) * alpha + tl.sum(e, axis=0)
+            ctx_offsets = (pid * n_cols + col[:, None]) * RP + ch[None, :]
+            acc = tl.load(part_ctx_ptr + ctx_offsets, mask=col_in[:, None], other=0.0) * alpha[:, None]
+            acc += tl.dot(tl.trans(e), v, input_precision="ieee")
+            tl.store(part_max_ptr + pid * n_cols + col, new_max, mask=col_in)
+            tl.store(part_sum_ptr + pid * n_cols + col, run_sum, mask=col_in)
+            tl.store(part_ctx_ptr + ctx_offsets, acc, mask=col_in[:, None])
 
 
 @triton.jit(do_not_specialize=["programs", "n_cols"])
 def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr, updated_ptr, programs, r, n_cols,
-                            RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
-    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * MP, part_ptr + 2 * programs * MP
-    col = tl.program_id(0)  # one program a latent column (padded ones too: the row kernels read their shift)
+                            RP: tl.constexpr, PB: tl.constexpr):
+    part_max_ptr, part_sum_ptr, part_ctx_ptr = part_ptr, part_ptr + programs * n_cols, part_ptr + 2 * programs * n_cols
+    col = tl.program_id(0)  # one program a latent column
     p, ch = tl.arange(0, PB), tl.arange(0, RP)
     top = tl.full((PB,), float("-inf"), tl.float32)
     for start in range(0, programs, PB):
         part = start + p
-        top = tl.maximum(top, tl.load(part_max_ptr + part * MP + col, mask=part < programs, other=float("-inf")))
+        top = tl.maximum(top, tl.load(part_max_ptr + part * n_cols + col, mask=part < programs,
+                                      other=float("-inf")))
     top_all = tl.max(top, axis=0)
     shift = tl.where(top_all == float("-inf"), 0.0, top_all)
     total = tl.zeros((PB,), tl.float32)
@@ -106,9 +117,9 @@ def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr
     for start in range(0, programs, PB):
         part = start + p
         part_in = part < programs
-        weight = tl.exp(tl.load(part_max_ptr + part * MP + col, mask=part_in, other=float("-inf")) - shift)
-        total += tl.load(part_sum_ptr + part * MP + col, mask=part_in, other=0.0) * weight
-        context += tl.load(part_ctx_ptr + (part[:, None] * MP + col) * RP + ch[None, :], mask=part_in[:, None],
+        weight = tl.exp(tl.load(part_max_ptr + part * n_cols + col, mask=part_in, other=float("-inf")) - shift)
+        total += tl.load(part_sum_ptr + part * n_cols + col, mask=part_in, other=0.0) * weight
+        context += tl.load(part_ctx_ptr + (part[:, None] * n_cols + col) * RP + ch[None, :], mask=part_in[:, None],
                            other=0.0) * weight[:, None]
     total_all = tl.sum(total, axis=0)
     # normalised after the sum, as the torch core: a sum of exps <= 1 keeps more bits than N weights of ~1/N
@@ -121,15 +132,20 @@ def _context_combine_kernel(part_ptr, lat_ptr, shift_ptr, total_ptr, context_ptr
 
 @triton.jit(do_not_specialize=["rows", "n_cols"])
 def _read_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, out_ptr, up_ptr, base_ptr, res_ptr, y_ptr,
-                 rows, r, n_cols, m, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr,
-                 HAS_RESIDUAL: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr,
+                 rows, r, n_cols, m, scenes_per_window, scale, cols, UP: tl.constexpr, HAS_BASE: tl.constexpr,
+                 HAS_RESIDUAL: tl.constexpr, RP: tl.constexpr, WP: tl.constexpr, BLOCK: tl.constexpr,
                  BLOCK_COLS: tl.constexpr):
     row, row_in, row_mask = _row_tile(tl.program_id(0), rows, r, RP, BLOCK)
-    col = tl.arange(0, MP)
-    scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
-    _, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
-    spread = _row_softmax(tl.where(row_in[:, None], scores, 0.0))  # rows past the end: no -inf-only rows
-    out = tl.dot(spread, _load_latents(updated_ptr, r, n_cols, RP, MP), input_precision="ieee")
+    q = _load_rows(q_ptr, q_stride, row, row_mask, RP)
+    scene, first, last = _tile_scenes(batch_ptr, row, row_in)
+    out = tl.zeros((BLOCK, RP), tl.float32)
+    for s in range(first, last + 1, scenes_per_window):  # each row's scene is in one window
+        col, col_scene, col_in = _window(s, m, n_cols, scenes_per_window, WP)
+        in_window = row_in & (scene >= s) & (scene < s + scenes_per_window)
+        scores = _masked_scores(q, _load_cols(scored_ptr, col, col_in, r, RP), in_window, scene, col_scene, col_in,
+                                scale)
+        out += tl.dot(_window_softmax(scores, in_window), _load_cols(updated_ptr, col, col_in, r, RP),
+                      input_precision="ieee")
     ch = tl.arange(0, RP)
     tl.store(out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], out, mask=row_mask)
     if UP:  # y = (residual +) ((base +) out @ up^T), a tile of C columns at a time, summed in float32
@@ -153,19 +169,23 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 class Plan:
     """Tile sizes and row-reduction programs for N points and M = B*m latent columns of rank r."""
 
-    def __init__(self, rows: int, n_cols: int, r: int) -> None:
+    def __init__(self, rows: int, n_cols: int, r: int, m: int) -> None:
         self.rows, self.n_cols, self.r = rows, n_cols, r
         self.rp = max(16, next_power_of_2(r))  # tl.dot takes sides of at least 16
-        self.mp = max(16, next_power_of_2(n_cols))
+        # a row tile scores its scenes' columns only, whole scenes a window: the work a point is the same for 3
+        # scenes a pass or 24 (all B*m columns, masked, made GEM's 24-scene paper step 1.76x LoRA's, session 46),
+        # and the kernels compile one variant whatever the scenes
+        self.wp = max(16, next_power_of_2(m))
+        self.scenes_per_window = self.wp // m
         tiles = max(1, cdiv(rows, BLOCK_ROWS))
         self.tiles_per_program = cdiv(tiles, PROGRAMS)
         self.programs = cdiv(tiles, self.tiles_per_program)
         self.read_grid = (tiles,)
 
     def parts(self, *widths: int) -> tuple[int]:
-        """The shape of the row programs' partial sums: per program, a (MP, width) partial for each of ``widths``,
+        """The shape of the row programs' partial sums: per program, an (M, width) partial for each of ``widths``,
         one after another, which the kernels take whole."""
-        return (self.programs * self.mp * sum(widths),)
+        return (self.programs * self.n_cols * sum(widths),)
 
 
 def _buffers(device: torch.device, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
@@ -209,25 +229,26 @@ def forward(k: torch.Tensor, v: torch.Tensor | None, q: torch.Tensor | None, lat
     lat = lat.contiguous()
     rows, r = k.shape
     n_cols = lat.numel() // r
-    plan = Plan(rows, n_cols, r)
+    plan = Plan(rows, n_cols, r, m)
     device = k.device
     # the updated latents apart: they go on to the next block, where the rest is dropped or kept for the backward
-    out, parts, shift, total, context = _buffers(device, [(rows, r), plan.parts(1, 1, plan.rp), (plan.mp,),
-                                                          (plan.mp,), lat.shape])
+    out, parts, shift, total, context = _buffers(device, [(rows, r), plan.parts(1, 1, plan.rp), (n_cols,),
+                                                          (n_cols,), lat.shape])
     updated = torch.empty(lat.shape, dtype=torch.float32, device=device)
-    meta = dict(RP=plan.rp, MP=plan.mp)
+    rows_meta = dict(RP=plan.rp, WP=plan.wp, BLOCK=BLOCK_ROWS)
     h, wk, wv, wq = _projection(project, k, has_v, has_q)
     launch(_context_partials_kernel, (plan.programs,), k, k.stride(0), v, v.stride(0), q, q.stride(0), h,
-           h.stride(0), wk, wv, wq, lat, batch, parts, rows, r, h.shape[1], n_cols, m, scale,
-           plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q, BLOCK=BLOCK_ROWS,
-           **_projection_options(project is not None, h.shape[1]), **meta)
-    launch(_context_combine_kernel, (plan.mp,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
-           PB=PARTS_BLOCK, **meta)
+           h.stride(0), wk, wv, wq, lat, batch, parts, rows, r, h.shape[1], n_cols, m, plan.scenes_per_window, scale,
+           plan.tiles_per_program, PROJECT=project is not None, HAS_V=has_v, HAS_Q=has_q,
+           **_projection_options(project is not None, h.shape[1]), **rows_meta)
+    launch(_context_combine_kernel, (n_cols,), parts, lat, shift, total, context, updated, plan.programs, r, n_cols,
+           RP=plan.rp, PB=PARTS_BLOCK)
     cols = 0 if up is None else up.shape[0]
     launch(_read_kernel, plan.read_grid, q, q.stride(0), updated if read_updated else lat, updated, batch, out,
            out if up is None else up, out if base is None else base, out if residual is None else residual,
-           out if y is None else y, rows, r, n_cols, m, scale, cols, UP=up is not None, HAS_BASE=base is not None,
-           HAS_RESIDUAL=residual is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
+           out if y is None else y, rows, r, n_cols, m, plan.scenes_per_window, scale, cols, UP=up is not None,
+           HAS_BASE=base is not None, HAS_RESIDUAL=residual is not None, BLOCK_COLS=_channel_block(cols),
+           **rows_meta)
     return out, updated, shift, total, context
 
 
@@ -271,12 +292,12 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     lat = lat.contiguous()
     rows, r = k.shape
     n_cols = lat.numel() // r
-    plan = Plan(rows, n_cols, r)
-    device, meta = k.device, dict(RP=plan.rp, MP=plan.mp)
+    plan = Plan(rows, n_cols, r, m)
+    device, rows_meta = k.device, dict(RP=plan.rp, WP=plan.wp, BLOCK=BLOCK_ROWS)
     # the latents' gradient apart: it goes on to the previous block, where the rest is dropped with this backward
     d_rows, parts, d_context, minus_d_total, *d_q = _buffers(
         device, [(rows, r * (1 + (v is not None) + (q is not None))), plan.parts(plan.rp, plan.rp, plan.rp),
-                 lat.shape, (plan.mp,)] + [(rows, r)] * (q is None))
+                 lat.shape, (n_cols,)] + [(rows, r)] * (q is None))
     d_lat = torch.empty(lat.shape, dtype=torch.float32, device=device)
     d_k = d_rows[:, :r]
     d_v = None if v is None else d_rows[:, r:2 * r]
@@ -286,19 +307,20 @@ def backward(d_out: torch.Tensor, d_updated: torch.Tensor | None, k: torch.Tenso
     cols = 0 if up is None else up.shape[0]
     launch(_read_backward_kernel, (plan.programs,), queries, queries.stride(0), scored, updated, batch,
            d_out.contiguous(), d_q if up is None else up, d_q, d_q.stride(0), parts,
-           d_q if d_base is None else d_base, rows, r, n_cols, m, scale, plan.tiles_per_program, cols,
-           UP=up is not None, D_BASE=d_base is not None, BLOCK=BLOCK_ROWS, BLOCK_COLS=_channel_block(cols), **meta)
+           d_q if d_base is None else d_base, rows, r, n_cols, m, plan.scenes_per_window, scale,
+           plan.tiles_per_program, cols, UP=up is not None, D_BASE=d_base is not None,
+           BLOCK_COLS=_channel_block(cols), **rows_meta)
     d_updated_in = d_updated.contiguous() if d_updated is not None else d_lat
-    launch(_read_combine_kernel, (plan.mp,), parts, d_updated_in, context, total, d_context, minus_d_total,
+    launch(_read_combine_kernel, (n_cols,), parts, d_updated_in, context, total, d_context, minus_d_total,
            d_lat, plan.programs, r, n_cols, HAS_D_UPDATED=d_updated is not None, READ_UPDATED=read_updated,
-           PB=PARTS_BLOCK, **meta)
+           RP=plan.rp, PB=PARTS_BLOCK)
     values = k if v is None else v
     h, wk, wv, wq = _projection(project, k, v is not None, q is not None)
     d_h = None if project is None else torch.empty(h.shape, dtype=h.dtype, device=device)
     launch(_context_backward_kernel, (plan.programs,), k, k.stride(0), values, values.stride(0), lat, batch,
            shift, d_context, minus_d_total, d_q, d_q.stride(0), d_k, d_k if d_v is None else d_v, d_rows.stride(0),
-           parts, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, scale,
-           plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
-           BLOCK=BLOCK_ROWS, **_projection_options(d_h is not None, h.shape[1]), **meta)
-    launch(_latent_grad_kernel, (plan.mp,), parts, d_lat, plan.programs, r, n_cols, PB=PARTS_BLOCK, **meta)
+           parts, wk, wv, wq, d_k if d_h is None else d_h, rows, r, h.shape[1], n_cols, m, plan.scenes_per_window,
+           scale, plan.tiles_per_program, KEYS_READ=q is None, KEYS_ARE_VALUES=v is None, D_H=d_h is not None,
+           **_projection_options(d_h is not None, h.shape[1]), **rows_meta)
+    launch(_latent_grad_kernel, (n_cols,), parts, d_lat, plan.programs, r, n_cols, RP=plan.rp, PB=PARTS_BLOCK)
     return d_rows, d_lat, d_h

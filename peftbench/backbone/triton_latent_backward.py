@@ -7,30 +7,27 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from peftbench.backbone.triton_latent_tiles import (_column, _load_latents, _load_rows, _row_softmax, _row_tile,
-                                                     _scores, _store_column, _sum_column_parts, _up_rows,
-                                                     _weight_chunk)
+from peftbench.backbone.triton_latent_tiles import (_add_parts, _column, _load_cols, _load_rows, _masked_scores,
+                                                     _row_tile, _store_column, _sum_column_parts, _tile_scenes,
+                                                     _up_rows, _weight_chunk, _window, _window_softmax, _zero_parts)
 
 
 @triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d_out_ptr, up_ptr, d_q_ptr,
-                          d_q_stride, part_ptr, d_base_ptr, rows, r, n_cols, m, scale, tiles_per_program, cols,
-                          UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr, MP: tl.constexpr,
-                          BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
+                          d_q_stride, part_ptr, d_base_ptr, rows, r, n_cols, m, scenes_per_window, scale,
+                          tiles_per_program, cols, UP: tl.constexpr, D_BASE: tl.constexpr, RP: tl.constexpr,
+                          WP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """The read-out's backward per row tile, the latents' partial sums per program. ``D_BASE`` (with ``UP``): also
     ``y``'s gradient, which is ``base``'s, written in ``d_base``'s dtype as it is read (no cast kernel).
     ``part_ptr``: the programs' partial sums for ``Plan.parts(.., RP, RP, RP)``'s first two."""
     pid = tl.program_id(0)
-    part_du_ptr, part_ds_ptr = part_ptr, part_ptr + tl.num_programs(0) * MP * RP
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    scored = _load_latents(scored_ptr, r, n_cols, RP, MP)
-    updated = _load_latents(updated_ptr, r, n_cols, RP, MP)
-    d_updated = tl.zeros((MP, RP), tl.float32)
-    d_scored = tl.zeros((MP, RP), tl.float32)
+    part_du_ptr, part_ds_ptr = part_ptr, part_ptr + tl.num_programs(0) * n_cols * RP
+    ch = tl.arange(0, RP)
+    _zero_parts(part_du_ptr, pid, n_cols, RP, WP)
+    _zero_parts(part_ds_ptr, pid, n_cols, RP, WP)
     for t in range(tiles_per_program):
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
-        q, scores = _scores(q_ptr, q_stride, row, row_in, scored, batch_ptr, col // m, col < n_cols, r, scale, RP)
-        spread = tl.where(row_in[:, None], _row_softmax(tl.where(row_in[:, None], scores, 0.0)), 0.0)
+        q = _load_rows(q_ptr, q_stride, row, row_mask, RP)
         if UP:  # d_out_ptr holds the gradient of y = base + out @ up^T (N, C): d_out = dy @ up
             d_out = tl.zeros((BLOCK, RP), tl.float32)
             for c0 in range(0, cols, BLOCK_COLS):
@@ -42,24 +39,31 @@ def _read_backward_kernel(q_ptr, q_stride, scored_ptr, updated_ptr, batch_ptr, d
                 d_out = tl.dot(dy, up, d_out, input_precision="ieee")
         else:
             d_out = tl.load(d_out_ptr + row.to(tl.int64)[:, None] * r + ch[None, :], mask=row_mask, other=0.0)
-        d_spread = tl.dot(d_out, tl.trans(updated), input_precision="ieee")
-        d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
-        d_q = tl.dot(d_read, scored, input_precision="ieee") * scale
+        scene, first, last = _tile_scenes(batch_ptr, row, row_in)
+        d_q = tl.zeros((BLOCK, RP), tl.float32)
+        for s in range(first, last + 1, scenes_per_window):  # each row's scene is in one window
+            col, col_scene, col_in = _window(s, m, n_cols, scenes_per_window, WP)
+            in_window = row_in & (scene >= s) & (scene < s + scenes_per_window)
+            scored = _load_cols(scored_ptr, col, col_in, r, RP)
+            spread = _window_softmax(_masked_scores(q, scored, in_window, scene, col_scene, col_in, scale), in_window)
+            d_spread = tl.dot(d_out, tl.trans(_load_cols(updated_ptr, col, col_in, r, RP)), input_precision="ieee")
+            d_read = spread * (d_spread - tl.sum(d_spread * spread, axis=1)[:, None])
+            d_q += tl.dot(d_read, scored, input_precision="ieee") * scale
+            _add_parts(part_du_ptr, pid, n_cols, col, col_in, tl.dot(tl.trans(spread), d_out, input_precision="ieee"),
+                       RP)
+            _add_parts(part_ds_ptr, pid, n_cols, col, col_in,
+                       tl.dot(tl.trans(d_read), q, input_precision="ieee") * scale, RP)
         tl.store(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], d_q, mask=row_mask)
-        d_updated += tl.dot(tl.trans(spread), d_out, input_precision="ieee")
-        d_scored += tl.dot(tl.trans(d_read), q, input_precision="ieee")
-    tl.store(part_du_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_updated)
-    tl.store(part_ds_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_scored * scale)
 
 
 @triton.jit(do_not_specialize=["programs", "n_cols"])
 def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_context_ptr,
                          minus_d_total_ptr, d_lat_ptr, programs, r, n_cols,
                          HAS_D_UPDATED: tl.constexpr, READ_UPDATED: tl.constexpr, RP: tl.constexpr,
-                         MP: tl.constexpr, PB: tl.constexpr):
-    col = tl.program_id(0)  # one program a latent column (padded ones too: the row pass reads their -dT)
-    d_updated = _sum_column_parts(part_ptr, col, programs, RP, MP, PB)
-    d_scored = _sum_column_parts(part_ptr + programs * MP * RP, col, programs, RP, MP, PB)
+                         PB: tl.constexpr):
+    col = tl.program_id(0)  # one program a latent column
+    d_updated = _sum_column_parts(part_ptr, col, programs, n_cols, RP, PB)
+    d_scored = _sum_column_parts(part_ptr + programs * n_cols * RP, col, programs, n_cols, RP, PB)
     if HAS_D_UPDATED:
         d_updated += _column(d_updated_in_ptr, col, r, n_cols, RP)
     if READ_UPDATED:
@@ -78,29 +82,37 @@ def _read_combine_kernel(part_ptr, d_updated_in_ptr, context_ptr, total_ptr, d_c
 @triton.jit(do_not_specialize=["rows", "n_cols", "tiles_per_program"])
 def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_ptr, shift_ptr, d_context_ptr,
                              minus_d_total_ptr, d_q_ptr, d_q_stride, d_k_ptr, d_v_ptr, d_stride, part_ptr, wk_ptr,
-                             wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scale, tiles_per_program,
-                             KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr, D_H: tl.constexpr,
-                             RP: tl.constexpr, MP: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-                             PRECISION: tl.constexpr):
+                             wv_ptr, wq_ptr, d_h_ptr, rows, r, cols, n_cols, m, scenes_per_window, scale,
+                             tiles_per_program, KEYS_READ: tl.constexpr, KEYS_ARE_VALUES: tl.constexpr,
+                             D_H: tl.constexpr, RP: tl.constexpr, WP: tl.constexpr, BLOCK: tl.constexpr,
+                             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """The keys' and values' gradients per row tile and the latents' partial sums per program. ``D_H``: also the
     gradient of ``h`` where the rows are ``h @ w^T`` (``_project``), ``d_rows @ w`` in float32 (``PRECISION``), in
     ``d_h``'s dtype (the queries' gradient, where they are their own rows, read back from ``d_q``)."""
     pid = tl.program_id(0)
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    lat = _load_latents(lat_ptr, r, n_cols, RP, MP)
-    d_context = _load_latents(d_context_ptr, r, n_cols, RP, MP)
-    shift = tl.load(shift_ptr + col)
-    minus_d_total = tl.load(minus_d_total_ptr + col)
-    d_lat = tl.zeros((MP, RP), tl.float32)
+    ch = tl.arange(0, RP)
+    part_dl_ptr = part_ptr + 2 * tl.num_programs(0) * n_cols * RP  # the third of Plan.parts(.., RP, RP, RP)
+    _zero_parts(part_dl_ptr, pid, n_cols, RP, WP)
     for t in range(tiles_per_program):
         row, row_in, row_mask = _row_tile(pid * tiles_per_program + t, rows, r, RP, BLOCK)
-        k, scores = _scores(k_ptr, k_stride, row, row_in, lat, batch_ptr, col // m, col < n_cols, r, scale, RP)
+        k = _load_rows(k_ptr, k_stride, row, row_mask, RP)
         v = tl.load(v_ptr + row.to(tl.int64)[:, None] * v_stride + ch[None, :], mask=row_mask, other=0.0)
-        exp = tl.exp(scores - shift[None, :])  # E; 0 off the scene
-        # C = E^T V, T = colsum E, E = exp(A - shift): dA = E * (V dC^T - dT)
-        d_scores = exp * (tl.dot(v, tl.trans(d_context), input_precision="ieee") - minus_d_total[None, :])
-        d_v = tl.dot(exp, d_context, input_precision="ieee")
-        d_k = tl.dot(d_scores, lat, input_precision="ieee") * scale
+        scene, first, last = _tile_scenes(batch_ptr, row, row_in)
+        d_k = tl.zeros((BLOCK, RP), tl.float32)
+        d_v = tl.zeros((BLOCK, RP), tl.float32)
+        for s in range(first, last + 1, scenes_per_window):
+            col, col_scene, col_in = _window(s, m, n_cols, scenes_per_window, WP)
+            lat = _load_cols(lat_ptr, col, col_in, r, RP)
+            d_context = _load_cols(d_context_ptr, col, col_in, r, RP)
+            scores = _masked_scores(k, lat, row_in, scene, col_scene, col_in, scale)
+            exp = tl.exp(scores - tl.load(shift_ptr + col, mask=col_in, other=0.0)[None, :])  # E; 0 off the scene
+            # C = E^T V, T = colsum E, E = exp(A - shift): dA = E * (V dC^T - dT)
+            minus_d_total = tl.load(minus_d_total_ptr + col, mask=col_in, other=0.0)
+            d_scores = exp * (tl.dot(v, tl.trans(d_context), input_precision="ieee") - minus_d_total[None, :])
+            d_v += tl.dot(exp, d_context, input_precision="ieee")
+            d_k += tl.dot(d_scores, lat, input_precision="ieee") * scale
+            _add_parts(part_dl_ptr, pid, n_cols, col, col_in,
+                       tl.dot(tl.trans(d_scores), k, input_precision="ieee") * scale, RP)
         if KEYS_READ:
             d_k += tl.load(d_q_ptr + row.to(tl.int64)[:, None] * d_q_stride + ch[None, :], mask=row_mask, other=0.0)
         if KEYS_ARE_VALUES:
@@ -108,7 +120,6 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
         else:
             tl.store(d_v_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_v, mask=row_mask)
         tl.store(d_k_ptr + row.to(tl.int64)[:, None] * d_stride + ch[None, :], d_k, mask=row_mask)
-        d_lat += tl.dot(tl.trans(d_scores), k, input_precision="ieee")
         if D_H:
             if not KEYS_READ:
                 d_q = _load_rows(d_q_ptr, d_q_stride, row, row_mask, RP)
@@ -121,14 +132,11 @@ def _context_backward_kernel(k_ptr, k_stride, v_ptr, v_stride, lat_ptr, batch_pt
                     d_h = tl.dot(d_q, _weight_chunk(wq_ptr, c, r, cols, RP), d_h, input_precision=PRECISION)
                 tl.store(d_h_ptr + row.to(tl.int64)[:, None] * cols + c[None, :], d_h.to(d_h_ptr.dtype.element_ty),
                          mask=row_in[:, None] & (c < cols)[None, :])
-    part_dl_ptr = part_ptr + 2 * tl.num_programs(0) * MP * RP  # the third of Plan.parts(.., RP, RP, RP)
-    tl.store(part_dl_ptr + (pid * MP + col[:, None]) * RP + ch[None, :], d_lat * scale)
 
 
 @triton.jit(do_not_specialize=["programs", "n_cols"])
-def _latent_grad_kernel(part_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, MP: tl.constexpr,
-                        PB: tl.constexpr):
+def _latent_grad_kernel(part_ptr, d_lat_ptr, programs, r, n_cols, RP: tl.constexpr, PB: tl.constexpr):
     col = tl.program_id(0)
-    part_dl = part_ptr + 2 * programs * MP * RP
-    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl, col, programs, RP, MP, PB)
+    part_dl = part_ptr + 2 * programs * n_cols * RP
+    d_lat = _column(d_lat_ptr, col, r, n_cols, RP) + _sum_column_parts(part_dl, col, programs, n_cols, RP, PB)
     _store_column(d_lat_ptr, col, d_lat, r, n_cols, RP)

@@ -1,5 +1,6 @@
-"""Tiles of GEM's Context Adapter kernels (``triton_latent_attention``): rows of points and their masked scores
-against the latents, the projections of ``h``, latent columns and their per-program partial sums."""
+"""Tiles of GEM's Context Adapter kernels (``triton_latent_attention``): rows of points, the windows of latent
+columns of the scenes in a row tile and the rows' masked scores against them, the projections of ``h``, latent
+columns and their per-program partial sums."""
 
 from __future__ import annotations
 
@@ -14,20 +15,60 @@ def _load_rows(ptr, stride, row, row_mask, RP: tl.constexpr):
 
 
 @triton.jit
-def _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale):
-    """Scores of rows ``x`` (tile, RP) against ``lat`` (MP, RP): -inf off the row's scene."""
+def _tile_scenes(batch_ptr, row, row_in):
+    """The row tile's scenes (-1 past the rows) and the lowest and highest of them (none: lowest > highest)."""
     scene = tl.load(batch_ptr + row, mask=row_in, other=-1).to(tl.int32)
+    return scene, tl.min(tl.where(row_in, scene, 2147483647), axis=0), tl.max(scene, axis=0)
+
+
+@triton.jit
+def _window(first_scene, m, n_cols, scenes_per_window, WP: tl.constexpr):
+    """The latent columns of scenes ``first_scene`` .. + ``scenes_per_window`` (WP wide, the last ones unused where
+    m does not divide WP), their scenes and which exist."""
+    j = tl.arange(0, WP)
+    col = first_scene * m + j
+    return col, col // m, (j < scenes_per_window * m) & (col < n_cols)
+
+
+@triton.jit
+def _load_cols(ptr, col, col_in, r, RP: tl.constexpr):
+    """Latent columns ``col`` (WP, RP) of an (M, r) float32 tensor, zeros past r and where not ``col_in``."""
+    ch = tl.arange(0, RP)
+    return tl.load(ptr + col[:, None] * r + ch[None, :], mask=col_in[:, None] & (ch < r)[None, :], other=0.0)
+
+
+@triton.jit
+def _masked_scores(x, lat, row_in, scene, col_scene, col_in, scale):
+    """Scores of rows ``x`` (tile, RP) against a window's latents ``lat`` (WP, RP): -inf off the row's scene and
+    for rows not ``row_in``."""
     scores = tl.dot(x, tl.trans(lat * scale), input_precision="ieee")
     valid = (scene[:, None] == col_scene[None, :]) & col_in[None, :] & row_in[:, None]
     return tl.where(valid, scores, float("-inf"))
 
 
 @triton.jit
-def _scores(rows_ptr, row_stride, row, row_in, lat, batch_ptr, col_scene, col_in, r, scale,
-            RP: tl.constexpr):
-    """(rows tile, RP) loaded and its masked scores against ``lat`` (MP, RP)."""
-    x = _load_rows(rows_ptr, row_stride, row, row_in[:, None] & (tl.arange(0, RP) < r)[None, :], RP)
-    return x, _masked_scores(x, lat, row_in, batch_ptr, row, col_scene, col_in, scale)
+def _window_softmax(scores, in_window):
+    """Each row's softmax over its scene's columns for the rows ``in_window``; zeros for the others."""
+    spread = _row_softmax(tl.where(in_window[:, None], scores, 0.0))  # no -inf-only rows
+    return tl.where(in_window[:, None], spread, 0.0)
+
+
+@triton.jit
+def _add_parts(ptr, pid, n_cols, col, col_in, x, RP: tl.constexpr):
+    """Adds ``x`` (WP, RP) to this program's partial sums of columns ``col``: (programs, M, RP) at ``ptr``. The
+    barrier: the program's previous window may have stored these columns from other threads."""
+    offsets = (pid * n_cols + col[:, None]) * RP + tl.arange(0, RP)[None, :]
+    tl.debug_barrier()
+    tl.store(ptr + offsets, tl.load(ptr + offsets, mask=col_in[:, None], other=0.0) + x, mask=col_in[:, None])
+
+
+@triton.jit
+def _zero_parts(ptr, pid, n_cols, RP: tl.constexpr, WP: tl.constexpr):
+    """Zeros this program's partial sums of every column: (programs, M, RP) at ``ptr``."""
+    for c0 in range(0, n_cols, WP):
+        col = c0 + tl.arange(0, WP)
+        tl.store(ptr + (pid * n_cols + col[:, None]) * RP + tl.arange(0, RP)[None, :],
+                 tl.zeros((WP, RP), tl.float32), mask=(col < n_cols)[:, None])
 
 
 @triton.jit
@@ -73,12 +114,6 @@ def _row_tile(tile, rows, r, RP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _load_latents(ptr, r, n_cols, RP: tl.constexpr, MP: tl.constexpr):
-    col, ch = tl.arange(0, MP), tl.arange(0, RP)
-    return tl.load(ptr + col[:, None] * r + ch[None, :], mask=(col < n_cols)[:, None] & (ch < r)[None, :], other=0.0)
-
-
-@triton.jit
 def _row_softmax(scores):
     e = tl.exp(scores - tl.max(scores, axis=1)[:, None])
     return e / tl.sum(e, axis=1)[:, None]
@@ -98,14 +133,14 @@ def _store_column(ptr, col, value, r, n_cols, RP: tl.constexpr):
 
 
 @triton.jit
-def _sum_column_parts(part_ptr, col, programs, RP: tl.constexpr, MP: tl.constexpr, PB: tl.constexpr):
+def _sum_column_parts(part_ptr, col, programs, n_cols, RP: tl.constexpr, PB: tl.constexpr):
     """Column ``col``'s (RP,) partial sums of all row programs, PB programs' partials a load."""
     p, ch = tl.arange(0, PB), tl.arange(0, RP)
     acc = tl.zeros((PB, RP), tl.float32)
     for start in range(0, programs, PB):
         part = start + p
-        acc += tl.load(part_ptr + (part[:, None] * MP + col) * RP + ch[None, :], mask=(part < programs)[:, None],
-                       other=0.0)
+        acc += tl.load(part_ptr + (part[:, None] * n_cols + col) * RP + ch[None, :],
+                       mask=(part < programs)[:, None], other=0.0)
     return tl.sum(acc, axis=0)
 
 

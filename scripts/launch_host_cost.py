@@ -46,7 +46,7 @@ def main() -> None:
             ("triton_launch.cdiv", lambda: triton_launch.cdiv(300_000, 64)),
             ("triton.next_power_of_2", lambda: triton.next_power_of_2(48)),
             ("triton_launch.next_power_of_2", lambda: triton_launch.next_power_of_2(48)),
-            ("latent attention Plan", lambda: latent.Plan(300_000, 12, 32))]
+            ("latent attention Plan", lambda: latent.Plan(300_000, 12, 32, 4))]
     for name, fn in rows:
         print(f"{name:32s} {median_us(fn):6.2f} us")
     assert len(triton_launch._COMPILED) == 1, "the launch missed the stand-in kernel"

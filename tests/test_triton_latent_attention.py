@@ -104,6 +104,27 @@ def test_kernels_take_rows_of_scenes_in_any_order(kernels):
             torch.testing.assert_close(a.double().cpu(), b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
 
 
+def test_kernels_compile_the_same_variants_for_3_scenes_and_24(kernels, monkeypatch):
+    """No compile-time constant comes from the scenes' count: a paper-shaped pass holds 16-24 scenes (Mix3D), and the
+    latent columns' tile width did, so a pass of 16 compiled a variant of every kernel mid-trial (H100, session 46: a
+    10.7 s step, most likely so)."""
+    launched: dict[int, set] = {}
+    real_launch = kernels.launch
+
+    def recording(kernel, grid, *args, **constants):
+        launched.setdefault(scenes, set()).add((kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__,
+                                                tuple(sorted(constants.items()))))
+        return real_launch(kernel, grid, *args, **constants)
+    monkeypatch.setattr(kernels, "launch", recording)
+    for scenes in (3, 24):
+        batch, k, v, _, latents, _ = _inputs([3] * scenes, 4, 8, seed=scenes)
+        as32 = [t.detach().float().to(DEVICE).requires_grad_() for t in (k, v, latents)]
+        out, upd = latent_attention._KernelLatentAttention.apply(as32[0], as32[1], None, as32[2].reshape(-1, 8),
+                                                                 batch.to(DEVICE), 4, 0.5, True, kernels)
+        torch.autograd.grad(out.sum() + upd.sum(), as32)
+    assert len(launched[3]) == 7 and launched[3] == launched[24]
+
+
 def test_kernels_without_a_gradient_on_the_latents_and_on_projection_slices(kernels):
     """The last block (only the read-out used: no incoming latent gradient), keys and values read in place as
     column slices of one projection, as the Context Adapter passes them."""

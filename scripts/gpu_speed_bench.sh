@@ -41,7 +41,8 @@
 #   wgrad      bench rows (ABMETHODS, default frozen gem full) with trainable conv weights' gradients by spconv
 #              and by gathered matmuls
 #   compile    the bench with --compile
-# TRIALS picks the trials (PROFILE_STEP: the step a trial profiles, after so many), METHODS / CMETHODS the bench's methods, BS the batch sizes, STEPS the timed steps.
+# TRIALS picks the trials (PROFILE_STEP: the step a trial profiles, after so many), METHODS / CMETHODS the bench's
+# methods, BS the batch sizes, STEPS the timed steps.
 # Needs .gpu/spconv-cu126-py312.tar.xz (../shared/gpu/make-spconv-bundle.sh) and $REF (default
 # .reference/sonata: facebookresearch/sonata, git-ignored).
 set -u -o pipefail
@@ -94,7 +95,8 @@ trials() {  # $1: suite, $2: json suffix
     stamp "trial $method$2"
     # a fresh Triton cache a trial: its entries' times say which kernels compiled when (against step_end_unix)
     rm -rf /tmp/triton_cache && TRITON_CACHE_DIR=/tmp/triton_cache \
-    timeout 200 python3 scripts/trial_probe.py "$1" --method $method --seed 0 --smi --profile-step ${PROFILE_STEP:-20} --json "$OUT/probe_$method$2.json" 2>&1 \
+    timeout 200 python3 scripts/trial_probe.py "$1" --method $method --seed 0 --smi --profile-step ${PROFILE_STEP:-20} \
+      --json "$OUT/probe_$method$2.json" 2>&1 \
       | grep -Ev "$F" | grep -E "step_ms_median|eff/|time/|_pct" | tee -a "$LOG"
     find /tmp/triton_cache -name "*.json" ! -name "__grp__*" -printf "%T@ %P\n" 2>/dev/null | sort -n > "$OUT/compiles_$method$2.txt"
   done

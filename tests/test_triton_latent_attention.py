@@ -257,6 +257,10 @@ def test_cuda_dispatch_takes_the_kernels_and_the_switch_turns_them_off(monkeypat
     assert type(torch_out.grad_fn).__name__ == "_LatentAttentionBackward"
     torch.testing.assert_close(out, torch_out, rtol=1e-5, atol=1e-6)
     monkeypatch.setattr(latent_attention, "TRITON_LATENT", 1)
+    many = _inputs([3] * 40, 4, 8, seed=6)  # 160 latent columns: any number of scenes
+    many_args = [t.detach().float().cuda().requires_grad_() for t in many[1:5]]
+    many_out, _ = latent_attention.scene_latent_attention(*many_args, many[0].cuda(), 0.5)
+    assert type(many_out.grad_fn).__name__ == "_KernelLatentAttentionBackward"
     monkeypatch.setattr(latent_attention, "KERNEL_MAX_LATENTS", 3)  # 4 latents a scene: too many
     wide_out, _ = latent_attention.scene_latent_attention(*args, batch.cuda(), 0.5)
     assert type(wide_out.grad_fn).__name__ == "_LatentAttentionBackward"
